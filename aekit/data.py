@@ -1,0 +1,404 @@
+"""Image sources for training: TFDS names, IDX folders, .npz/.npy arrays, image folders.
+
+`load_data` turns a `--dataset` string into in-memory train/validation arrays
+(N, H, W, C) in their stored dtype plus the `PixelScaling` that maps them to
+[0, 1]; `make_dataset` builds the tf.data pipeline the training loop consumes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from aekit.errors import AekitError
+from aekit.pixels import PixelScaling
+
+DEFAULT_DATASET = "mnist"
+BUNDLED_SAMPLE = "bundled-mnist-sample"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IDX_IMAGE_MAGIC = 2051
+IDX_LABEL_MAGIC = 2049
+# Where TFDS fetches MNIST from; probing it with a short timeout keeps an offline
+# machine from sitting through TFDS's ~200 s of download retries.
+TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+NETWORK_PROBE_SECONDS = 3.0
+OFFLINE_ENV = "AEKIT_OFFLINE"
+
+
+@dataclass
+class DataSplits:
+    """Training and validation images as loaded, before scaling.
+
+    Attributes:
+        train: (N, H, W, C) array, uint8 or float, in the source's own range.
+        val: (M, H, W, C) array, same dtype and range.
+        scaling: maps stored values to float32 model inputs in [0, 1].
+        source: what was loaded, in words (a TFDS name, a path, the bundled sample).
+        kind: "tfds", "idx", "npz", "npy", "images" or "bundled".
+        validation: where the validation images came from, in words.
+        note: set when the source is not what was asked for (offline fallback).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    scaling: PixelScaling
+    source: str
+    kind: str
+    validation: str
+    note: str | None = None
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.train.shape[1:])
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "train_images": int(len(self.train)),
+            "val_images": int(len(self.val)),
+            "image_shape": list(self.image_shape),
+            "stored_dtype": str(self.train.dtype),
+            "validation": self.validation,
+            "pixel_scaling": self.scaling.to_json(),
+            "note": self.note,
+        }
+
+
+def load_data(
+    dataset: str | None = None,
+    val_split: float = 0.1,
+    data_dir: str | None = None,
+) -> DataSplits:
+    """Loads a training source named the way `--dataset` names it.
+
+    Args:
+        dataset: a TFDS name (`mnist`, `fashion_mnist`, `cifar10`, ...), a folder of
+            IDX files, a `.npz`/`.npy` file or a folder of PNG/JPEG images. None
+            means TFDS MNIST when it is prepared or downloadable, else the MNIST
+            sample bundled with aekit (see `DataSplits.note`).
+        val_split: for sources with a single split, the LAST fraction taken as
+            validation, so runs on the same data are comparable.
+        data_dir: TFDS data directory (TFDS's default when None).
+
+    Returns:
+        DataSplits with images shaped (N, H, W, C).
+
+    Example:
+        >>> splits = load_data("../shared/data/mnist", val_split=0.2)
+        >>> splits.train.shape
+        (8000, 28, 28, 1)
+    """
+    if not 0.0 < val_split < 1.0:
+        raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}.")
+    if dataset is None:
+        splits = _load_default(val_split, data_dir)
+    else:
+        path = Path(dataset).expanduser()
+        if path.exists():
+            splits = _load_path(path, val_split)
+        elif _looks_like_path(dataset):
+            raise AekitError(
+                f"Dataset path {dataset} does not exist. Check the path, or pass a TFDS name such as mnist."
+            )
+        else:
+            splits = _load_tfds(dataset, val_split, data_dir, fallback=False)
+    _check_splits(splits)
+    return splits
+
+
+def check_divisible(image_shape: tuple[int, ...], depth: int) -> None:
+    """Raises AekitError unless both image sides divide by 2**depth (one halving per conv block)."""
+    factor = 2**depth
+    height, width = image_shape[0], image_shape[1]
+    if height % factor or width % factor:
+        fit_h, fit_w = max(factor, height // factor * factor), max(factor, width // factor * factor)
+        raise AekitError(
+            f"Images are {height}x{width}x{image_shape[2]}, but with {depth} conv blocks both sides must "
+            f"divide by {factor}. Resize or crop them (e.g. to {fit_h}x{fit_w}) or use fewer --filters."
+        )
+
+
+def make_dataset(
+    images: np.ndarray,
+    scaling: PixelScaling,
+    global_batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    repeat: bool = True,
+    drop_remainder: bool = True,
+    options=None,
+):
+    """The tf.data pipeline: scale once, cache, shuffle, batch by the global batch, prefetch.
+
+    Yields (global_batch_size, H, W, C) float32 batches in [0, 1]. With `repeat`,
+    the stream is endless and the caller runs a fixed number of steps per epoch,
+    which is what lets every worker of a multi-worker run finish together.
+
+    Args:
+        images: (N, H, W, C) stored images.
+        scaling: the source's PixelScaling.
+        global_batch_size: batch size summed over all replicas.
+        shuffle: reshuffle every pass with `seed`.
+        options: tf.data.Options (e.g. the auto-shard policy) to attach.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(images)
+    ds = ds.map(scaling.to_model_tf, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(global_batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    if options is not None:
+        ds = ds.with_options(options)
+    return ds
+
+
+def network_reachable(address: tuple[str, int] = TFDS_DOWNLOAD_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
+    """True when a TCP connection to `address` opens within `timeout` seconds.
+
+    Runs in a daemon thread so a hanging DNS lookup cannot stall the caller.
+    """
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        return False
+    result = {"ok": False}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                result["ok"] = True
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result["ok"]
+
+
+# --- sources ---------------------------------------------------------------
+
+
+def _looks_like_path(dataset: str) -> bool:
+    return any(sep in dataset for sep in ("/", os.sep)) or dataset.startswith(".") or Path(dataset).suffix in (
+        ".npz",
+        ".npy",
+        ".gz",
+        *IMAGE_SUFFIXES,
+    )
+
+
+def _load_default(val_split: float, data_dir: str | None) -> DataSplits:
+    return _load_tfds(DEFAULT_DATASET, val_split, data_dir, fallback=True)
+
+
+def _load_tfds(name: str, val_split: float, data_dir: str | None, fallback: bool) -> DataSplits:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as exc:  # TFDS raises its own DatasetNotFoundError and friends
+        raise AekitError(
+            f"--dataset {name!r} is neither an existing path nor a TFDS dataset name ({type(exc).__name__}). "
+            "Pass a folder of IDX files, a .npz/.npy file, a folder of images, or a name from `tfds.list_builders()`."
+        ) from None
+    if not builder.is_prepared():
+        if not network_reachable():
+            if fallback:
+                return _load_bundled(
+                    val_split,
+                    note=f"TFDS {name} is not prepared and its download host is unreachable; "
+                    "trained on the MNIST sample bundled with aekit instead",
+                )
+            raise AekitError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and its download host is "
+                "unreachable. Connect to the network, set TFDS_DATA_DIR to a prepared copy, or pass local "
+                "files with --dataset PATH."
+            )
+        try:
+            builder.download_and_prepare()
+        except Exception as exc:
+            raise AekitError(
+                f"Downloading TFDS dataset {name!r} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+                "Retry, or pass local files with --dataset PATH."
+            ) from None
+    splits = builder.info.splits
+    if "image" not in builder.info.features:
+        raise AekitError(f"TFDS dataset {name!r} has no 'image' feature. Pick an image dataset.")
+    train = _tfds_images(builder, "train")
+    held_out = next((s for s in ("test", "validation") if s in splits), None)
+    if held_out:
+        val, validation = _tfds_images(builder, held_out), f"TFDS split '{held_out}'"
+    else:
+        train, val, validation = _split_last(train, val_split)
+    return DataSplits(train, val, PixelScaling.for_images(train), f"tfds:{name}", "tfds", validation)
+
+
+def _tfds_images(builder, split: str) -> np.ndarray:
+    import tensorflow_datasets as tfds
+
+    # Batched reads, then one concatenation (batch_size=-1 aborts under tfds.testing.mock_data).
+    ds = builder.as_dataset(split=split).map(lambda example: example["image"]).batch(4096)
+    chunks = list(tfds.as_numpy(ds))
+    if not chunks:
+        raise AekitError(f"TFDS {builder.name} split {split!r} is empty. Re-prepare the dataset.")
+    return _as_nhwc(np.concatenate(chunks), f"TFDS {builder.name} {split}")
+
+
+def _load_bundled(val_split: float, note: str | None = None) -> DataSplits:
+    folder = resources.files("aekit") / "sample"
+    with resources.as_file(folder) as path:
+        images = _read_idx_images(path / "mnist-sample-images-idx3-ubyte.gz")
+    train, val, validation = _split_last(images, val_split)
+    return DataSplits(
+        train, val, PixelScaling.for_images(images), BUNDLED_SAMPLE, "bundled", validation, note=note
+    )
+
+
+def _load_path(path: Path, val_split: float) -> DataSplits:
+    if path.is_dir():
+        idx = sorted(path.glob("*-images-idx3-ubyte*"))
+        if idx:
+            return _load_idx_folder(idx, val_split, path)
+        return _load_image_folder(path, val_split)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _load_npz(path, val_split)
+    if suffix == ".npy":
+        images = _as_nhwc(_np_load(path), str(path))
+        train, val, validation = _split_last(images, val_split)
+        return DataSplits(train, val, PixelScaling.for_images(images), str(path), "npy", validation)
+    if "idx3-ubyte" in path.name:
+        return _load_idx_folder([path], val_split, path)
+    raise AekitError(
+        f"Don't know how to read {path}. Pass a folder of IDX files or images, a .npz/.npy file, or a TFDS name."
+    )
+
+
+def _load_idx_folder(files: list[Path], val_split: float, origin: Path) -> DataSplits:
+    by_split = {("test" if f.name.startswith(("t10k", "test")) else "train"): f for f in files}
+    if "train" in by_split and "test" in by_split:
+        train = _read_idx_images(by_split["train"])
+        val = _read_idx_images(by_split["test"])
+        validation = f"IDX file {by_split['test'].name}"
+    else:
+        images = np.concatenate([_read_idx_images(f) for f in files])
+        train, val, validation = _split_last(images, val_split)
+    return DataSplits(train, val, PixelScaling.for_images(train), str(origin), "idx", validation)
+
+
+def _read_idx_images(path: Path) -> np.ndarray:
+    """Reads an IDX3 image file (optionally gzip-compressed) into (N, H, W, 1) uint8."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise AekitError(f"Cannot read IDX file {path}: {exc}. Re-download or re-extract it.") from None
+    if len(raw) < 16:
+        raise AekitError(f"IDX file {path} is truncated ({len(raw)} bytes). Re-download it.")
+    magic, count, rows, cols = np.frombuffer(raw[:16], ">i4")
+    if magic != IDX_IMAGE_MAGIC:
+        raise AekitError(
+            f"{path} is not an IDX image file (magic {magic}, expected {IDX_IMAGE_MAGIC}). "
+            "Point --dataset at the *-images-idx3-ubyte files."
+        )
+    expected = int(count) * int(rows) * int(cols)
+    if len(raw) - 16 != expected:
+        raise AekitError(
+            f"IDX file {path} holds {len(raw) - 16} pixel bytes but its header promises "
+            f"{count}x{rows}x{cols} = {expected}. The file is corrupt or truncated; re-download it."
+        )
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(int(count), int(rows), int(cols), 1)
+
+
+def _np_load(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise AekitError(f"Cannot read {path}: {str(exc).splitlines()[0]}. Re-save it with numpy.save/savez.") from None
+
+
+def _load_npz(path: Path, val_split: float) -> DataSplits:
+    archive = _np_load(path)
+    try:
+        keys = list(archive.keys())
+        if "x_train" in keys and "x_test" in keys:
+            train = _as_nhwc(archive["x_train"], f"{path}:x_train")
+            val = _as_nhwc(archive["x_test"], f"{path}:x_test")
+            validation = "array x_test"
+        else:
+            key = next((k for k in ("images", "x", "x_train") if k in keys), keys[0] if keys else None)
+            if key is None:
+                raise AekitError(f"{path} holds no arrays. Save the images with numpy.savez(path, images=...).")
+            images = _as_nhwc(archive[key], f"{path}:{key}")
+            train, val, validation = _split_last(images, val_split)
+    except (ValueError, OSError, EOFError, KeyError) as exc:
+        raise AekitError(f"Cannot read {path}: {str(exc).splitlines()[0]}. Re-save it with numpy.savez.") from None
+    if train.shape[1:] != val.shape[1:]:
+        raise AekitError(f"{path}: x_train images are {train.shape[1:]} but x_test are {val.shape[1:]}. Make them match.")
+    return DataSplits(train, val, PixelScaling.for_images(train), str(path), "npz", validation)
+
+
+def _load_image_folder(folder: Path, val_split: float) -> DataSplits:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AekitError(
+            f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. "
+            "Point --dataset at a folder with images, a .npz/.npy file or a TFDS name."
+        )
+    arrays, mode = [], None
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                if mode is None:
+                    mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
+                arrays.append(np.asarray(image.convert(mode)))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise AekitError(f"Cannot read image {file}: {exc}. Remove or replace it.") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise AekitError(
+                f"Image {file} is {arrays[-1].shape[:2]} but {files[0].name} is {arrays[0].shape[:2]}. "
+                "Resize all images to one size."
+            )
+    images = _as_nhwc(np.stack(arrays), str(folder))
+    train, val, validation = _split_last(images, val_split)
+    return DataSplits(train, val, PixelScaling.for_images(images), str(folder), "images", validation)
+
+
+def _as_nhwc(images: np.ndarray, what: str) -> np.ndarray:
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise AekitError(
+            f"{what} has shape {images.shape}; expected N x H x W or N x H x W x C with C in 1, 3, 4. "
+            "Reshape the array to (N, H, W) or (N, H, W, C)."
+        )
+    return images
+
+
+def _split_last(images: np.ndarray, val_split: float):
+    n_val = max(1, int(round(len(images) * val_split)))
+    if n_val >= len(images):
+        raise AekitError(f"{len(images)} images are too few to hold out {val_split:.0%} for validation. Add images.")
+    return images[:-n_val], images[-n_val:], f"last {val_split:g} of the source ({n_val} images)"
+
+
+def _check_splits(splits: DataSplits) -> None:
+    if len(splits.train) == 0 or len(splits.val) == 0:
+        raise AekitError(f"{splits.source} gave {len(splits.train)} training and {len(splits.val)} validation images. Add images.")
+    PixelScaling.for_images(splits.val)  # same NaN/range checks on the held-out part

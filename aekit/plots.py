@@ -1,0 +1,58 @@
+"""The run's two pictures: the loss curves and originals beside reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aekit.runs import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Train loss and validation MSE per epoch, log scale."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss (MSE)")
+    ax.plot(epochs, [row["val_mse"] for row in history], marker="s", label="validation MSE")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def plot_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, path: Path) -> None:
+    """Two rows: originals on top, reconstructions below; images are (N, H, W, C) in [0, 1]."""
+    plt = _pyplot()
+    n = len(originals)
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    for row, (images, title) in enumerate(((originals, "original"), (reconstructions, "reconstructed"))):
+        for col in range(n):
+            image = np.clip(images[col], 0.0, 1.0)
+            ax = axes[row, col]
+            if image.shape[-1] == 1:
+                ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            else:
+                ax.imshow(image[..., :3])
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""The run folder: what `aekit train` writes, how it is found again, and atomic writes.
+
+A run is finished when `metrics.json` exists; it is written last, so a folder
+without it (crash, Ctrl-C, bad input) is never taken for a finished run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from aekit.errors import AekitError
+
+RUNS_ROOT = Path("runs")
+CONFIG = "config.json"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+METRICS = "metrics.json"
+LOSS_PLOT = "loss.png"
+RECONSTRUCTIONS = "reconstructions.png"
+CHECKPOINTS = "checkpoints"
+MODEL_FILES = {"encoder": "encoder.keras", "decoder": "decoder.keras", "autoencoder": "autoencoder.keras"}
+HISTORY_FIELDS = ("epoch", "train_loss", "val_mse", "val_psnr", "seconds", "samples_per_sec", "learning_rate")
+
+
+def new_run_dir(root: Path = RUNS_ROOT, name: str | None = None) -> Path:
+    """runs/<name>, or runs/<YYYYmmdd-HHMMSS> (suffixed -2, -3... if taken)."""
+    base = name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = root / base, 2
+    while name is None and candidate.exists():
+        candidate, n = root / f"{base}-{n}", n + 1
+    return candidate
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+def is_finished(path: Path) -> bool:
+    return (path / METRICS).is_file()
+
+
+def newest_finished_run(root: Path = RUNS_ROOT) -> Path:
+    """The most recently finished run under `root` (by metrics.json time)."""
+    runs = [p for p in root.glob("*") if p.is_dir() and is_finished(p)] if root.is_dir() else []
+    if not runs:
+        raise AekitError(f"No finished run under {root}/. Train one first: aekit train, or name one with --run PATH.")
+    return max(runs, key=lambda p: (p / METRICS).stat().st_mtime)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AekitError(f"{path} is missing. Is {path.parent} an aekit run folder?") from None
+    except (OSError, ValueError) as exc:
+        raise AekitError(f"{path} is unreadable ({exc}). Delete the run folder or train again into a new one.") from None
+
+
+@contextmanager
+def atomic_path(final: Path):
+    """Yields a temporary path beside `final` (same suffix) and renames it onto `final` on success.
+
+    The temporary name starts with '.partial-', so an interrupted write never
+    leaves a file under the final name; on error the temporary file is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()  # writers such as Keras refuse to overwrite; let them create it
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(final: Path, text: str) -> None:
+    with atomic_path(final) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(final: Path, data) -> None:
+    write_text(final, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    write_json(run_dir / HISTORY_JSON, history)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(run_dir / HISTORY_CSV, buffer.getvalue())

@@ -1,0 +1,63 @@
+"""Facts about this machine's ML stack, for `aekit info` and for run records."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from aekit import __version__
+
+PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime",
+            "ai-edge-litert", "numpy")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def system_info() -> dict:
+    """aekit/Python/library versions, CPU, GPUs TensorFlow sees, onnxruntime providers."""
+    import os
+
+    import tensorflow as tf
+
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append({"name": device.name, "model": details.get("device_name"), "compute_capability": details.get("compute_capability")})
+    try:
+        import onnxruntime as ort
+
+        ort_providers = ort.get_available_providers()
+        ort_device = ort.get_device()
+    except ImportError:
+        ort_providers, ort_device = [], None
+    return {
+        "aekit": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "packages": package_versions(),
+        "tensorflow_built_with_cuda": bool(tf.test.is_built_with_cuda()),
+        "gpus": gpus,
+        "onnxruntime_available_providers": ort_providers,
+        "onnxruntime_device": ort_device,
+    }

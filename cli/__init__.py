@@ -1,0 +1,1 @@
+"""aekit's command-line interface (installed as the `aekit.cli` package)."""

@@ -1,0 +1,3 @@
+from aekit.cli.main import main
+
+main()

@@ -1,0 +1,161 @@
+"""The `aekit` command: parses options, calls the aekit library, renders with Rich.
+
+Installed as `aekit.cli`. Business logic lives in the library; a command here
+turns options into a library call and the result into tables. Errors the user
+can fix (AekitError) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+# Before TensorFlow is imported anywhere: keep its C++ start-up chatter (CUDA probing
+# on GPU-less machines, XLA notices) off the user's terminal. Set it to 0 to see it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import typer  # noqa: E402
+
+from aekit import AekitError, __version__  # noqa: E402
+from aekit.cli.render import err_console, out_console  # noqa: E402
+
+app = typer.Typer(
+    name="aekit",
+    help="Train convolutional autoencoders, export them to ONNX/TFLite, benchmark the exports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+EXIT_USAGE = 2
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with native stderr silenced, unless the user asked for its logs.
+
+    TF 2.21 writes absl/oneDNN/CUDA-probe notices to fd 2 before TF_CPP_MIN_LOG_LEVEL
+    takes effect; they are noise on a CPU machine. Python exceptions still propagate.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def user_errors(command):
+    """Turns AekitError into a one-line message and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            import_tensorflow_quietly()
+            return command(*args, **kwargs)
+        except AekitError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_filters(text: str) -> tuple[int, ...]:
+    try:
+        filters = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        filters = ()
+    if not filters or min(filters) < 1:
+        raise AekitError(f"--filters {text!r} is not a comma-separated list of positive integers. Use e.g. --filters 32,64.")
+    return filters
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[Optional[str], typer.Option(help="TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a folder of PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train (in all, counting resumed ones). [default: 25]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="GLOBAL batch size, split evenly across replicas. [default: 128]")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, 2x rate) up to ~1e-2. [default: 3e-3]")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (decay to 1% over the run) or constant. [default: cosine]")] = None,
+    filters: Annotated[Optional[str], typer.Option(help="Channels of each stride-2 conv block, e.g. 32,64. Image sides must divide by 2^blocks. [default: 32,64]")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help="Size of the latent code. [default: 16]")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help="For sources with one split: the LAST fraction held out for validation. [default: 0.1]")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.")] = None,
+    cpu_replicas: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed for weights and shuffling. [default: 0]")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder. Default: runs/<name or timestamp>. An existing run folder is resumed.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name of the run folder under runs/.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last finished epoch.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="TFDS data directory (default: TFDS's own).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
+):
+    """Train the convolutional autoencoder and write a run folder."""
+    from aekit import runs
+    from aekit.cli.render import TrainProgress, render_train_summary
+    from aekit.train import TrainConfig, prepare_resume
+    from aekit.train import train as run_training
+
+    given = {
+        "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule, "filters": parse_filters(filters) if filters is not None else None,
+        "latent_dim": latent_dim, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
+        "precision": precision, "seed": seed, "data_dir": data_dir,
+    }
+    explicit = {key for key, value in given.items() if value is not None}
+    config = TrainConfig(**{key: given[key] for key in explicit})
+
+    if resume is not None and output is not None and resume.resolve() != output.resolve():
+        raise AekitError("--resume and --output name different folders. Pass only --resume RUN to continue a run.")
+    run_dir = resume or output or runs.new_run_dir(name=name)
+    if resume is not None and not runs.is_run_dir(resume):
+        raise AekitError(f"--resume {resume}: no {runs.CONFIG} there, so it is not an aekit run folder. Check the path.")
+    if runs.is_run_dir(run_dir):
+        config = prepare_resume(run_dir, config, explicit)
+
+    progress = None if (quiet or json_out) else TrainProgress(err_console)
+    result = run_training(config, run_dir, progress)
+    if json_out:
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}))
+    elif not quiet:
+        render_train_summary(out_console, result)
+
+
+@app.command()
+@user_errors
+def info(json_out: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False):
+    """Versions of aekit's engines, visible GPUs and onnxruntime's execution providers."""
+    from aekit.system import system_info
+    from aekit.cli.render import render_info
+
+    facts = system_info()
+    if json_out:
+        print(json.dumps(facts))
+    else:
+        render_info(out_console, facts)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print aekit's version and exit.")] = False,
+):
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:  # pragma: no cover - `python -m aekit.cli`
+    sys.exit(app())

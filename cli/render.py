@@ -1,0 +1,118 @@
+"""Rich rendering for the CLI: training progress, summaries, tables.
+
+Progress and notices go to stderr, results to stdout, so `--json` output and
+shell pipes stay clean.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from aekit.train import TrainCallback, TrainResult
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class TrainProgress(TrainCallback):
+    """Epoch and step bars with the running loss and samples/s, then one line per epoch."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.epoch_task = self.step_task = None
+
+    def on_train_begin(self, info: dict) -> None:
+        data, placement = info["data"], info["placement"]
+        verb = "Resuming" if info["start_epoch"] else "Training"
+        self.console.print(f"{verb} run [bold]{info['run_dir']}[/]" + (f" from epoch {info['start_epoch'] + 1}" if info["start_epoch"] else ""))
+        self.console.print(
+            f"  data: {data['source']} — {data['train_images']:,} train / {data['val_images']:,} val images "
+            f"{'x'.join(map(str, data['image_shape']))} {data['stored_dtype']}; validation = {data['validation']}",
+            highlight=False,
+        )
+        if data.get("note"):
+            self.console.print(f"  [yellow]note:[/] {data['note']}", highlight=False)
+        self.console.print(
+            f"  devices: {placement['strategy']} × {placement['replicas']} replica(s) {placement['devices']}, "
+            f"precision {placement['precision']}; global batch {info['global_batch_size']}, "
+            f"{info['steps_per_epoch']} steps/epoch; {info['params']:,} parameters",
+            highlight=False,
+        )
+        self.progress.start()
+        self.epoch_task = self.progress.add_task(
+            "epochs", total=info["epochs"], completed=info["start_epoch"], stats=""
+        )
+
+    def on_epoch_begin(self, epoch: int, steps: int) -> None:
+        if self.step_task is not None:
+            self.progress.remove_task(self.step_task)
+        self.step_task = self.progress.add_task(f"epoch {epoch}", total=steps, stats="")
+
+    def on_step_end(self, epoch: int, step: int, loss: float, samples_per_sec: float) -> None:
+        self.progress.update(self.step_task, advance=1, stats=f"loss {loss:.5f}  {samples_per_sec:,.0f} samples/s")
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        self.progress.advance(self.epoch_task)
+        self.progress.update(self.epoch_task, stats=f"val MSE {row['val_mse']:.5f}")
+        self.progress.console.print(
+            f"epoch {epoch:>3}  loss {row['train_loss']:.5f}  val MSE {row['val_mse']:.5f}  "
+            f"val PSNR {row['val_psnr']:.2f} dB  {row['seconds']:.1f} s  {row['samples_per_sec']:,.0f} samples/s",
+            highlight=False,
+        )
+
+    def on_train_end(self, result: TrainResult) -> None:
+        self.progress.stop()
+
+
+def render_train_summary(console: Console, result: TrainResult) -> None:
+    m = result.metrics
+    table = Table(title="Training summary", show_header=False, title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("epochs", str(m["epochs"]))
+    table.add_row("final train loss", f"{m['final_train_loss']:.5f}")
+    table.add_row("final val MSE", f"{m['final_val_mse']:.5f}")
+    table.add_row("final val PSNR", f"{m['final_val_psnr']:.2f} dB")
+    table.add_row("best val MSE", f"{m['best_val_mse']:.5f}")
+    table.add_row("mean samples/s", f"{m['mean_samples_per_sec']:,.0f}")
+    table.add_row("training time", f"{m['train_seconds']:.1f} s")
+    table.add_row("parameters", f"{m['params']['encoder']:,} encoder / {m['params']['decoder']:,} decoder / {m['params']['autoencoder']:,} total")
+    console.print(table)
+    if result.wrote_files:
+        console.print(f"Run saved to [bold]{result.run_dir}[/]  (export it: aekit export --run {result.run_dir})")
+    else:
+        console.print("This worker is not the chief; the chief wrote the run folder.")
+
+
+def render_info(console: Console, facts: dict) -> None:
+    table = Table(title=f"aekit {facts['aekit']}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("python", facts["python"])
+    table.add_row("platform", facts["platform"])
+    table.add_row("cpu", f"{facts['cpu']} ({facts['cpu_count']} logical cores)")
+    for name, version in facts["packages"].items():
+        if version:
+            table.add_row(name, version)
+    table.add_row("TensorFlow built with CUDA", str(facts["tensorflow_built_with_cuda"]))
+    gpus = facts["gpus"]
+    table.add_row("GPUs visible to TensorFlow", ", ".join(f"{g['name']} ({g['model']})" for g in gpus) if gpus else "none")
+    table.add_row("onnxruntime providers available", ", ".join(facts["onnxruntime_available_providers"]) or "none")
+    console.print(table)
+    if not gpus and any("CUDA" in p for p in facts["onnxruntime_available_providers"]):
+        console.print(
+            "[yellow]note:[/] onnxruntime lists CUDA as available, but no GPU is visible: its sessions will run on CPU.",
+            highlight=False,
+        )

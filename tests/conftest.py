@@ -1,0 +1,54 @@
+"""Shared fixtures: the real MNIST files beside the repo, small arrays, CPU-only TensorFlow.
+
+The process is split into two logical CPU devices before TensorFlow starts, so
+the mirrored (2-replica) training path runs in-process. No test touches the
+network: AEKIT_OFFLINE makes the default dataset fall back at once.
+"""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["AEKIT_OFFLINE"] = "1"
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("AEKIT_TEST_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+TINY = {"filters": (8, 16), "latent_dim": 4}
+
+
+def read_mnist(count: int | None = None) -> np.ndarray:
+    raw = gzip.decompress((MNIST_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+    return images if count is None else images[:count]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    assert (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(), f"shared MNIST data missing at {MNIST_DIR}"
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def small_npz(tmp_path_factory) -> Path:
+    """640 real MNIST digits as uint8 (N, 28, 28) in images=."""
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, images=read_mnist(640))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    import keras
+
+    yield
+    keras.mixed_precision.set_global_policy("float32")
