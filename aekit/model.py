@@ -20,6 +20,7 @@ def build_autoencoder(
     input_shape: Sequence[int] = (28, 28, 1),
     filters: Sequence[int] = (32, 64),
     latent_dim: int = 16,
+    bn_momentum: float = 0.99,
 ):
     """Builds (encoder, decoder, autoencoder) under the current Keras dtype policy.
 
@@ -27,6 +28,8 @@ def build_autoencoder(
         input_shape: (H, W, C); H and W must divide by 2**len(filters).
         filters: channels of each stride-2 conv block, outermost first.
         latent_dim: size of the code the encoder emits.
+        bn_momentum: BatchNorm moving-statistics momentum (Keras' 0.99 in the
+            reference; the training recipe picks its own, see TrainConfig).
 
     Returns:
         encoder: (None, H, W, C) -> (None, latent_dim)
@@ -52,7 +55,7 @@ def build_autoencoder(
     for f in filters:
         x = layers.Conv2D(f, KERNEL, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=bn_momentum)(x)
     volume = tuple(int(d) for d in x.shape[1:])
     x = layers.Flatten()(x)
     latent = layers.Dense(latent_dim, name="latent")(x)
@@ -64,7 +67,7 @@ def build_autoencoder(
     for f in reversed(filters):
         x = layers.Conv2DTranspose(f, KERNEL, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=bn_momentum)(x)
     x = layers.Conv2DTranspose(channels, KERNEL, strides=1, padding="same")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="reconstruction")(x)
     decoder = keras.Model(latent_in, outputs, name="decoder")

@@ -47,6 +47,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     filters: tuple[int, ...] = (32, 64)
     latent_dim: int = 16
+    bn_momentum: float = 0.99
     gpus: int | None = None
     cpu_replicas: int = 0
     precision: str = "auto"
@@ -54,7 +55,7 @@ class TrainConfig:
     data_dir: str | None = None
 
     # Settings that define the model or the data; a resumed run must keep them.
-    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "seed", "lr_schedule")
+    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule")
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -157,7 +158,9 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
     with strategy.scope():
         from aekit.model import build_autoencoder
 
-        encoder, decoder, autoencoder = build_autoencoder(splits.image_shape, config.filters, config.latent_dim)
+        encoder, decoder, autoencoder = build_autoencoder(
+            splits.image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum
+        )
         optimizer = keras.optimizers.Adam(learning_rate=_schedule(config, steps_per_epoch))
         if placement.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

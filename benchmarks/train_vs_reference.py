@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--reference-json", type=Path, help="a previous run's JSON to take the reference rows from")
     parser.add_argument("--batch-size", type=int, help="override aekit's default recipe (for tuning)")
     parser.add_argument("--learning-rate", type=float, help="override aekit's default recipe (for tuning)")
+    parser.add_argument("--bn-momentum", type=float, help="override aekit's default recipe (for tuning)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_vs_reference.json"))
     args = parser.parse_args()
 
@@ -115,7 +116,8 @@ def main() -> None:
         reference = json.loads(args.reference_json.read_text())["reference"]
     else:
         reference = run_reference(x_train, x_val, args.epochs, args.seed)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("learning_rate", args.learning_rate)) if v}
+    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("learning_rate", args.learning_rate),
+                                                 ("bn_momentum", args.bn_momentum)) if v}
     ours, recipe = run_aekit(args.data, args.epochs, {"seed": args.seed, **overrides})
 
     target = reference[-1]["val_mse"]

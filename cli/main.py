@@ -91,6 +91,7 @@ def train(
     lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (decay to 1% over the run) or constant. [default: cosine]")] = None,
     filters: Annotated[Optional[str], typer.Option(help="Channels of each stride-2 conv block, e.g. 32,64. Image sides must divide by 2^blocks. [default: 32,64]")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help="Size of the latent code. [default: 16]")] = None,
+    bn_momentum: Annotated[Optional[float], typer.Option(help="BatchNorm moving-average momentum. [default: 0.9]")] = None,
     val_split: Annotated[Optional[float], typer.Option(help="For sources with one split: the LAST fraction held out for validation. [default: 0.1]")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.")] = None,
     cpu_replicas: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs).")] = None,
@@ -112,7 +113,7 @@ def train(
     given = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "lr_schedule": lr_schedule, "filters": parse_filters(filters) if filters is not None else None,
-        "latent_dim": latent_dim, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
+        "latent_dim": latent_dim, "bn_momentum": bn_momentum, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
         "precision": precision, "seed": seed, "data_dir": data_dir,
     }
     explicit = {key for key, value in given.items() if value is not None}

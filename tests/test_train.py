@@ -1,0 +1,165 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aekit import AekitError, runs
+from aekit.train import TrainCallback, TrainConfig, prepare_resume, train
+from conftest import TINY
+
+
+def tiny(small_npz, **overrides) -> TrainConfig:
+    return TrainConfig(**{"dataset": str(small_npz), "epochs": 2, "batch_size": 64, "gpus": 0, **TINY, **overrides})
+
+
+class Recorder(TrainCallback):
+    def __init__(self):
+        self.info, self.steps, self.rows = None, [], []
+
+    def on_train_begin(self, info):
+        self.info = info
+
+    def on_step_end(self, epoch, step, loss, samples_per_sec):
+        self.steps.append((epoch, step, loss, samples_per_sec))
+
+    def on_epoch_end(self, epoch, row):
+        self.rows.append(row)
+
+
+def test_train_writes_a_complete_run_folder(tmp_path, small_npz):
+    recorder = Recorder()
+    result = train(tiny(small_npz), tmp_path / "run", recorder)
+    run = result.run_dir
+    for name in (runs.CONFIG, runs.HISTORY_JSON, runs.HISTORY_CSV, runs.METRICS, runs.LOSS_PLOT,
+                 runs.RECONSTRUCTIONS, *runs.MODEL_FILES.values()):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert not list(run.glob(".partial-*"))
+
+    history = json.loads((run / runs.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:
+        assert 0 < row["train_loss"] < 0.5 and 0 < row["val_mse"] < 0.5
+        assert row["val_psnr"] == pytest.approx(row["val_psnr"]) and row["val_psnr"] > 3
+        assert row["seconds"] > 0 and row["samples_per_sec"] > 0
+    csv_lines = (run / runs.HISTORY_CSV).read_text().splitlines()
+    assert csv_lines[0].split(",")[:4] == ["epoch", "train_loss", "val_mse", "val_psnr"] and len(csv_lines) == 3
+
+    metrics = json.loads((run / runs.METRICS).read_text())
+    assert metrics["epochs"] == 2 and metrics["final_val_mse"] == pytest.approx(history[-1]["val_mse"])
+    assert metrics["params"] == {"encoder": 4484, "decoder": 7569, "autoencoder": 12053}
+
+    config = json.loads((run / runs.CONFIG).read_text())
+    assert config["recipe"]["filters"] == [8, 16] and config["model"]["input_shape"] == [28, 28, 1]
+    assert config["data"]["train_images"] == 576 and config["data"]["val_images"] == 64
+    assert config["placement"]["replicas"] == 1 and config["placement"]["precision"] == "float32"
+
+    # 576 images / batch 64 = 9 steps per epoch, reported step by step
+    assert recorder.info["steps_per_epoch"] == 9 and len(recorder.steps) == 18
+    with Image.open(run / runs.RECONSTRUCTIONS) as grid, Image.open(run / runs.LOSS_PLOT) as plot:
+        assert grid.width > grid.height and plot.size[0] >= 400
+
+    import keras
+
+    encoder = keras.models.load_model(run / "encoder.keras")
+    assert encoder.output.shape[1:] == (4,)
+
+
+def test_two_replicas_mirror_and_the_loss_falls(tmp_path, small_npz):
+    recorder = Recorder()
+    result = train(tiny(small_npz, cpu_replicas=2, epochs=4, learning_rate=5e-3), tmp_path / "run", recorder)
+    assert recorder.info["placement"]["replicas"] == 2
+    assert recorder.info["placement"]["strategy"] == "MirroredStrategy"
+    assert recorder.info["placement"]["devices"] == ["/cpu:0", "/cpu:1"]
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+    config = json.loads((result.run_dir / runs.CONFIG).read_text())
+    assert config["placement"]["replicas"] == 2
+
+
+def test_resume_continues_from_the_last_finished_epoch(tmp_path, small_npz):
+    run_dir = tmp_path / "run"
+    first = train(tiny(small_npz, epochs=2), run_dir)
+    before = json.loads((run_dir / runs.HISTORY_JSON).read_text())
+    config = prepare_resume(run_dir, TrainConfig(epochs=3), {"epochs"})
+    assert config.filters == (8, 16) and config.epochs == 3
+    recorder = Recorder()
+    second = train(config, run_dir, recorder)
+    assert recorder.info["start_epoch"] == 2 and len(recorder.rows) == 1
+    history = json.loads((run_dir / runs.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[:2] == before
+    assert second.metrics["epochs"] == 3 and first.metrics["epochs"] == 2
+
+
+def test_resume_keeps_model_settings_and_refuses_a_finished_run(tmp_path, small_npz):
+    run_dir = tmp_path / "run"
+    train(tiny(small_npz, epochs=1), run_dir)
+    with pytest.raises(AekitError, match="latent_dim"):
+        prepare_resume(run_dir, TrainConfig(latent_dim=32), {"latent_dim"})
+    with pytest.raises(AekitError, match="already finished 1 epoch"):
+        train(prepare_resume(run_dir, TrainConfig(), set()), run_dir)
+
+
+def test_interrupted_run_is_not_finished_and_resumes(tmp_path, small_npz):
+    class Stop(TrainCallback):
+        def on_epoch_end(self, epoch, row):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(small_npz, epochs=3), run_dir, Stop())
+    assert not runs.is_finished(run_dir) and runs.is_run_dir(run_dir)
+    assert [row["epoch"] for row in json.loads((run_dir / runs.HISTORY_JSON).read_text())] == [1, 2]
+    result = train(prepare_resume(run_dir, TrainConfig(), set()), run_dir)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3] and runs.is_finished(run_dir)
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_a_float32_output(tmp_path, small_npz, precision):
+    result = train(tiny(small_npz, epochs=1, precision=precision), tmp_path / "run")
+    assert np.isfinite(result.metrics["final_val_mse"]) and result.metrics["final_val_mse"] < 0.5
+    config = json.loads((result.run_dir / runs.CONFIG).read_text())
+    assert config["placement"]["precision"] == precision
+
+
+def test_bad_batch_sizes_are_refused_before_anything_is_written(tmp_path, small_npz):
+    with pytest.raises(AekitError, match="does not divide across 2 replicas"):
+        train(tiny(small_npz, batch_size=63, cpu_replicas=2), tmp_path / "a")
+    with pytest.raises(AekitError, match="larger than the 576 training images"):
+        train(tiny(small_npz, batch_size=1024), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_more_gpus_than_visible_lists_what_is_visible(tmp_path, small_npz):
+    with pytest.raises(AekitError, match=r"--gpus 2 asked for 2 GPU\(s\) but TensorFlow sees 0 \(none\)"):
+        train(tiny(small_npz, gpus=2), tmp_path / "run")
+
+
+def test_impossible_options(tmp_path, small_npz):
+    with pytest.raises(AekitError, match="exclude each other"):
+        train(tiny(small_npz, gpus=1, cpu_replicas=2), tmp_path / "run")
+    with pytest.raises(AekitError, match="--precision"):
+        train(tiny(small_npz, precision="float8"), tmp_path / "run")
+    with pytest.raises(AekitError, match="--epochs"):
+        train(tiny(small_npz, epochs=0), tmp_path / "run")
+
+
+def test_nan_data_leaves_no_run_folder(tmp_path):
+    images = np.random.default_rng(0).random((100, 28, 28), dtype=np.float32)
+    images[5, 0, 0] = np.nan
+    np.save(tmp_path / "nan.npy", images)
+    with pytest.raises(AekitError, match="NaN"):
+        train(TrainConfig(dataset=str(tmp_path / "nan.npy"), gpus=0, **TINY), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "model.keras"
+    with pytest.raises(RuntimeError):
+        with runs.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert os.listdir(tmp_path) == []
