@@ -22,6 +22,9 @@ import typer  # noqa: E402
 
 from aekit import AekitError, __version__  # noqa: E402
 from aekit.cli.render import err_console, out_console  # noqa: E402
+from aekit.train import TrainConfig  # noqa: E402
+
+RECIPE = TrainConfig()  # the default recipe; help texts quote it rather than repeat it
 
 app = typer.Typer(
     name="aekit",
@@ -85,18 +88,18 @@ def parse_filters(text: str) -> tuple[int, ...]:
 @user_errors
 def train(
     dataset: Annotated[Optional[str], typer.Option(help="TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a folder of PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs to train (in all, counting resumed ones). [default: 25]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="GLOBAL batch size, split evenly across replicas. [default: 128]")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, 2x rate) up to ~1e-2. [default: 3e-3]")] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (decay to 1% over the run) or constant. [default: cosine]")] = None,
-    filters: Annotated[Optional[str], typer.Option(help="Channels of each stride-2 conv block, e.g. 32,64. Image sides must divide by 2^blocks. [default: 32,64]")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(help="Size of the latent code. [default: 16]")] = None,
-    bn_momentum: Annotated[Optional[float], typer.Option(help="BatchNorm moving-average momentum. [default: 0.9]")] = None,
-    val_split: Annotated[Optional[float], typer.Option(help="For sources with one split: the LAST fraction held out for validation. [default: 0.1]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs to train (in all, counting resumed ones). (default: {RECIPE.epochs})")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"GLOBAL batch size, split evenly across replicas. (default: {RECIPE.batch_size})")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, 2x rate) up to ~1e-2. (default: {RECIPE.learning_rate:g})")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help=f"cosine (decay to 1% over the run) or constant. (default: {RECIPE.lr_schedule})")] = None,
+    filters: Annotated[Optional[str], typer.Option(help=f"Channels of each stride-2 conv block. Image sides must divide by 2^blocks. (default: {','.join(map(str, RECIPE.filters))})")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help=f"Size of the latent code. (default: {RECIPE.latent_dim})")] = None,
+    bn_momentum: Annotated[Optional[float], typer.Option(help=f"BatchNorm moving-average momentum. (default: {RECIPE.bn_momentum})")] = None,
+    val_split: Annotated[Optional[float], typer.Option(help=f"For sources with one split: the LAST fraction held out for validation. (default: {RECIPE.val_split})")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.")] = None,
     cpu_replicas: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed for weights and shuffling. [default: 0]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed for weights and shuffling. (default: {RECIPE.seed})")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder. Default: runs/<name or timestamp>. An existing run folder is resumed.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Name of the run folder under runs/.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last finished epoch.")] = None,
@@ -107,7 +110,7 @@ def train(
     """Train the convolutional autoencoder and write a run folder."""
     from aekit import runs
     from aekit.cli.render import TrainProgress, render_train_summary
-    from aekit.train import TrainConfig, prepare_resume
+    from aekit.train import prepare_resume
     from aekit.train import train as run_training
 
     given = {
