@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -54,7 +54,7 @@ class DataSplits:
     kind: str
     validation: str
     note: str | None = None
-    labels: dict = field(default_factory=dict)
+    val_split: float = 0.1
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -69,6 +69,7 @@ class DataSplits:
             "image_shape": list(self.image_shape),
             "stored_dtype": str(self.train.dtype),
             "validation": self.validation,
+            "val_split": self.val_split,
             "pixel_scaling": self.scaling.to_json(),
             "note": self.note,
         }
@@ -102,10 +103,12 @@ def load_data(
         raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}.")
     if dataset is None:
         splits = _load_default(val_split, data_dir)
+    elif dataset == BUNDLED_SAMPLE:
+        splits = _load_bundled(val_split)
     else:
         path = Path(dataset).expanduser()
         if path.exists():
-            splits = _load_path(path, val_split)
+            splits = _load_path(path.resolve(), val_split)
         elif _looks_like_path(dataset):
             raise AekitError(
                 f"Dataset path {dataset} does not exist. Check the path, or pass a TFDS name such as mnist."
@@ -113,7 +116,15 @@ def load_data(
         else:
             splits = _load_tfds(dataset, val_split, data_dir, fallback=False)
     _check_splits(splits)
+    splits.val_split = val_split
     return splits
+
+
+def reload_data(record: dict, data_dir: str | None = None) -> DataSplits:
+    """Loads the data a run was trained on again, from the `data` record in its config.json."""
+    source, val_split = record["source"], record.get("val_split", 0.1)
+    name = source.removeprefix("tfds:") if record.get("kind") == "tfds" else source
+    return load_data(name, val_split, data_dir)
 
 
 def check_divisible(image_shape: tuple[int, ...], depth: int) -> None:
@@ -238,10 +249,15 @@ def _load_tfds(name: str, val_split: float, data_dir: str | None, fallback: bool
     if "image" not in builder.info.features:
         raise AekitError(f"TFDS dataset {name!r} has no 'image' feature. Pick an image dataset.")
     train = _tfds_images(builder, "train")
-    held_out = next((s for s in ("test", "validation") if s in splits), None)
+    # Split names are known once prepared; when TFDS does not list them, try "test".
+    held_out = next((s for s in ("test", "validation") if s in splits), None if splits else "test")
+    val = None
     if held_out:
-        val, validation = _tfds_images(builder, held_out), f"TFDS split '{held_out}'"
-    else:
+        try:
+            val, validation = _tfds_images(builder, held_out), f"TFDS split '{held_out}'"
+        except (ValueError, KeyError):
+            val = None
+    if val is None:
         train, val, validation = _split_last(train, val_split)
     return DataSplits(train, val, PixelScaling.for_images(train), f"tfds:{name}", "tfds", validation)
 

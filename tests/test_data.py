@@ -159,3 +159,19 @@ def test_pipeline_scales_batches_by_the_global_batch(mnist_dir):
     assert not np.array_equal(first_pass[:, ..., 0], images[:96, ..., 0] / 255.0)  # shuffled
     finite = make_dataset(images, splits.scaling, 32, shuffle=False, repeat=False, drop_remainder=False)
     np.testing.assert_allclose(np.concatenate(list(finite.as_numpy_iterator())), images / 255.0, rtol=1e-6)
+
+
+def test_a_run_record_reloads_the_same_data(tmp_path, small_npz, monkeypatch):
+    from aekit.data import reload_data
+
+    fallback = load_data(None, val_split=0.1, data_dir=str(tmp_path))
+    again = reload_data(fallback.describe())
+    assert again.kind == "bundled" and again.note is None
+    np.testing.assert_array_equal(again.val, fallback.val)
+
+    monkeypatch.chdir(small_npz.parent)
+    relative = load_data(small_npz.name, val_split=0.25)
+    monkeypatch.chdir(tmp_path)  # the record holds an absolute path, so any cwd works
+    again = reload_data(relative.describe())
+    assert len(again.val) == 160
+    np.testing.assert_array_equal(again.val, relative.val)
