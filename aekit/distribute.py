@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from aekit.errors import AekitError
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# Public names (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy).
+STRATEGY_NAMES = {"default": "single device", "mirrored": "MirroredStrategy", "multi_worker": "MultiWorkerMirroredStrategy"}
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Placement:
 
     def describe(self) -> dict:
         return {
-            "strategy": type(self.strategy).__name__,
+            "strategy": STRATEGY_NAMES[self.kind],
             "kind": self.kind,
             "devices": self.devices,
             "replicas": self.num_replicas,

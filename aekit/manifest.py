@@ -39,10 +39,12 @@ class Parity:
 
     images: int
     max_abs_diff: float
+    max_rel_diff: float  # max_abs_diff / max(1, largest |Keras output|)
     mse_keras: float
     mse_export: float
     mse_delta: float
-    tolerance: float
+    mse_rel_delta: float  # mse_delta / mse_keras
+    tolerance: float  # bound on mse_rel_delta
     runtime: str
 
 

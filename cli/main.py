@@ -140,6 +140,52 @@ def train(
 
 @app.command()
 @user_errors
+def export(
+    run: Annotated[Optional[Path], typer.Option(help="Run folder to export. Default: the newest finished run under runs/.")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx, tflite, savedmodel, all, or a comma list (onnx,tflite).")] = "onnx",
+    quantize: Annotated[str, typer.Option(help="none | fp16 (tflite) | int8 (onnx, tflite; calibrated on the run's training images).")] = "none",
+    parts: Annotated[str, typer.Option(help="encoder,decoder (default) or all (adds the autoencoder).")] = "encoder,decoder",
+    opset: Annotated[int, typer.Option(help="ONNX opset (13-18).")] = 17,
+    calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8 ranges.")] = 512,
+    tolerance: Annotated[Optional[float], typer.Option(help="Largest allowed rise of reconstruction MSE vs Keras, as a fraction of the Keras MSE. Default per precision: float32 1e-4, fp16 0.01, int8 0.10.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export folder. Default: <run>/export.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest entries as JSON on stdout.")] = False,
+):
+    """Export the encoder and decoder to ONNX/TFLite/SavedModel; check each file against Keras."""
+    from aekit import runs
+    from aekit.cli.render import render_export
+    from aekit.export import FORMATS, ExportOptions, export_run
+
+    run_dir = run or runs.newest_finished_run()
+    formats = FORMATS if format == "all" else tuple(f.strip() for f in format.split(",") if f.strip())
+    roles = ("encoder", "decoder", "autoencoder") if parts == "all" else tuple(p.strip() for p in parts.split(","))
+    bad = [r for r in roles if r not in ("encoder", "decoder", "autoencoder")]
+    if bad or not roles:
+        raise AekitError(f"--parts {parts!r}: expected a comma list of encoder, decoder, autoencoder, or all.")
+    options = ExportOptions(
+        formats=formats, quantize=quantize, parts=roles, opset=opset,
+        calibration_samples=calibration_samples, tolerance=tolerance, output=output,
+    )
+    if not (quiet_json := json_out):
+        err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
+    with err_console.status("converting and checking parity...", spinner="dots") if not quiet_json else _nullcontext():
+        result = export_run(run_dir, options)
+    if json_out:
+        print(json.dumps({"run_dir": str(run_dir), "output": str(result.output), "files": [e.to_json() for e in result.entries]}))
+    else:
+        render_export(out_console, result)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@app.command()
+@user_errors
 def info(json_out: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False):
     """Versions of aekit's engines, visible GPUs and onnxruntime's execution providers."""
     from aekit.system import system_info

@@ -116,3 +116,27 @@ def render_info(console: Console, facts: dict) -> None:
             "[yellow]note:[/] onnxruntime lists CUDA as available, but no GPU is visible: its sessions will run on CPU.",
             highlight=False,
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.1f} MiB"
+
+
+def render_export(console: Console, result) -> None:
+    table = Table(title=f"Export of {result.run_dir} → {result.output}", title_justify="left")
+    for column, justify in (("file", "left"), ("format", "left"), ("precision", "left"), ("size", "right"),
+                            ("max abs diff", "right"), ("MSE Keras → export", "right"), ("ΔMSE", "right"),
+                            ("status", "left")):
+        table.add_column(column, justify=justify, no_wrap=column != "status")
+    for e in result.entries:
+        p = e.parity
+        status = "[green]passed[/]" if e.status == "passed" else f"[red]failed[/]: {e.reason}"
+        table.add_row(
+            e.file, e.format, e.precision, _size(e.bytes) if e.bytes else "-",
+            f"{p.max_abs_diff:.1e}" if p else "-",
+            f"{p.mse_keras:.5f} → {p.mse_export:.5f}" if p else "-",
+            f"{p.mse_delta:+.1e}" if p else "-",
+            status,
+        )
+    console.print(table)
+    console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)

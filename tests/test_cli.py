@@ -113,3 +113,24 @@ def test_wheel_installs_the_cli_as_aekit_cli_with_the_sample(tmp_path):
     assert not any(name.startswith("cli/") for name in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "aekit = aekit.cli.main:app" in entry_points
+
+
+def test_tf_config_selects_multi_worker_strategy_with_the_same_loop(tmp_path, small_npz):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    env = {**os.environ, "AEKIT_OFFLINE": "1", "TF_CONFIG": json.dumps(tf_config)}
+    proc = subprocess.run(
+        [str(AEKIT), "train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "2", "--batch-size", "64",
+         "-o", str(tmp_path / "run"), "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["epochs"] == 2
+    config = json.loads((tmp_path / "run" / runs.CONFIG).read_text())
+    assert config["placement"]["strategy"] == "MultiWorkerMirroredStrategy"
+    assert config["placement"]["task"] == "worker:0" and config["placement"]["replicas"] == 1
+    assert runs.is_finished(tmp_path / "run")

@@ -1,0 +1,511 @@
+"""Export a finished run's encoder and decoder to ONNX, TFLite and SavedModel, each proven faithful.
+
+Models are rebuilt under the float32 policy and given the trained weights before
+export, so a mixed-precision run still yields pure float32 graphs. Every file is
+written under a temporary name, run by its own runtime on real validation images
+and compared with Keras; it gets its final name only when the parity check passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aekit import __version__, runs
+from aekit.errors import AekitError
+from aekit.manifest import (
+    MANIFEST,
+    FileEntry,
+    Manifest,
+    Parity,
+    TensorSpec,
+    directory_size_and_hash,
+    sha256_of,
+)
+from aekit.metrics import mse_per_image
+from aekit.runtimes import TFLiteRunner, OnnxRunner, run_batched
+
+FORMATS = ("onnx", "tflite", "savedmodel")
+QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
+# Which precisions each format can be exported in.
+SUPPORTED = {"onnx": ("float32", "int8"), "tflite": ("float32", "fp16", "int8"), "savedmodel": ("float32",)}
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "savedmodel": "_savedmodel"}
+# Default bound on the reconstruction-MSE rise (export minus Keras), as a fraction of the
+# Keras MSE, per precision. Relative, so one bound serves a well- and a barely-trained model:
+# measured int8 rises are 1-5% here, fp16 well under 0.1%.
+DEFAULT_TOLERANCE = {"float32": 1e-4, "fp16": 0.01, "int8": 0.10}
+# Float32 exports must also agree output for output, relative to the output's range
+# (latents reach magnitudes of 10-30, images 1).
+FLOAT32_MAX_REL_DIFF = 1e-5
+# tf2onnx 1.17 converts up to opset 18; onnxruntime runs it.
+DEFAULT_OPSET = 17
+MAX_OPSET = 18
+INPUT_NAMES = {"encoder": "image", "decoder": "latent", "autoencoder": "image"}
+OUTPUT_NAMES = {"encoder": "latent", "decoder": "reconstruction", "autoencoder": "reconstruction"}
+
+
+@dataclass
+class ExportOptions:
+    """What to export. `formats` from FORMATS; `quantize` a key of QUANTIZE."""
+
+    formats: tuple[str, ...] = ("onnx",)
+    quantize: str = "none"
+    parts: tuple[str, ...] = ("encoder", "decoder")
+    opset: int = DEFAULT_OPSET
+    calibration_samples: int = 512
+    parity_samples: int = 1000
+    tolerance: float | None = None
+    output: Path | None = None
+
+    def plan(self) -> list[tuple[str, str, str]]:
+        """(role, format, precision) for every file, or AekitError for impossible combinations."""
+        if self.quantize not in QUANTIZE:
+            raise AekitError(f"--quantize {self.quantize!r} is not one of {', '.join(QUANTIZE)}.")
+        precision = QUANTIZE[self.quantize]
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise AekitError(f"--format {','.join(unknown) or '?'} is not one of {', '.join(FORMATS)}, all.")
+        if not MAX_OPSET >= self.opset >= 13:
+            raise AekitError(f"--opset {self.opset}: tf2onnx here converts opsets 13 to {MAX_OPSET}. Pick one in that range.")
+        if self.calibration_samples < 1 or self.parity_samples < 1:
+            raise AekitError("--calibration-samples must be at least 1.")
+        explicit_all = len(self.formats) == len(FORMATS)
+        plan = []
+        for fmt in self.formats:
+            if precision not in SUPPORTED[fmt]:
+                if explicit_all:  # --format all: float-only formats stay float32
+                    plan += [(role, fmt, "float32") for role in self.parts]
+                    continue
+                allowed = ", ".join("none" if p == "float32" else p for p in SUPPORTED[fmt])
+                raise AekitError(f"--format {fmt} cannot be quantized to {self.quantize}. Use --quantize {allowed}.")
+            plan += [(role, fmt, precision) for role in self.parts]
+        return plan
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    entries: list[FileEntry] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    @property
+    def failed(self) -> list[FileEntry]:
+        return [e for e in self.entries if e.status != "passed"]
+
+
+@dataclass
+class LoadedRun:
+    """A finished run's models rebuilt in float32, with its config and data."""
+
+    run_dir: Path
+    config: dict
+    models: dict
+    splits: object
+
+    @property
+    def scaling(self):
+        return self.splits.scaling
+
+
+def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
+    """Loads a finished run and rebuilds encoder/decoder/autoencoder under the float32 policy."""
+    import keras
+
+    from aekit.data import reload_data
+    from aekit.model import build_autoencoder
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AekitError(f"Run folder {run_dir} does not exist. Pass --run runs/<name> (see ls runs/).")
+    if not runs.is_run_dir(run_dir):
+        raise AekitError(f"{run_dir} has no {runs.CONFIG}: it is not an aekit run folder. Pass a folder made by aekit train.")
+    if not runs.is_finished(run_dir):
+        raise AekitError(f"{run_dir} is an unfinished run (no {runs.METRICS}). Finish it: aekit train --resume {run_dir}.")
+    config = runs.read_json(run_dir / runs.CONFIG)
+    try:
+        model = config["model"]
+        recipe = config.get("recipe", {})
+    except KeyError:
+        raise AekitError(f"{run_dir / runs.CONFIG} has no model section. Retrain the run with this aekit.") from None
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        rebuilt = dict(
+            zip(
+                ("encoder", "decoder", "autoencoder"),
+                build_autoencoder(
+                    model["input_shape"], model["filters"], model["latent_dim"],
+                    bn_momentum=recipe.get("bn_momentum", 0.99),
+                ),
+            )
+        )
+        for role in ("encoder", "decoder"):
+            path = run_dir / runs.MODEL_FILES[role]
+            try:
+                trained = keras.models.load_model(path, compile=False)
+            except (OSError, ValueError) as exc:
+                raise AekitError(f"Cannot load {path}: {str(exc).splitlines()[0][:200]}. Retrain the run.") from None
+            rebuilt[role].set_weights(trained.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    splits = reload_data(config["data"], data_dir or recipe.get("data_dir"))
+    return LoadedRun(run_dir, config, rebuilt, splits)
+
+
+def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: str | None = None) -> ExportResult:
+    """Exports the files `options` plans, checks each against Keras, writes manifest.json.
+
+    Args:
+        run_dir: a finished run folder.
+        options: formats, precision, parts, tolerances, output folder.
+        on_file: called with each FileEntry as it is done (for progress).
+
+    Returns:
+        ExportResult; entries whose status is "failed" were not kept on disk.
+    """
+    plan = options.plan()
+    loaded = load_run(run_dir, data_dir)
+    output = Path(options.output) if options.output else Path(run_dir) / "export"
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=output, prefix=".partial-probe-")
+        probe.close()
+    except OSError as exc:
+        raise AekitError(f"Cannot write to {output}: {exc.strerror}. Pass --output a writable folder.") from None
+
+    images = _sample(loaded.scaling.to_model_numpy(loaded.splits.val), options.parity_samples)
+    calibration = _sample(loaded.scaling.to_model_numpy(loaded.splits.train), options.calibration_samples)
+    reference = _KerasReference(loaded.models, images)
+
+    entries = []
+    for role, fmt, precision in plan:
+        entry = _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference)
+        entries.append(entry)
+        if on_file:
+            on_file(entry)
+
+    manifest = Manifest(
+        run=str(Path(run_dir)),
+        model={**loaded.config["model"], "bn_momentum": loaded.config.get("recipe", {}).get("bn_momentum")},
+        pixel_scaling=loaded.scaling.to_json(),
+        versions=_versions(),
+        files=_merge_with_previous(output, entries),
+    )
+    runs.write_json(output / MANIFEST, manifest.to_json())
+    return ExportResult(output, entries, Path(run_dir))
+
+
+# --- internals -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences converters that print (Python and native stdout/stderr) and warn; errors still raise."""
+    import sys
+    import warnings
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+class _KerasReference:
+    """Keras outputs on the parity images, computed once for all files."""
+
+    def __init__(self, models: dict, images: np.ndarray):
+        self.models = models
+        self.images = images
+        self.latents = _keras_predict(models["encoder"], images)
+        self.reconstructions = _keras_predict(models["decoder"], self.latents)
+        self.mse = float(mse_per_image(images, self.reconstructions).mean())
+
+    def inputs_for(self, role: str) -> np.ndarray:
+        return self.latents if role == "decoder" else self.images
+
+    def outputs_for(self, role: str) -> np.ndarray:
+        return self.latents if role == "encoder" else self.reconstructions
+
+    def reconstruct_with(self, role: str, outputs: np.ndarray) -> np.ndarray:
+        """Images reconstructed when the exported part replaces its Keras counterpart."""
+        return _keras_predict(self.models["decoder"], outputs) if role == "encoder" else outputs
+
+
+def _keras_predict(model, inputs: np.ndarray, batch: int = 512) -> np.ndarray:
+    return np.concatenate([np.asarray(model(inputs[i : i + batch], training=False)) for i in range(0, len(inputs), batch)])
+
+
+def _sample(images: np.ndarray, count: int) -> np.ndarray:
+    """`count` images spread evenly over the array (deterministic)."""
+    if count >= len(images):
+        return images
+    return images[np.linspace(0, len(images) - 1, count).astype(int)]
+
+
+def _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference) -> FileEntry:
+    name = f"{role}{'' if precision == 'float32' else '_' + precision}{SUFFIX[fmt]}"
+    final = output / name
+    tolerance = options.tolerance if options.tolerance is not None else DEFAULT_TOLERANCE[precision]
+    model = loaded.models[role]
+    calib_inputs = reference.models["encoder"](calibration, training=False).numpy() if role == "decoder" else calibration
+    tmp = output / f".partial-{name}"
+    _remove(tmp)
+    entry = FileEntry(
+        file=name, role=role, format=fmt, precision=precision, inputs=[], outputs=[], bytes=0, sha256="",
+        status="failed", opset=options.opset if fmt == "onnx" else None,
+    )
+    try:
+        if fmt == "onnx":
+            _write_onnx(model, role, tmp, options.opset, precision, calib_inputs)
+            runner = OnnxRunner(tmp, device="cpu")
+            entry.inputs, entry.outputs = _onnx_specs(runner)
+        elif fmt == "tflite":
+            _write_tflite(model, role, tmp, precision, calib_inputs)
+            runner = TFLiteRunner(tmp)
+            entry.inputs, entry.outputs = _tflite_specs(runner)
+        else:
+            _write_savedmodel(model, role, tmp)
+            runner = _SavedModelRunner(tmp)
+            entry.inputs, entry.outputs = runner.specs(role)
+        outputs = run_batched(runner, reference.inputs_for(role))
+        entry.parity = _parity(reference, role, outputs, tolerance, runner.runtime)
+        problem = _parity_problem(entry.parity, precision)
+        if problem:
+            entry.reason = problem
+            _remove(tmp)
+        else:
+            entry.status = "passed"
+            _remove(final)
+            os.replace(tmp, final)
+            entry.bytes, entry.sha256 = directory_size_and_hash(final) if final.is_dir() else (final.stat().st_size, sha256_of(final))
+    except AekitError:
+        _remove(tmp)
+        raise
+    except Exception as exc:  # a converter or runtime failure marks this file failed, not the whole export
+        entry.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        _remove(tmp)
+    if entry.status != "passed":
+        _remove(final)  # never leave an older file that the manifest no longer vouches for
+    return entry
+
+
+def _parity(reference: _KerasReference, role: str, outputs: np.ndarray, tolerance: float, runtime: str) -> Parity:
+    expected = reference.outputs_for(role)
+    reconstructions = reference.reconstruct_with(role, outputs)
+    mse_export = float(mse_per_image(reference.images, reconstructions).mean())
+    max_abs = float(np.max(np.abs(outputs.astype(np.float64) - expected)))
+    return Parity(
+        images=len(reference.images),
+        max_abs_diff=max_abs,
+        max_rel_diff=max_abs / max(1.0, float(np.max(np.abs(expected)))),
+        mse_keras=reference.mse,
+        mse_export=mse_export,
+        mse_delta=mse_export - reference.mse,
+        mse_rel_delta=(mse_export - reference.mse) / max(reference.mse, 1e-12),
+        tolerance=tolerance,
+        runtime=runtime,
+    )
+
+
+def _parity_problem(parity: Parity, precision: str) -> str | None:
+    if precision == "float32" and parity.max_rel_diff > FLOAT32_MAX_REL_DIFF:
+        return (f"max abs diff {parity.max_abs_diff:.2e} is {parity.max_rel_diff:.1e} of the output range, "
+                f"above {FLOAT32_MAX_REL_DIFF:g} for a float32 export")
+    if parity.mse_rel_delta > parity.tolerance:
+        return (f"reconstruction MSE rose by {parity.mse_delta:.2e} ({parity.mse_rel_delta:.1%} of Keras'), "
+                f"above the tolerance {parity.tolerance:.1%}")
+    return None
+
+
+def _write_onnx(model, role: str, path: Path, opset: int, precision: str, calib_inputs: np.ndarray) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAMES[role])
+    with _quiet():  # tf2onnx prints and logs conversion chatter
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=[spec], opset=opset)
+    _name_tensors(proto, OUTPUT_NAMES[role])
+    if precision == "float32":
+        path.write_bytes(proto.SerializeToString())
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        float_path = Path(scratch) / "float.onnx"
+        float_path.write_bytes(proto.SerializeToString())
+        _quantize_onnx(float_path, path, spec.name, calib_inputs)
+
+
+def _name_tensors(proto, output_name: str) -> None:
+    """Names the output and the dynamic batch dimension ("batch", not tf2onnx's unk__N)."""
+    for value in [*proto.graph.input, *proto.graph.output]:
+        first = value.type.tensor_type.shape.dim[0]
+        if not first.HasField("dim_value"):
+            first.dim_param = "batch"
+    _rename_output(proto, output_name)
+
+
+def _rename_output(proto, name: str) -> None:
+    old = proto.graph.output[0].name
+    if old == name:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+    proto.graph.output[0].name = name
+
+
+def _quantize_onnx(float_path: Path, path: Path, input_name: str, calib_inputs: np.ndarray) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{input_name: calib_inputs[i : i + 32]} for i in range(0, len(calib_inputs), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = float_path.with_name("prepared.onnx")
+    with _quiet():
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def _write_tflite(model, role: str, path: Path, precision: str, calib_inputs: np.ndarray) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([calib_inputs[i : i + 1]] for i in range(len(calib_inputs)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # An edge device feeds what it has (uint8 pixels, or int8 codes) and gets floats back.
+        converter.inference_input_type = tf.int8 if role == "decoder" else tf.uint8
+        converter.inference_output_type = tf.float32
+    with _quiet():
+        path.write_bytes(converter.convert())
+
+
+def _write_savedmodel(model, role: str, path: Path) -> None:
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAMES[role])
+
+    class Serving(tf.Module):
+        def __init__(self, keras_model):
+            super().__init__()
+            self.model = keras_model
+
+        @tf.function(input_signature=[spec])
+        def serve(self, x):
+            return {OUTPUT_NAMES[role]: self.model(x, training=False)}
+
+    module = Serving(model)
+    with _quiet():
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+class _SavedModelRunner:
+    runtime = "tensorflow-saved-model"
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        self.fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (name,) = self.fn.structured_input_signature[1]
+        return next(iter(self.fn(**{name: np.asarray(batch, np.float32)}).values())).numpy()
+
+    def specs(self, role: str):
+        (_, kwargs) = self.fn.structured_input_signature
+        inputs = [TensorSpec(s.name, [None if d is None else int(d) for d in s.shape], s.dtype.name) for s in kwargs.values()]
+        outputs = [
+            TensorSpec(k, [None if d is None else int(d) for d in s.shape], s.dtype.name)
+            for k, s in self.fn.structured_outputs.items()
+        ]
+        return inputs, outputs
+
+
+def _onnx_specs(runner: OnnxRunner):
+    def spec(t):
+        return TensorSpec(t.name, [d if isinstance(d, int) else None for d in t.shape], t.type.removeprefix("tensor(").rstrip(")").replace("float", "float32"))
+
+    return [spec(t) for t in runner.session.get_inputs()], [spec(t) for t in runner.session.get_outputs()]
+
+
+def _tflite_specs(runner: TFLiteRunner):
+    def spec(d):
+        scale, zero_point = d["quantization"]
+        shape = [None if s == -1 else int(s) for s in d["shape_signature"]]
+        quantized = np.dtype(d["dtype"]) != np.float32
+        return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name,
+                          float(scale) if quantized else None, int(zero_point) if quantized else None)
+
+    return [spec(runner.input)], [spec(runner.output)]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _merge_with_previous(output: Path, entries: list[FileEntry]) -> list[FileEntry]:
+    """Keeps earlier manifest entries whose files are still there untouched; new entries replace same-named ones."""
+    previous = output / MANIFEST
+    merged: dict[str, FileEntry] = {}
+    if previous.is_file():
+        try:
+            import json
+
+            for old in json.loads(previous.read_text()).get("files", []):
+                path = output / old["file"]
+                if old.get("status") == "passed" and path.exists():
+                    size, digest = directory_size_and_hash(path) if path.is_dir() else (path.stat().st_size, sha256_of(path))
+                    if size == old.get("bytes") and digest == old.get("sha256"):
+                        merged[old["file"]] = _entry_from_json(old)
+        except (ValueError, KeyError, TypeError):
+            merged = {}
+    for entry in entries:
+        merged[entry.file] = entry
+    return list(merged.values())
+
+
+def _entry_from_json(data: dict) -> FileEntry:
+    data = dict(data)
+    data["inputs"] = [TensorSpec(**t) for t in data.get("inputs", [])]
+    data["outputs"] = [TensorSpec(**t) for t in data.get("outputs", [])]
+    data["parity"] = Parity(**data["parity"]) if data.get("parity") else None
+    return FileEntry(**data)
+
+
+def _versions() -> dict:
+    from aekit.system import package_versions
+
+    return {"aekit": __version__, **{k: v for k, v in package_versions().items() if v}}

@@ -1,0 +1,134 @@
+"""Running exported files with their own runtimes: onnxruntime for .onnx, LiteRT for .tflite.
+
+TensorFlow-free. A runner takes float32 model inputs (images in [0, 1] or
+latents) in any batch size, quantizes them itself when the file wants uint8/int8
+input, and returns float32 outputs. onnxruntime may silently fall back from CUDA
+to CPU, so the runner reports the providers the session really uses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from aekit.errors import AekitError
+
+
+def default_threads() -> int:
+    """Physical cores when psutil can tell, else logical cores."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+class OnnxRunner:
+    """An onnxruntime session over one .onnx file.
+
+    Args:
+        path: the .onnx file.
+        device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it, else CPU).
+        threads: intra-op threads for the CPU provider (None: the physical cores).
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.log_severity_level = 3  # the CUDA-missing noise is reported through `providers` instead
+        if device == "cpu":
+            requested = ["CPUExecutionProvider"]
+        elif device in ("cuda", "auto"):
+            requested = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            raise AekitError(f"--device {device!r} is not one of cpu, cuda, auto.")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise AekitError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
+        self.providers = self.session.get_providers()
+        self.input = self.session.get_inputs()[0]
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers and self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
+
+
+class TFLiteRunner:
+    """A LiteRT interpreter over one .tflite file, resized to each batch it is given."""
+
+    runtime = "litert"
+    providers = ["XNNPACK/CPU"]
+    device = "cpu"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+        except (ValueError, RuntimeError) as exc:
+            raise AekitError(f"LiteRT cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = None
+
+    def _resize(self, batch_size: int) -> None:
+        if batch_size != self.batch:
+            shape = [batch_size, *self.input["shape"][1:]]
+            self.interpreter.resize_tensor_input(self.input["index"], shape, strict=False)
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self.batch = batch_size
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        self._resize(len(batch))
+        self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
+        self.interpreter.invoke()
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Float values to the tensor's dtype using its (scale, zero_point); floats pass through."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return values
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return values
+    scale, zero_point = detail["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None):
+    """The runner for a file, by its suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise AekitError(f"{path} does not exist. Export it first: aekit export.")
+    if path.suffix == ".onnx":
+        return OnnxRunner(path, device, threads)
+    if path.suffix == ".tflite":
+        return TFLiteRunner(path, threads)
+    raise AekitError(f"{path}: expected a .onnx or .tflite file.")
+
+
+def run_batched(runner, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([runner.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])

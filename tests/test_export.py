@@ -1,0 +1,212 @@
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from aekit import AekitError, runs
+from aekit.cli.main import app
+from aekit.export import ExportOptions, export_run, load_run
+from aekit.manifest import MANIFEST, check_manifest, validate_manifest
+from aekit.runtimes import OnnxRunner, TFLiteRunner, open_runner
+from aekit.train import TrainConfig, train
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_npz):
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(TrainConfig(dataset=str(small_npz), epochs=3, batch_size=64, gpus=0, learning_rate=5e-3, **TINY), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(trained_run, target)
+    return target
+
+
+def manifest_of(folder):
+    data = json.loads((folder / MANIFEST).read_text())
+    assert validate_manifest(data, folder) == []
+    return data
+
+
+def test_onnx_float32_files_match_keras_with_a_dynamic_batch(run_copy):
+    result = export_run(run_copy, ExportOptions(formats=("onnx",)))
+    assert [e.file for e in result.entries] == ["encoder.onnx", "decoder.onnx"] and not result.failed
+    loaded = load_run(run_copy)
+    images = loaded.scaling.to_model_numpy(loaded.splits.val[:7])
+    latents = np.asarray(loaded.models["encoder"](images, training=False))
+    encoder, decoder = OnnxRunner(result.output / "encoder.onnx"), OnnxRunner(result.output / "decoder.onnx")
+    assert encoder.providers == ["CPUExecutionProvider"]
+    np.testing.assert_allclose(encoder.run(images), latents, atol=1e-4)
+    assert encoder.run(images[:1]).shape == (1, 4)
+    np.testing.assert_allclose(decoder.run(latents), loaded.models["decoder"](latents, training=False), atol=1e-5)
+
+    graph = onnx.load(result.output / "encoder.onnx")
+    assert graph.opset_import[0].version == 17
+    assert graph.graph.input[0].name == "image" and graph.graph.output[0].name == "latent"
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    data = manifest_of(result.output)
+    entry = {e["file"]: e for e in data["files"]}["encoder.onnx"]
+    assert entry["inputs"][0] == {"name": "image", "shape": [None, 28, 28, 1], "dtype": "float32", "scale": None, "zero_point": None}
+    assert entry["outputs"][0]["shape"] == [None, 4] and entry["opset"] == 17 and entry["status"] == "passed"
+    assert entry["parity"]["images"] == 64 and entry["parity"]["max_rel_diff"] < 1e-5
+    assert abs(entry["parity"]["mse_rel_delta"]) < 1e-5 and entry["parity"]["runtime"] == "onnxruntime"
+    assert data["pixel_scaling"]["divide_by"] == 255.0 and data["model"]["latent_dim"] == 4
+    assert data["versions"]["tf2onnx"] and data["versions"]["aekit"]
+    assert not list(result.output.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("quantize, bound", [("none", 1e-4), ("fp16", 0.01), ("int8", 0.10)])
+def test_tflite_exports_run_in_litert_within_their_bounds(run_copy, quantize, bound):
+    result = export_run(run_copy, ExportOptions(formats=("tflite",), quantize=quantize))
+    assert not result.failed, [e.reason for e in result.entries]
+    for entry in result.entries:
+        assert entry.parity.runtime == "litert" and entry.parity.mse_rel_delta <= bound
+        assert entry.parity.mse_delta == pytest.approx(entry.parity.mse_rel_delta * entry.parity.mse_keras)
+        runner = open_runner(result.output / entry.file)
+        assert isinstance(runner, TFLiteRunner)
+        width = 4 if entry.role == "decoder" else (28, 28, 1)
+        batch = np.random.default_rng(0).random((5, *np.atleast_1d(width)), dtype=np.float32)
+        assert runner.run(batch).dtype == np.float32
+    encoder = {e.role: e for e in result.entries}["encoder"]
+    if quantize == "int8":
+        # an edge device feeds raw uint8 pixels: scale 1/255, zero point 0
+        assert encoder.inputs[0].dtype == "uint8" and encoder.outputs[0].dtype == "float32"
+        assert encoder.inputs[0].scale == pytest.approx(1 / 255, rel=1e-3) and encoder.inputs[0].zero_point == 0
+        assert encoder.bytes < 0.5 * (run_copy / "encoder.keras").stat().st_size
+    else:
+        assert encoder.inputs[0].dtype == "float32"
+
+
+def test_onnx_int8_is_qdq_with_float_inputs_and_outputs(run_copy):
+    result = export_run(run_copy, ExportOptions(formats=("onnx",), quantize="int8", parts=("encoder", "decoder", "autoencoder")))
+    assert not result.failed and [e.file for e in result.entries][0] == "encoder_int8.onnx"
+    graph = onnx.load(result.output / "decoder_int8.onnx")
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    for entry in result.entries:
+        assert entry.parity.mse_rel_delta < 0.10 and entry.parity.max_abs_diff > 0  # quantized, and close
+
+
+def test_savedmodel_has_a_serving_signature(run_copy):
+    import tensorflow as tf
+
+    result = export_run(run_copy, ExportOptions(formats=("savedmodel",)))
+    assert not result.failed
+    serving = tf.saved_model.load(str(result.output / "encoder_savedmodel")).signatures["serving_default"]
+    out = serving(image=tf.zeros((3, 28, 28, 1)))
+    assert list(out) == ["latent"] and out["latent"].shape == (3, 4)
+    assert manifest_of(result.output)["files"][0]["format"] == "savedmodel"
+
+
+def test_a_mixed_precision_run_exports_a_pure_float32_graph(tmp_path, small_npz):
+    run_dir = tmp_path / "mixed"
+    train(TrainConfig(dataset=str(small_npz), epochs=1, batch_size=64, gpus=0, precision="mixed_bfloat16", **TINY), run_dir)
+    result = export_run(run_dir, ExportOptions(formats=("onnx",)))
+    assert not result.failed
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    for entry in result.entries:
+        graph = onnx.load(result.output / entry.file).graph
+        tensors = [*graph.input, *graph.output, *graph.value_info]
+        assert not [t.name for t in tensors if t.type.tensor_type.elem_type in half]
+        assert not [i.name for i in graph.initializer if i.data_type in half]
+        casts = [n for n in graph.node if n.op_type == "Cast"]
+        assert not [n.name for n in casts for a in n.attribute if a.name == "to" and a.i in half]
+        assert OnnxRunner(result.output / entry.file).run(np.zeros((2, *entry.inputs[0].shape[1:]), np.float32)).dtype == np.float32
+
+
+def test_a_failed_parity_check_exits_1_removes_the_file_and_marks_the_manifest(run_copy):
+    out = run_copy / "export"
+    args = ["export", "--run", str(run_copy), "--format", "tflite", "--quantize", "int8"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (out / "encoder_int8.tflite").is_file()
+    result = CliRunner().invoke(app, [*args, "--tolerance", "-1"], terminal_width=200)
+    assert result.exit_code == 1, result.output
+    assert "failed" in result.output and not (out / "encoder_int8.tflite").exists()
+    data = manifest_of(out)
+    assert {e["file"]: e["status"] for e in data["files"]} == {"encoder_int8.tflite": "failed", "decoder_int8.tflite": "failed"}
+    assert "tolerance" in data["files"][0]["reason"]
+
+
+def test_exports_accumulate_in_one_manifest_and_reexport_replaces(run_copy):
+    export_run(run_copy, ExportOptions(formats=("onnx",)))
+    first = manifest_of(run_copy / "export")
+    export_run(run_copy, ExportOptions(formats=("tflite",)))
+    export_run(run_copy, ExportOptions(formats=("onnx",)))
+    files = {e["file"]: e for e in manifest_of(run_copy / "export")["files"]}
+    assert set(files) == {"encoder.onnx", "decoder.onnx", "encoder.tflite", "decoder.tflite"}
+    # the re-exported file replaced the first one, and the manifest vouches for the new bytes
+    assert files["encoder.onnx"]["sha256"] != first["files"][0]["sha256"] or files["encoder.onnx"]["bytes"] == first["files"][0]["bytes"]
+    assert sorted(p.name for p in (run_copy / "export").iterdir()) == sorted([*files, MANIFEST])
+
+
+def test_tampered_manifest_is_detected(run_copy):
+    result = export_run(run_copy, ExportOptions(formats=("onnx",)))
+    (result.output / "decoder.onnx").write_bytes(b"not a model")
+    data = json.loads((result.output / MANIFEST).read_text())
+    assert any("decoder.onnx" in p for p in validate_manifest(data, result.output))
+    with pytest.raises(AekitError, match="Invalid manifest.json"):
+        check_manifest({**data, "schema_version": 99})
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (ExportOptions(formats=("savedmodel",), quantize="int8"), "cannot be quantized"),
+        (ExportOptions(formats=("onnx",), quantize="fp16"), "Use --quantize none, int8"),
+        (ExportOptions(formats=("pdf",)), "not one of"),
+        (ExportOptions(quantize="int4"), "--quantize"),
+        (ExportOptions(opset=21), "--opset 21"),
+    ],
+)
+def test_impossible_combinations(trained_run, options, words):
+    with pytest.raises(AekitError, match=words):
+        export_run(trained_run, options)
+
+
+def test_bad_run_folders(tmp_path, trained_run):
+    with pytest.raises(AekitError, match="does not exist"):
+        export_run(tmp_path / "nope", ExportOptions())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "weights.bin").write_bytes(b"x")
+    with pytest.raises(AekitError, match="not an aekit run folder"):
+        export_run(tmp_path / "other", ExportOptions())
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained_run, unfinished)
+    (unfinished / runs.METRICS).unlink()
+    with pytest.raises(AekitError, match="unfinished run.*--resume"):
+        export_run(unfinished, ExportOptions())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AekitError, match="Cannot write to"):
+        export_run(trained_run, ExportOptions(output=blocker / "sub"))
+
+
+def test_cli_uses_the_newest_run_and_says_so(tmp_path, trained_run, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("older", "newer"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    import os
+    import time
+
+    now = time.time()
+    os.utime(tmp_path / "runs" / "older" / runs.METRICS, (now - 100, now - 100))
+    result = CliRunner().invoke(app, ["export"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "runs/newer (newest finished run)" in result.output
+    assert (tmp_path / "runs" / "newer" / "export" / "encoder.onnx").is_file()
+    assert not (tmp_path / "runs" / "older" / "export").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    result = CliRunner().invoke(app, ["export"])
+    assert result.exit_code == 2 and "No finished run under runs/" in result.output
