@@ -19,7 +19,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/aekit train --epochs 3 --name demo
+	$(BIN)/aekit train --epochs 3
 
 bench: install
 	$(BIN)/python benchmarks/train_vs_reference.py
