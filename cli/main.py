@@ -178,6 +178,54 @@ def export(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def bench(
+    run: Annotated[Optional[Path], typer.Option(help="Run folder. Default: the newest finished run under runs/. Exports float32 and int8 ONNX/TFLite first when nothing is exported.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Benchmark one exported .onnx/.tflite file instead of a run's exports.")] = None,
+    device: Annotated[str, typer.Option(help="cuda | cpu | auto (CUDA when onnxruntime can use it).")] = "auto",
+    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help="Accept the CPU when --device cuda cannot run on CUDA.")] = False,
+    batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8,64,256",
+    seconds: Annotated[float, typer.Option(help="Timed seconds per row (after warm-up).")] = 1.0,
+    runs_: Annotated[Optional[int], typer.Option("--runs", help="Timed runs per row instead of --seconds.")] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs per row.")] = 3,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for the CPU runtimes. Default: the physical cores.")] = None,
+    parts: Annotated[str, typer.Option(help="Comma list of encoder, decoder, roundtrip.")] = "encoder,decoder,roundtrip",
+    min_psnr: Annotated[float, typer.Option(help="Rows whose round-trip PSNR is below this are marked as below the quality floor.")] = 15.0,
+    dataset: Annotated[Optional[str], typer.Option(help="Held-out images for quality (default: the run's validation split).")] = None,
+    quality_images: Annotated[int, typer.Option(help="How many held-out images to score.")] = 1000,
+    no_keras: Annotated[bool, typer.Option("--no-keras", help="Skip the Keras baseline rows.")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for bench.json/csv/png. Default: <run>/bench.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout.")] = False,
+):
+    """Measure throughput, latency and reconstruction error of every export (and Keras)."""
+    from aekit import runs
+    from aekit.bench import BenchOptions, bench_run, write_outputs
+    from aekit.cli.render import render_bench
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise AekitError(f"--batch-sizes {batch_sizes!r} is not a comma list of integers, e.g. 1,8,64,256.") from None
+    options = BenchOptions(
+        device=device, allow_fallback=allow_fallback, batch_sizes=sizes, seconds=seconds, runs=runs_, warmup=warmup,
+        threads=threads, parts=tuple(p.strip() for p in parts.split(",") if p.strip()), min_psnr=min_psnr,
+        quality_images=quality_images, include_keras=not no_keras,
+    )
+    run_dir = run if (run or model) else runs.newest_finished_run()
+    if run_dir and not json_out:
+        err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
+    on_export = None if json_out else (lambda fmt, q: err_console.print(f"  nothing exported yet: exported {fmt} ({q})", highlight=False))
+    with err_console.status("benchmarking...", spinner="dots") if not json_out else _nullcontext():
+        result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export)
+    folder = output or (Path(result.header["run"]) / "bench")
+    write_outputs(result, folder)
+    if json_out:
+        print(json.dumps(result.to_json()))
+    else:
+        render_bench(out_console, result)
+
+
 def _nullcontext():
     import contextlib
 

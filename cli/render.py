@@ -140,3 +140,50 @@ def render_export(console: Console, result) -> None:
         )
     console.print(table)
     console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)
+
+
+def render_bench(console: Console, result) -> None:
+    h = result.header
+    gpus = ", ".join(g.get("model") or g["name"] for g in h["gpus"]) or "no GPU"
+    v = h["versions"]
+    console.print(
+        f"[bold]aekit bench[/] — run {h['run']}; {h['images']} images from {h['data']}\n"
+        f"CPU {h['cpu']} ({h['cpu_count']} cores, {h['options']['threads']} threads); {gpus}; "
+        f"onnxruntime {v.get('onnxruntime-gpu') or v.get('onnxruntime')}, LiteRT {v.get('ai-edge-litert')}, "
+        f"TensorFlow {v.get('tensorflow')}; training val MSE {h['train_val_mse']:.5f}",
+        highlight=False,
+    )
+    if not console.is_terminal:  # files and pipes: room for every column
+        console = Console(width=max(console.width, 150), file=console.file)
+    table = Table(title_justify="left")
+    for column, justify in (("part", "left"), ("runtime", "left"), ("precision", "left"), ("ran on", "left"),
+                            ("batch", "right"), ("images/s", "right"), ("p50 ms", "right"), ("p90 ms", "right"),
+                            ("p99 ms", "right"), ("size", "right"), ("MSE", "right"), ("PSNR", "right"),
+                            ("SSIM", "right"), ("status", "left")):
+        table.add_column(column, justify=justify, no_wrap=column not in ("status",))
+    last_part = None
+    for r in result.rows:
+        if last_part is not None and r.part != last_part:
+            table.add_section()
+        last_part = r.part
+        ok = r.images_per_sec is not None
+        status = {"passed": "[green]passed[/]", "failed": f"[red]failed[/]: {r.reason}"}.get(r.status, f"[yellow]{r.status}[/]")
+        table.add_row(
+            r.part, r.runtime, r.precision, r.provider.removesuffix("ExecutionProvider"), str(r.batch_size),
+            f"{r.images_per_sec:,.0f}" if ok else "-",
+            f"{r.latency_ms_p50:.3f}" if ok else "-", f"{r.latency_ms_p90:.3f}" if ok else "-",
+            f"{r.latency_ms_p99:.3f}" if ok else "-",
+            _size(r.file_bytes) if r.file_bytes else "-",
+            f"{r.mse:.5f}" if r.mse is not None else "-", f"{r.psnr:.2f}" if r.psnr is not None else "-",
+            f"{r.ssim:.4f}" if r.ssim is not None else "-", status,
+        )
+    console.print(table)
+    best = max((r for r in result.rows if r.part == "encoder" and r.status == "passed" and r.images_per_sec),
+               key=lambda r: r.images_per_sec, default=None)
+    if best:
+        console.print(
+            f"Fastest encoder: {best.runtime} {best.precision} on {best.provider} at batch {best.batch_size}, "
+            f"{best.images_per_sec:,.0f} images/s (PSNR {best.psnr:.2f} dB).", highlight=False,
+        )
+    if result.output:
+        console.print(f"Wrote {result.output}/bench.json, bench.csv, bench.png", highlight=False)

@@ -1,0 +1,452 @@
+"""Benchmark exported encoders/decoders: throughput, latency and reconstruction quality per runtime.
+
+Each row is one (runtime, precision, device, part, batch size): warm-up runs, then
+timed runs for a duration or a count, giving images/s and latency percentiles.
+Quality (MSE, PSNR, SSIM of encoder -> decoder on held-out images) is measured
+once per (runtime, precision) and shown on its rows. A row that cannot run is a
+failed row with its reason; the table never crashes as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aekit import runs
+from aekit.errors import AekitError
+from aekit.manifest import MANIFEST
+from aekit.metrics import mse_per_image, psnr_from_mse
+from aekit.runtimes import OnnxRunner, TFLiteRunner, default_threads
+
+PARTS = ("encoder", "decoder", "roundtrip")
+DEVICES = ("auto", "cuda", "cpu")
+KERAS = "keras"
+STATUS_PASSED, STATUS_LOW, STATUS_FAILED = "passed", "quality below floor", "failed"
+
+
+class NoCudaError(AekitError):
+    """--device cuda was asked for and CUDA is not what runs."""
+
+
+@dataclass
+class BenchOptions:
+    device: str = "auto"
+    allow_fallback: bool = False
+    batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
+    seconds: float = 1.0
+    runs: int | None = None
+    warmup: int = 3
+    threads: int | None = None
+    parts: tuple[str, ...] = PARTS
+    min_psnr: float = 15.0
+    quality_images: int = 1000
+    include_keras: bool = True
+
+    def validate(self) -> None:
+        if self.device not in DEVICES:
+            raise AekitError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}.")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise AekitError("--batch-sizes must be positive integers, e.g. 1,8,64,256.")
+        if self.seconds <= 0 and not self.runs:
+            raise AekitError("--seconds must be positive (or give --runs N).")
+        if self.runs is not None and self.runs < 1:
+            raise AekitError("--runs must be at least 1.")
+        bad = [p for p in self.parts if p not in PARTS]
+        if bad or not self.parts:
+            raise AekitError(f"--parts {','.join(bad)}: expected a comma list of {', '.join(PARTS)}.")
+        if self.threads is not None and self.threads < 1:
+            raise AekitError("--threads must be at least 1.")
+
+
+@dataclass
+class Target:
+    """One runtime + precision to benchmark: files (or Keras models) for encoder and decoder."""
+
+    runtime: str
+    precision: str
+    files: dict  # part -> Path (encoder/decoder), or Keras models for the baseline
+    format: str
+
+
+@dataclass
+class Row:
+    runtime: str
+    format: str
+    precision: str
+    device: str
+    provider: str
+    part: str
+    batch_size: int
+    threads: int
+    status: str = STATUS_FAILED
+    reason: str | None = None
+    images_per_sec: float | None = None
+    latency_ms_mean: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    timed_runs: int = 0
+    session_seconds: float | None = None
+    file_bytes: int | None = None
+    rss_mb: float | None = None
+    mse: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+
+
+@dataclass
+class BenchResult:
+    header: dict
+    rows: list[Row] = field(default_factory=list)
+    output: Path | None = None
+
+    def to_json(self) -> dict:
+        return {"header": self.header, "rows": [asdict(r) for r in self.rows]}
+
+
+def targets_from_manifest(export_dir: Path) -> list[Target]:
+    """Every passed ONNX/TFLite encoder+decoder pair in an export folder, grouped by format and precision."""
+    data = runs.read_json(export_dir / MANIFEST)
+    groups: dict[tuple[str, str], dict] = {}
+    for entry in data.get("files", []):
+        if entry.get("status") == "passed" and entry.get("format") in ("onnx", "tflite") and entry.get("role") in ("encoder", "decoder"):
+            groups.setdefault((entry["format"], entry["precision"]), {})[entry["role"]] = export_dir / entry["file"]
+    runtime = {"onnx": "onnxruntime", "tflite": "litert"}
+    return [Target(runtime[fmt], precision, files, fmt) for (fmt, precision), files in sorted(groups.items())]
+
+
+def keras_target(models: dict) -> Target:
+    return Target(KERAS, "float32", {"encoder": models["encoder"], "decoder": models["decoder"]}, "keras")
+
+
+def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, on_row=None) -> BenchResult:
+    """Benchmarks every target on `images` (float32 in [0, 1], (N, H, W, C)).
+
+    Args:
+        targets: what to run (see targets_from_manifest, keras_target).
+        images: held-out images; timing batches are cut from them, quality uses all.
+        on_row: called with each finished Row (progress).
+    """
+    options.validate()
+    threads = options.threads or default_threads()
+    result = BenchResult(header=_header(options, threads))
+    for target in targets:
+        session = _open(target, options, threads)
+        quality = _quality(session, images) if session.error is None else None
+        for part in options.parts:
+            for batch in options.batch_sizes:
+                row = Row(
+                    runtime=target.runtime, format=target.format, precision=target.precision,
+                    device=session.device, provider=session.provider, part=part, batch_size=batch,
+                    threads=threads, session_seconds=session.seconds, file_bytes=session.bytes_for(part),
+                    rss_mb=session.rss_mb,
+                )
+                if quality:
+                    row.mse, row.psnr, row.ssim = quality
+                if session.error:
+                    row.reason = session.error
+                else:
+                    _time_row(row, session, part, images, batch, options)
+                    if row.reason is None:
+                        below = row.psnr is not None and row.psnr < options.min_psnr
+                        row.status = STATUS_LOW if below else STATUS_PASSED
+                        if below:
+                            row.reason = f"PSNR {row.psnr:.1f} dB < --min-psnr {options.min_psnr:g}"
+                result.rows.append(row)
+                if on_row:
+                    on_row(row)
+    result.rows.sort(key=lambda r: (PARTS.index(r.part), r.batch_size, r.status != STATUS_PASSED, -(r.images_per_sec or 0)))
+    return result
+
+
+def write_outputs(result: BenchResult, folder: Path) -> None:
+    """bench.json, bench.csv and bench.png (encoder throughput against batch size per runtime)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_text(folder / "bench.json", json.dumps(result.to_json(), indent=2) + "\n")
+    buffer = io.StringIO()
+    names = list(asdict(result.rows[0]).keys()) if result.rows else [f for f in Row.__dataclass_fields__]
+    writer = csv.DictWriter(buffer, fieldnames=names)
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in result.rows)
+    runs.write_text(folder / "bench.csv", buffer.getvalue())
+    _plot(result, folder / "bench.png")
+    result.output = folder
+
+
+# --- sessions --------------------------------------------------------------
+
+
+class _Session:
+    """Open runners for one target's encoder and decoder, with what it cost to open them."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.runners: dict = {}
+        self.device, self.provider = "cpu", "-"
+        self.seconds = None
+        self.rss_mb = None
+        self.error: str | None = None
+
+    def bytes_for(self, part: str) -> int | None:
+        files = self.target.files
+        paths = [files.get("encoder"), files.get("decoder")] if part == "roundtrip" else [files.get(part)]
+        if any(not isinstance(p, Path) or not p.exists() for p in paths):
+            return None
+        return sum(p.stat().st_size for p in paths)
+
+    def run(self, part: str, batch: np.ndarray) -> np.ndarray:
+        if part == "roundtrip":
+            return self.runners["decoder"](self.runners["encoder"](batch))
+        return self.runners[part](batch)
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        return None
+
+
+def _open(target: Target, options: BenchOptions, threads: int) -> _Session:
+    """Opens a runner per part: a file by its runtime, or a Keras model (baseline, or a file's missing partner)."""
+    session = _Session(target)
+    before, started = _rss_mb(), time.perf_counter()
+    try:
+        missing = {"encoder", "decoder"} - set(target.files)
+        if missing:
+            raise ValueError(f"no {' or '.join(sorted(missing))} file for {target.format} {target.precision}")
+        devices = []
+        for part, item in target.files.items():
+            if not isinstance(item, Path):
+                session.runners[part] = _keras_callable(item)
+                devices.append((*_keras_device(), "TensorFlow sees no GPU"))
+            elif item.suffix == ".onnx":
+                runner = OnnxRunner(item, "cpu" if options.device == "cpu" else "cuda", threads)
+                session.runners[part] = runner.run
+                devices.append((runner.device, runner.providers[0], f"onnxruntime runs on {', '.join(runner.providers)}"))
+            else:
+                runner = TFLiteRunner(item, threads)
+                session.runners[part] = runner.run
+                devices.append(("cpu", "XNNPACK", "LiteRT runs on the CPU here"))
+        # Report the device of the file under test (the first Path), else Keras'.
+        files_first = sorted(range(len(devices)), key=lambda i: not isinstance(list(target.files.values())[i], Path))
+        session.device, session.provider, why = devices[files_first[0]]
+        if options.device == "cuda" and session.device != "cuda" and not options.allow_fallback:
+            raise NoCudaError(_no_cuda_message(why))
+        session.seconds = time.perf_counter() - started
+    except NoCudaError:
+        raise
+    except Exception as exc:  # a broken file becomes a failed row with the reason
+        session.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    after = _rss_mb()
+    session.rss_mb = (after - before) if before is not None and after is not None else None
+    return session
+
+
+def _no_cuda_message(what: str) -> str:
+    return (f"--device cuda was asked for, but CUDA is not what runs ({what}). "
+            "Install CUDA/cuDNN for onnxruntime-gpu, or pass --device cpu, or --allow-fallback to accept the CPU.")
+
+
+def _keras_callable(model):
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda batch: fn(batch).numpy()
+
+
+def _keras_device() -> tuple[str, str]:
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return ("cuda", gpus[0].name) if gpus else ("cpu", "TensorFlow CPU")
+
+
+# --- timing and quality ----------------------------------------------------
+
+
+def _batch_of(images: np.ndarray, size: int) -> np.ndarray:
+    reps = -(-size // len(images))
+    return np.concatenate([images] * reps)[:size] if reps > 1 else images[:size]
+
+
+def _time_row(row: Row, session: _Session, part: str, images: np.ndarray, batch: int, options: BenchOptions) -> None:
+    data = _batch_of(images, batch)
+    if part == "decoder":
+        try:
+            data = session.runners["encoder"](data)
+        except Exception as exc:
+            row.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return
+    try:
+        for _ in range(options.warmup):
+            session.run(part, data)
+        latencies = []
+        deadline = time.perf_counter() + options.seconds
+        while True:
+            started = time.perf_counter()
+            session.run(part, data)
+            latencies.append(time.perf_counter() - started)
+            if options.runs is not None:
+                if len(latencies) >= options.runs:
+                    break
+            elif time.perf_counter() >= deadline and len(latencies) >= 3:
+                break
+    except Exception as exc:
+        row.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return
+    ms = np.asarray(latencies) * 1000.0
+    row.timed_runs = len(ms)
+    row.images_per_sec = batch * len(ms) / (ms.sum() / 1000.0)
+    row.latency_ms_mean = float(ms.mean())
+    row.latency_ms_p50, row.latency_ms_p90, row.latency_ms_p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+
+
+def _quality(session: _Session, images: np.ndarray) -> tuple[float, float, float] | None:
+    try:
+        recon = np.concatenate([session.run("roundtrip", images[i : i + 256]) for i in range(0, len(images), 256)])
+    except Exception as exc:
+        session.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return None
+    per_image = mse_per_image(images, recon)
+    return float(per_image.mean()), float(psnr_from_mse(per_image).mean()), ssim(images, recon)
+
+
+def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
+    """Mean SSIM over images in [0, 1] (TensorFlow's tf.image.ssim, 11x11 Gaussian window)."""
+    import tensorflow as tf
+
+    values = tf.image.ssim(tf.constant(originals, tf.float32), tf.constant(np.clip(reconstructions, 0, 1), tf.float32), max_val=1.0)
+    return float(tf.reduce_mean(values))
+
+
+def _header(options: BenchOptions, threads: int) -> dict:
+    from aekit.system import system_info
+
+    facts = system_info()
+    return {
+        "cpu": facts["cpu"],
+        "cpu_count": facts["cpu_count"],
+        "gpus": facts["gpus"],
+        "onnxruntime_available_providers": facts["onnxruntime_available_providers"],
+        "versions": {"aekit": facts["aekit"], **{k: v for k, v in facts["packages"].items() if v}},
+        "options": {**asdict(options), "threads": threads},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _plot(result: BenchResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    series: dict[str, list[tuple[int, float]]] = {}
+    part = next((p for p in PARTS if any(r.part == p for r in result.rows)), "encoder")
+    for row in result.rows:
+        if row.part == part and row.images_per_sec:
+            series.setdefault(f"{row.runtime} {row.precision} ({row.provider})", []).append((row.batch_size, row.images_per_sec))
+    for label, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel(f"{part} images/s")
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# --- the command's whole job ----------------------------------------------------
+
+DEFAULT_EXPORTS = (("onnx", "none"), ("tflite", "none"), ("onnx", "int8"), ("tflite", "int8"))
+
+
+def bench_run(
+    run_dir: Path | None,
+    options: BenchOptions,
+    model: Path | None = None,
+    dataset: str | None = None,
+    on_row=None,
+    on_export=None,
+) -> BenchResult:
+    """Benchmarks a run's exports (exporting float32 and int8 ONNX/TFLite first if none exist), or one file.
+
+    Args:
+        run_dir: a finished run (None with `model`).
+        model: one exported .onnx/.tflite file; its partner part comes from Keras
+            (the run named in the manifest beside it) for quality figures.
+        dataset: held-out images to use instead of the run's validation split.
+        on_export: called with each (format, quantize) exported because nothing was.
+    """
+    from aekit.data import load_data
+    from aekit.export import ExportOptions, export_run, load_run
+    from aekit.manifest import check_manifest
+
+    options.validate()
+    exported = []
+    if model is not None:
+        model = Path(model)
+        if not model.is_file() or model.suffix not in (".onnx", ".tflite"):
+            raise AekitError(f"--model {model}: expected an existing .onnx or .tflite file (see aekit export).")
+        manifest_path = model.parent / MANIFEST
+        entry, run_dir_from_manifest = None, None
+        if manifest_path.is_file():
+            data = runs.read_json(manifest_path)
+            entry = next((e for e in data.get("files", []) if e.get("file") == model.name), None)
+            run_dir_from_manifest = Path(data["run"]) if data.get("run") else None
+        run_dir = run_dir or run_dir_from_manifest
+        if run_dir is None or not runs.is_finished(run_dir):
+            raise AekitError(f"--model {model}: no manifest.json beside it names a finished run. Pass --run too.")
+        loaded = load_run(run_dir)
+        role = entry["role"] if entry else ("decoder" if model.name.startswith("decoder") else "encoder")
+        if role not in ("encoder", "decoder"):
+            raise AekitError(f"--model {model} is an {role}; bench takes encoder or decoder files.")
+        precision = entry["precision"] if entry else "float32"
+        fmt = model.suffix.lstrip(".")
+        files = {"encoder": loaded.models["encoder"], "decoder": loaded.models["decoder"], role: model}
+        targets = [Target({"onnx": "onnxruntime", "tflite": "litert"}[fmt], precision, files, fmt)]
+        options.parts = tuple(p for p in options.parts if p in (role, "roundtrip")) or (role,)
+    else:
+        loaded = load_run(run_dir)
+        export_dir = Path(run_dir) / "export"
+        if not (export_dir / MANIFEST).is_file() or not targets_from_manifest(export_dir):
+            for fmt, quantize in DEFAULT_EXPORTS:
+                export_run(run_dir, ExportOptions(formats=(fmt,), quantize=quantize))
+                exported.append(f"{fmt}:{quantize}")
+                if on_export:
+                    on_export(fmt, quantize)
+        check_manifest(runs.read_json(export_dir / MANIFEST), export_dir)
+        targets = targets_from_manifest(export_dir)
+        if options.include_keras:
+            targets.insert(0, keras_target(loaded.models))
+    if dataset is not None:
+        splits = load_data(dataset, loaded.splits.val_split)
+        source = splits.source
+    else:
+        splits, source = loaded.splits, f"{loaded.splits.source} (the run's validation split)"
+    images = splits.scaling.to_model_numpy(splits.val[: options.quality_images])
+    if images.shape[1:] != tuple(loaded.config["model"]["input_shape"]):
+        raise AekitError(
+            f"--dataset images are {images.shape[1:]}, the model takes {tuple(loaded.config['model']['input_shape'])}. "
+            "Pass data of the run's image shape."
+        )
+    result = run_bench(targets, images, options, on_row)
+    result.header.update({"run": str(run_dir), "images": len(images), "data": source, "exported_now": exported,
+                          "train_val_mse": runs.read_json(Path(run_dir) / runs.METRICS).get("final_val_mse")})
+    return result
