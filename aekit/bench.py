@@ -71,6 +71,7 @@ class Target:
     precision: str
     files: dict  # part -> Path (encoder/decoder), or Keras models for the baseline
     format: str
+    error: str | None = None  # known broken before opening (e.g. changed since export)
 
 
 @dataclass
@@ -111,13 +112,23 @@ class BenchResult:
 
 def targets_from_manifest(export_dir: Path) -> list[Target]:
     """Every passed ONNX/TFLite encoder+decoder pair in an export folder, grouped by format and precision."""
+    from aekit.manifest import check_manifest, sha256_of
+
     data = runs.read_json(export_dir / MANIFEST)
+    check_manifest(data)  # the schema; file contents are checked per target below
     groups: dict[tuple[str, str], dict] = {}
+    errors: dict[tuple[str, str], str] = {}
     for entry in data.get("files", []):
         if entry.get("status") == "passed" and entry.get("format") in ("onnx", "tflite") and entry.get("role") in ("encoder", "decoder"):
-            groups.setdefault((entry["format"], entry["precision"]), {})[entry["role"]] = export_dir / entry["file"]
+            key, path = (entry["format"], entry["precision"]), export_dir / entry["file"]
+            groups.setdefault(key, {})[entry["role"]] = path
+            if not path.is_file():
+                errors[key] = f"{entry['file']} is missing"
+            elif path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
+                errors[key] = f"{entry['file']} changed since export (sha256 mismatch); re-export it"
     runtime = {"onnx": "onnxruntime", "tflite": "litert"}
-    return [Target(runtime[fmt], precision, files, fmt) for (fmt, precision), files in sorted(groups.items())]
+    return [Target(runtime[fmt], precision, files, fmt, errors.get((fmt, precision)))
+            for (fmt, precision), files in sorted(groups.items())]
 
 
 def keras_target(models: dict) -> Target:
@@ -221,6 +232,8 @@ def _open(target: Target, options: BenchOptions, threads: int) -> _Session:
     session = _Session(target)
     before, started = _rss_mb(), time.perf_counter()
     try:
+        if target.error:
+            raise ValueError(target.error)
         missing = {"encoder", "decoder"} - set(target.files)
         if missing:
             raise ValueError(f"no {' or '.join(sorted(missing))} file for {target.format} {target.precision}")
@@ -396,7 +409,6 @@ def bench_run(
     """
     from aekit.data import load_data
     from aekit.export import ExportOptions, export_run, load_run
-    from aekit.manifest import check_manifest
 
     options.validate()
     exported = []
@@ -431,7 +443,6 @@ def bench_run(
                 exported.append(f"{fmt}:{quantize}")
                 if on_export:
                     on_export(fmt, quantize)
-        check_manifest(runs.read_json(export_dir / MANIFEST), export_dir)
         targets = targets_from_manifest(export_dir)
         if options.include_keras:
             targets.insert(0, keras_target(loaded.models))

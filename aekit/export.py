@@ -8,8 +8,6 @@ and compared with Keras; it gets its final name only when the parity check passe
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import tempfile
@@ -30,6 +28,7 @@ from aekit.manifest import (
     sha256_of,
 )
 from aekit.metrics import mse_per_image
+from aekit.quiet import quiet_native_output as _quiet
 from aekit.runtimes import TFLiteRunner, OnnxRunner, run_batched
 
 FORMATS = ("onnx", "tflite", "savedmodel")
@@ -204,29 +203,6 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
 
 
 # --- internals -------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silences converters that print (Python and native stdout/stderr) and warn; errors still raise."""
-    import sys
-    import warnings
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            os.dup2(devnull.fileno(), 1)
-            os.dup2(devnull.fileno(), 2)
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
 
 
 class _KerasReference:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit.errors import AekitError
+from aekit.quiet import quiet_native_output
 
 
 def default_threads() -> int:
@@ -40,6 +41,9 @@ class OnnxRunner:
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
+        # A CUDA provider that cannot start (no GPU, no CUDA libraries) logs errors and falls back
+        # silently; aekit reports the providers really used instead, so keep the log to fatal only.
+        ort.set_default_logger_severity(4)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.log_severity_level = 3  # the CUDA-missing noise is reported through `providers` instead
@@ -76,7 +80,9 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+            with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise AekitError(f"LiteRT cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
         self.input = self.interpreter.get_input_details()[0]

@@ -122,7 +122,13 @@ def _size(n: int) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):,.1f} MiB"
 
 
+def _wide(console: Console) -> Console:
+    """Files and pipes get room for every column of a wide table; terminals keep their width."""
+    return console if console.is_terminal else Console(width=max(console.width, 150), file=console.file)
+
+
 def render_export(console: Console, result) -> None:
+    console = _wide(console)
     table = Table(title=f"Export of {result.run_dir} → {result.output}", title_justify="left")
     for column, justify in (("file", "left"), ("format", "left"), ("precision", "left"), ("size", "right"),
                             ("max abs diff", "right"), ("MSE Keras → export", "right"), ("ΔMSE", "right"),
@@ -153,8 +159,7 @@ def render_bench(console: Console, result) -> None:
         f"TensorFlow {v.get('tensorflow')}; training val MSE {h['train_val_mse']:.5f}",
         highlight=False,
     )
-    if not console.is_terminal:  # files and pipes: room for every column
-        console = Console(width=max(console.width, 150), file=console.file)
+    console = _wide(console)
     table = Table(title_justify="left")
     for column, justify in (("part", "left"), ("runtime", "left"), ("precision", "left"), ("ran on", "left"),
                             ("batch", "right"), ("images/s", "right"), ("p50 ms", "right"), ("p90 ms", "right"),

@@ -52,3 +52,22 @@ def float32_policy():
 
     yield
     keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_npz) -> Path:
+    """A finished tiny run on real digits, shared read-only; copy it (run_copy) to change it."""
+    from aekit.train import TrainConfig, train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(TrainConfig(dataset=str(small_npz), epochs=3, batch_size=64, gpus=0, learning_rate=5e-3, **TINY), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(trained_run, target)
+    return target

@@ -15,20 +15,6 @@ from aekit.train import TrainConfig, train
 from conftest import TINY
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, small_npz):
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(TrainConfig(dataset=str(small_npz), epochs=3, batch_size=64, gpus=0, learning_rate=5e-3, **TINY), run_dir)
-    return run_dir
-
-
-@pytest.fixture
-def run_copy(trained_run, tmp_path):
-    target = tmp_path / "run"
-    shutil.copytree(trained_run, target)
-    return target
-
-
 def manifest_of(folder):
     data = json.loads((folder / MANIFEST).read_text())
     assert validate_manifest(data, folder) == []
