@@ -44,7 +44,7 @@ class BenchOptions:
     threads: int | None = None
     parts: tuple[str, ...] = PARTS
     min_psnr: float = 15.0
-    quality_images: int = 1000
+    quality_images: int | None = None  # None: the whole held-out split
     include_keras: bool = True
 
     def validate(self) -> None:
@@ -59,6 +59,8 @@ class BenchOptions:
         bad = [p for p in self.parts if p not in PARTS]
         if bad or not self.parts:
             raise AekitError(f"--parts {','.join(bad)}: expected a comma list of {', '.join(PARTS)}.")
+        if self.quality_images is not None and self.quality_images < 1:
+            raise AekitError("--quality-images must be at least 1.")
         if self.threads is not None and self.threads < 1:
             raise AekitError("--threads must be at least 1.")
 

@@ -193,7 +193,7 @@ def bench(
     parts: Annotated[str, typer.Option(help="Comma list of encoder, decoder, roundtrip.")] = "encoder,decoder,roundtrip",
     min_psnr: Annotated[float, typer.Option(help="Rows whose round-trip PSNR is below this are marked as below the quality floor.")] = 15.0,
     dataset: Annotated[Optional[str], typer.Option(help="Held-out images for quality (default: the run's validation split).")] = None,
-    quality_images: Annotated[int, typer.Option(help="How many held-out images to score.")] = 1000,
+    quality_images: Annotated[Optional[int], typer.Option(help="Score only the first N held-out images (default: all of them).")] = None,
     no_keras: Annotated[bool, typer.Option("--no-keras", help="Skip the Keras baseline rows.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for bench.json/csv/png. Default: <run>/bench.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout.")] = False,

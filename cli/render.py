@@ -124,7 +124,7 @@ def _size(n: int) -> str:
 
 def _wide(console: Console) -> Console:
     """Files and pipes get room for every column of a wide table; terminals keep their width."""
-    return console if console.is_terminal else Console(width=max(console.width, 150), file=console.file)
+    return console if console.is_terminal else Console(width=max(console.width, 190), file=console.file)
 
 
 def render_export(console: Console, result) -> None:

@@ -1,0 +1,164 @@
+"""Encoder inference side by side: Keras, onnxruntime (CPU) and LiteRT, float32 and int8, batch 1 and 64.
+
+Same machine, same run, same real validation images. Prints achieved images/s next
+to the machine's float32 limit (encoder FLOPs counted from the model; peak from
+cores x clock x AVX2 FMA width), and which runtime/threads setting to deploy.
+
+    .venv/bin/python benchmarks/inference.py --run runs/<name>
+    .venv/bin/python benchmarks/inference.py            # trains a short reference run first if none exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+AVX2_FLOP_PER_CYCLE = 32  # 2 FMA units x 8 float32 lanes x 2 FLOP per FMA
+BATCHES = (1, 64)
+
+
+def encoder_flops(encoder) -> int:
+    """Multiply-adds x 2 of the encoder's Conv2D and Dense layers for one image."""
+    flops = 0
+    for layer in encoder.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            flops += 2 * h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif kind == "Dense":
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return int(flops)
+
+
+def machine_peak() -> dict:
+    """Float32 peak of this CPU: physical cores x clock x AVX2 FMA FLOP/cycle."""
+    import psutil
+
+    cores = psutil.cpu_count(logical=False) or os.cpu_count()
+    mhz, flags = None, ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz") and mhz is None:
+                mhz = float(line.split(":")[1])
+            elif line.startswith("flags") and not flags:
+                flags = line
+    ghz = (mhz or 2450.0) / 1000.0
+    return {
+        "cores": cores, "ghz": ghz, "avx512f": " avx512f" in flags,
+        "gflops": cores * ghz * AVX2_FLOP_PER_CYCLE,
+    }
+
+
+def time_it(fn, batch: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(images/s, median latency ms) after warm-up, timed in repeated runs for `seconds`."""
+    for _ in range(5):
+        fn(batch)
+    latencies, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(latencies) < 10:
+        start = time.perf_counter()
+        fn(batch)
+        latencies.append(time.perf_counter() - start)
+    ms = np.asarray(latencies)
+    return float(len(batch) * len(ms) / ms.sum()), float(np.median(ms) * 1000)
+
+
+def ensure_run(run: Path | None, data: Path) -> Path:
+    from aekit import runs
+    from aekit.train import TrainConfig, train
+
+    if run is not None:
+        return run
+    try:
+        return runs.newest_finished_run()
+    except Exception:
+        target = Path("benchmarks/results/inference-run")
+        if not runs.is_finished(target):
+            train(TrainConfig(dataset=str(data), val_split=0.2, epochs=5, gpus=0), target)
+        return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from aekit.export import ExportOptions, export_run, load_run
+    from aekit.runtimes import OnnxRunner, TFLiteRunner
+
+    run = ensure_run(args.run, args.data)
+    loaded = load_run(run)
+    encoder = loaded.models["encoder"]
+    images = loaded.scaling.to_model_numpy(loaded.splits.val[:64])
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch)
+        for fmt, quantize in (("onnx", "none"), ("onnx", "int8"), ("tflite", "none"), ("tflite", "int8")):
+            result = export_run(run, ExportOptions(formats=(fmt,), quantize=quantize, parts=("encoder",), output=out))
+            assert not result.failed, [e.reason for e in result.entries]
+        flops = encoder_flops(encoder)
+        peak = machine_peak()
+        limit = peak["gflops"] * 1e9 / flops
+        compiled = tf.function(lambda x: encoder(x, training=False))
+        configs = [("keras predict", "float32", "-", lambda b: encoder.predict(b, batch_size=len(b), verbose=0)),
+                   ("keras tf.function", "float32", "-", lambda b: compiled(b).numpy())]
+        for threads in (1, 2):
+            for precision, suffix in (("float32", ""), ("int8", "_int8")):
+                configs.append(("onnxruntime cpu", precision, threads, OnnxRunner(out / f"encoder{suffix}.onnx", "cpu", threads).run))
+                configs.append(("litert", precision, threads, TFLiteRunner(out / f"encoder{suffix}.tflite", threads).run))
+        rows = []
+        for name, precision, threads, fn in configs:
+            for batch in BATCHES:
+                ips, ms = time_it(fn, images[:batch], args.seconds)
+                rows.append({"runtime": name, "precision": precision, "threads": threads, "batch": batch,
+                             "images_per_sec": ips, "median_ms": ms, "pct_of_fp32_limit": 100 * ips / limit})
+
+    print(f"\nencoder: {flops / 1e6:.2f} MFLOP/image; CPU {peak['cores']} cores x {peak['ghz']:.2f} GHz x "
+          f"{AVX2_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA) = {peak['gflops']:.0f} GFLOP/s -> float32 limit "
+          f"{limit:,.0f} images/s{' (the CPU also has AVX-512)' if peak['avx512f'] else ''}\n")
+    print(f"{'runtime':<18} {'precision':<9} {'threads':>7} {'batch':>5} {'images/s':>10} {'median ms':>10} {'% of limit':>10}")
+    for r in rows:
+        print(f"{r['runtime']:<18} {r['precision']:<9} {str(r['threads']):>7} {r['batch']:>5} "
+              f"{r['images_per_sec']:>10,.0f} {r['median_ms']:>10.3f} {r['pct_of_fp32_limit']:>9.1f}%")
+    best = {}
+    for precision in ("float32", "int8"):
+        for batch in BATCHES:
+            best[(precision, batch)] = max((r for r in rows if r["precision"] == precision and r["batch"] == batch),
+                                           key=lambda r: r["images_per_sec"])
+    f32, i8 = best[("float32", 64)], best[("int8", 64)]
+    summary = {
+        "fp32_limit_images_per_sec": limit,
+        "fastest_fp32_batch64": f32,
+        "fastest_int8_batch64": i8,
+        "fastest_fp32_batch1": best[("float32", 1)],
+        "fastest_int8_batch1": best[("int8", 1)],
+        "fp32_batch64_pct_of_limit": f32["pct_of_fp32_limit"],
+        "int8_beats_fp32_batch64": bool(i8["images_per_sec"] > f32["images_per_sec"]),
+    }
+    print(f"\nfastest float32 at batch 64: {f32['runtime']} ({f32['threads']} threads) {f32['images_per_sec']:,.0f} images/s "
+          f"= {f32['pct_of_fp32_limit']:.0f}% of the limit (target >= 75%)")
+    print(f"fastest int8 at batch 64:    {i8['runtime']} ({i8['threads']} threads) {i8['images_per_sec']:,.0f} images/s "
+          f"({'beats' if summary['int8_beats_fp32_batch64'] else 'does not beat'} float32; target: beats)")
+    for batch in BATCHES:
+        pick = max((best[("float32", batch)], best[("int8", batch)]), key=lambda r: r["images_per_sec"])
+        print(f"deploy at batch {batch}: {pick['runtime']} {pick['precision']} with {pick['threads']} thread(s) "
+              f"({pick['images_per_sec']:,.0f} images/s, {pick['median_ms']:.3f} ms per batch)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"run": str(run), "flops": flops, "peak": peak, "summary": summary, "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
