@@ -46,6 +46,8 @@ FLOAT32_MAX_REL_DIFF = 1e-5
 # tf2onnx 1.17 converts up to opset 18; onnxruntime runs it.
 DEFAULT_OPSET = 17
 MAX_OPSET = 18
+# Training images whose latents set the int8 code ranges (min/max per dimension).
+LATENT_CALIBRATION_IMAGES = 10_000
 INPUT_NAMES = {"encoder": "image", "decoder": "latent", "autoencoder": "image"}
 OUTPUT_NAMES = {"encoder": "latent", "decoder": "reconstruction", "autoencoder": "reconstruction"}
 
@@ -191,8 +193,13 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
         if on_file:
             on_file(entry)
 
+    from aekit.edge import LatentQuantizer
+
+    train_images = _sample(loaded.scaling.to_model_numpy(loaded.splits.train), LATENT_CALIBRATION_IMAGES)
+    codes = LatentQuantizer.calibrate(_keras_predict(loaded.models["encoder"], train_images))
     manifest = Manifest(
-        run=str(Path(run_dir)),
+        run=str(Path(run_dir).resolve()),
+        latent_quantization={**codes.to_json(), "calibration_images": len(train_images)},
         model={**loaded.config["model"], "bn_momentum": loaded.config.get("recipe", {}).get("bn_momentum")},
         pixel_scaling=loaded.scaling.to_json(),
         versions=_versions(),

@@ -74,6 +74,8 @@ class Manifest:
     pixel_scaling: dict
     versions: dict
     files: list[FileEntry] = field(default_factory=list)
+    # Per-dimension int8 code parameters calibrated on the run's training latents (aekit encode --latent-dtype int8).
+    latent_quantization: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -82,6 +84,7 @@ class Manifest:
             "run": self.run,
             "model": self.model,
             "pixel_scaling": self.pixel_scaling,
+            "latent_quantization": self.latent_quantization,
             "versions": self.versions,
             "files": [entry.to_json() for entry in self.files],
         }

@@ -8,6 +8,7 @@ can fix (AekitError) become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Annotated, Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from aekit import AekitError, __version__  # noqa: E402
 from aekit.cli.render import err_console, out_console  # noqa: E402
@@ -43,7 +45,19 @@ def import_tensorflow_quietly() -> None:
     TF 2.21 writes absl/oneDNN/CUDA-probe notices to fd 2 before TF_CPP_MIN_LOG_LEVEL
     takes effect; they are noise on a CPU machine. Python exceptions still propagate.
     """
-    if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        available = importlib.util.find_spec("tensorflow") is not None
+    except ImportError:  # a broken or blocked install
+        available = False
+    if not available:
+        raise AekitError(
+            "This command needs TensorFlow, and this is an edge install of aekit (encode/decode/reconstruct/score only). "
+            "Install the training side: pip install 'aekit[full]'."
+        )
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        import tensorflow  # noqa: F401  (the user asked to see its logs)
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -56,22 +70,28 @@ def import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def user_errors(command):
+def user_errors(command, needs_tensorflow: bool = True):
     """Turns AekitError into a one-line message and exit code 2; Ctrl-C into exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            import_tensorflow_quietly()
+            if needs_tensorflow:
+                import_tensorflow_quietly()
             return command(*args, **kwargs)
         except AekitError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def edge_errors(command):
+    """user_errors for the edge commands, which must run where TensorFlow is not installed."""
+    return user_errors(command, needs_tensorflow=False)
 
 
 def parse_filters(text: str) -> tuple[int, ...]:
@@ -230,6 +250,139 @@ def _nullcontext():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+@app.command()
+@edge_errors
+def encode(
+    source: Annotated[Path, typer.Argument(help="Image folder, .npz/.npy file or *-images-idx3-ubyte[.gz] file.")],
+    model: Annotated[Path, typer.Option(help="Exported encoder (.onnx or .tflite) with its manifest.json beside it.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Latents file to write (.npz).")],
+    latent_dtype: Annotated[str, typer.Option(help="float32, or int8: one byte per dimension with per-dimension scale/offset from the export.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Images read and encoded at a time.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto (onnxruntime only).")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+):
+    """Encode images into latent codes (TensorFlow-free)."""
+    from aekit.cli.render import counting_progress
+    from aekit.edge import EncoderSession, count_images, encode_path
+
+    encoder = EncoderSession(model, device, threads)
+    with counting_progress(err_console, "encoding", count_images(source)) as advance:
+        summary = encode_path(encoder, source, output, latent_dtype, _positive(batch_size, "--batch-size"), advance)
+    out_console.print(
+        f"Encoded {summary['images']:,} images → {summary['output']} ({summary['latent_dim']} × {summary['latent_dtype']} "
+        f"= {summary['bytes_per_image']} bytes per image)", highlight=False,
+    )
+
+
+@app.command()
+@edge_errors
+def decode(
+    latents: Annotated[Path, typer.Argument(help="Latents file written by aekit encode.")],
+    model: Annotated[Path, typer.Option(help="Exported decoder (.onnx or .tflite) with its manifest.json beside it.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for PNGs, or an .npz file with --format npz.")],
+    format: Annotated[str, typer.Option("--format", help="png (one file per image) or npz.")] = "png",
+    batch_size: Annotated[int, typer.Option(help="Codes decoded at a time.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto (onnxruntime only).")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+):
+    """Decode latent codes back into images (TensorFlow-free)."""
+    from aekit.cli.render import counting_progress
+    from aekit.edge import DecoderSession, decode_file
+
+    decoder = DecoderSession(model, device, threads)
+    with counting_progress(err_console, "decoding", None) as advance:
+        summary = decode_file(decoder, latents, output, format, _positive(batch_size, "--batch-size"), advance)
+    out_console.print(f"Decoded {summary['images']:,} images → {summary['output']}", highlight=False)
+
+
+@app.command()
+@edge_errors
+def reconstruct(
+    source: Annotated[Path, typer.Argument(help="Image folder, .npz/.npy file or IDX file.")],
+    encoder: Annotated[Path, typer.Option(help="Exported encoder file.")],
+    decoder: Annotated[Path, typer.Option(help="Exported decoder file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for reconstruction.csv and reconstructions.png.")],
+    batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
+    grid: Annotated[int, typer.Option(help="Images in the originals-beside-reconstructions picture.")] = 10,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+):
+    """Round trip encoder → decoder: per-image MSE/PSNR and a picture of originals beside reconstructions."""
+    from aekit.cli.render import counting_progress
+    from aekit.edge import DecoderSession, EncoderSession, count_images, save_grid, score_path, write_scores_csv
+
+    enc, dec = EncoderSession(encoder, "cpu", threads), DecoderSession(decoder, "cpu", threads)
+    with counting_progress(err_console, "reconstructing", count_images(source)) as advance:
+        names, mse, psnr, originals, recons = score_path(enc, dec, source, _positive(batch_size, "--batch-size"), advance, keep=grid)
+    output.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(output / "reconstruction.csv", names, mse, psnr)
+    if grid > 0:
+        save_grid(originals, recons, output / "reconstructions.png")
+    out_console.print(
+        f"{len(names):,} images: mean MSE {mse.mean():.5f}, mean PSNR {psnr.mean():.2f} dB "
+        f"(worst {names[int(mse.argmax())]}: MSE {mse.max():.5f}) → {output}/reconstruction.csv, reconstructions.png",
+        highlight=False,
+    )
+
+
+@app.command()
+@edge_errors
+def score(
+    source: Annotated[Optional[Path], typer.Argument(help="Images to score (folder, .npz/.npy or IDX). Optional with --calibrate.")] = None,
+    encoder: Annotated[Path, typer.Option(help="Exported encoder file.")] = ...,
+    decoder: Annotated[Path, typer.Option(help="Exported decoder file.")] = ...,
+    calibrate: Annotated[Optional[Path], typer.Option(help="Normal images: set the threshold at their --quantile of reconstruction MSE and save it to --threshold.")] = None,
+    quantile: Annotated[float, typer.Option(help="Quantile of normal scores used as the threshold.")] = 0.99,
+    threshold: Annotated[Path, typer.Option(help="Threshold JSON to write (with --calibrate) or read.")] = Path("threshold.json"),
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV of per-image scores and flags.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+):
+    """Anomaly scores: reconstruction error per image against a threshold calibrated on normal data."""
+    from aekit import runs
+    from aekit.cli.render import counting_progress
+    from aekit.edge import DecoderSession, EncoderSession, Threshold, calibrate_threshold, count_images, score_path, write_scores_csv
+
+    if source is None and calibrate is None:
+        raise AekitError("Nothing to do: pass images to score, and/or --calibrate NORMAL_IMAGES.")
+    enc, dec = EncoderSession(encoder, "cpu", threads), DecoderSession(decoder, "cpu", threads)
+    batch_size = _positive(batch_size, "--batch-size")
+    result = {}
+    if calibrate is not None:
+        with counting_progress(err_console, "calibrating", count_images(calibrate)) as advance:
+            _, normal_mse, _, _, _ = score_path(enc, dec, calibrate, batch_size, advance)
+        limit = calibrate_threshold(normal_mse, quantile, str(calibrate))
+        runs.write_json(threshold, limit.to_json())
+        result["calibration"] = limit.to_json()
+        if not json_out:
+            out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {quantile:g} of {limit.calibration_images:,} normal images → {threshold}", highlight=False)
+    else:
+        if not threshold.is_file():
+            raise AekitError(f"No threshold file {threshold}. Calibrate first: aekit score --calibrate NORMAL_IMAGES ...")
+        limit = Threshold.from_json(runs.read_json(threshold))
+    if source is not None:
+        with counting_progress(err_console, "scoring", count_images(source)) as advance:
+            names, mse, psnr, _, _ = score_path(enc, dec, source, batch_size, advance)
+        flags = mse > limit.mse
+        if output:
+            write_scores_csv(output, names, mse, psnr, flags)
+        result.update({"images": len(names), "anomalies": int(flags.sum()), "normal": int((~flags).sum()),
+                       "threshold": limit.mse, "mean_mse": float(mse.mean())})
+        if not json_out:
+            out_console.print(
+                f"{len(names):,} images scored: {int(flags.sum()):,} anomalies, {int((~flags).sum()):,} normal "
+                f"(threshold MSE {limit.mse:.5f})" + (f" → {output}" if output else ""), highlight=False,
+            )
+    if json_out:
+        print(json.dumps(result))
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise AekitError(f"{option} must be at least 1, got {value}.")
+    return value
 
 
 @app.command()

@@ -6,7 +6,10 @@ shell pipes stay clean.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -43,7 +46,7 @@ class TrainProgress(TrainCallback):
             highlight=False,
         )
         if data.get("note"):
-            self.console.print(f"  [yellow]note:[/] {data['note']}", highlight=False)
+            self.console.print(f"  [yellow]note:[/] {escape(data['note'])}", highlight=False)
         self.console.print(
             f"  devices: {placement['strategy']} × {placement['replicas']} replica(s) {placement['devices']}, "
             f"precision {placement['precision']}; global batch {info['global_batch_size']}, "
@@ -136,7 +139,7 @@ def render_export(console: Console, result) -> None:
         table.add_column(column, justify=justify, no_wrap=column != "status")
     for e in result.entries:
         p = e.parity
-        status = "[green]passed[/]" if e.status == "passed" else f"[red]failed[/]: {e.reason}"
+        status = "[green]passed[/]" if e.status == "passed" else f"[red]failed[/]: {escape(e.reason or '')}"
         table.add_row(
             e.file, e.format, e.precision, _size(e.bytes) if e.bytes else "-",
             f"{p.max_abs_diff:.1e}" if p else "-",
@@ -172,7 +175,7 @@ def render_bench(console: Console, result) -> None:
             table.add_section()
         last_part = r.part
         ok = r.images_per_sec is not None
-        status = {"passed": "[green]passed[/]", "failed": f"[red]failed[/]: {r.reason}"}.get(r.status, f"[yellow]{r.status}[/]")
+        status = {"passed": "[green]passed[/]", "failed": f"[red]failed[/]: {escape(r.reason or '')}"}.get(r.status, f"[yellow]{r.status}[/]")
         table.add_row(
             r.part, r.runtime, r.precision, r.provider.removesuffix("ExecutionProvider"), str(r.batch_size),
             f"{r.images_per_sec:,.0f}" if ok else "-",
@@ -192,3 +195,14 @@ def render_bench(console: Console, result) -> None:
         )
     if result.output:
         console.print(f"Wrote {result.output}/bench.json, bench.csv, bench.png", highlight=False)
+
+
+@contextmanager
+def counting_progress(console: Console, label: str, total: int | None):
+    """A progress bar over images; yields a function to call with each batch's image count."""
+    with Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)

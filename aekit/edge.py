@@ -1,0 +1,438 @@
+"""The edge side: encode, decode and score images with exported files, without TensorFlow.
+
+Imports only numpy, onnxruntime or ai-edge-litert (and Pillow for image folders).
+A session reads the `manifest.json` beside the file for the expected shapes and
+the pixel scaling, accepts uint8 or float images (one image or a batch) and
+returns float32 latents or images in [0, 1].
+
+    >>> encoder = EncoderSession("runs/demo/export/encoder.onnx")
+    >>> codes = encoder.encode(images_uint8)          # (N, 16) float32
+    >>> decoder = DecoderSession("runs/demo/export/decoder.onnx")
+    >>> images = decoder.decode(codes)                # (N, 28, 28, 1) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aekit.errors import AekitError
+from aekit.manifest import MANIFEST
+from aekit.metrics import mse_per_image, psnr_from_mse
+from aekit.pixels import UINT8_MAX, PixelScaling
+from aekit.runtimes import open_runner, run_batched
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IDX_IMAGE_MAGIC = 2051
+INT8_LEVELS = 255  # codes use -128..127
+
+
+def read_manifest(model_path: Path) -> tuple[dict, dict]:
+    """(manifest, this file's entry) from the manifest.json beside an exported file."""
+    model_path = Path(model_path)
+    manifest_path = model_path.parent / MANIFEST
+    if not manifest_path.is_file():
+        raise AekitError(f"No {MANIFEST} beside {model_path}. Use files written by aekit export (keep the folder together).")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as exc:
+        raise AekitError(f"{manifest_path} is not valid JSON ({exc}). Re-export the run.") from None
+    entry = next((e for e in manifest.get("files", []) if e.get("file") == model_path.name), None)
+    if entry is None:
+        raise AekitError(f"{model_path.name} is not listed in {manifest_path}. Re-export the run.")
+    if entry.get("status") != "passed":
+        raise AekitError(f"{model_path.name} failed its parity check at export ({entry.get('reason')}). Re-export it.")
+    return manifest, entry
+
+
+class _Session:
+    role = ""
+
+    def __init__(self, model: str | Path, device: str = "cpu", threads: int | None = None):
+        self.path = Path(model)
+        self.manifest, self.entry = read_manifest(self.path)
+        if self.entry["role"] != self.role:
+            raise AekitError(f"{self.path.name} is an {self.entry['role']}, not an {self.role}. Pass the {self.role} file.")
+        self.runner = open_runner(self.path, device, threads)
+        self.scaling = PixelScaling(**{k: v for k, v in self.manifest["pixel_scaling"].items() if k == "divide_by"})
+        self.image_shape = tuple(self.manifest["model"]["input_shape"])
+        self.latent_dim = int(self.manifest["model"]["latent_dim"])
+
+
+class EncoderSession(_Session):
+    """Images -> latent codes with an exported encoder (.onnx or .tflite)."""
+
+    role = "encoder"
+
+    def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Encodes one image (H, W, C) or a batch (N, H, W, C), uint8 or float, in the manifest's shape.
+
+        Returns:
+            (latent_dim,) for one image, (N, latent_dim) for a batch; float32.
+        """
+        images = np.asarray(images)
+        single = images.shape == self.image_shape or (images.ndim == 2 and self.image_shape[-1] == 1 and images.shape == self.image_shape[:2])
+        batch = images.reshape(1, *self.image_shape) if single else images
+        if batch.ndim == 3 and self.image_shape[-1] == 1:
+            batch = batch[..., None]
+        if batch.shape[1:] != self.image_shape:
+            raise AekitError(
+                f"Expected images of shape {self.image_shape} (or a batch of them), received {images.shape}. "
+                "Resize the images to the model's input shape."
+            )
+        inputs = self.to_model_input(batch)
+        codes = run_batched(self.runner, inputs, batch_size)
+        return codes[0] if single else codes
+
+    def to_model_input(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype == np.uint8:
+            # Stored 0-255 pixels: the manifest's scaling (divide by 255) whatever the training source was.
+            return (self.scaling if self.scaling.divide_by == UINT8_MAX else PixelScaling(UINT8_MAX)).to_model_numpy(batch)
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise AekitError(f"Images have dtype {batch.dtype}; expected uint8 (0-255) or float (0-1).")
+        if batch.size and (np.nanmax(batch) > 1.0 or np.nanmin(batch) < 0.0 or not np.isfinite(batch).all()):
+            raise AekitError("Float images must lie in [0, 1] with no NaN. Divide 0-255 data by 255 or pass uint8.")
+        return batch.astype(np.float32)
+
+
+class DecoderSession(_Session):
+    """Latent codes -> images with an exported decoder (.onnx or .tflite)."""
+
+    role = "decoder"
+
+    def decode(self, latents: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Decodes (latent_dim,) or (N, latent_dim) float codes into float32 images in [0, 1]."""
+        latents = np.asarray(latents)
+        single = latents.ndim == 1
+        batch = latents[None] if single else latents
+        if batch.ndim != 2 or batch.shape[1] != self.latent_dim:
+            raise AekitError(f"Expected latents of shape (N, {self.latent_dim}), received {latents.shape}. Encode with the matching encoder.")
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise AekitError(f"Latents have dtype {batch.dtype}; dequantize int8 codes first (LatentQuantizer.dequantize).")
+        images = run_batched(self.runner, batch.astype(np.float32), batch_size)
+        return images[0] if single else images
+
+
+@dataclass
+class LatentQuantizer:
+    """Per-dimension affine int8 codes: q = round((z - offset) / scale) - 128, so a code is latent_dim bytes."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+
+    @classmethod
+    def calibrate(cls, latents: np.ndarray) -> "LatentQuantizer":
+        low, high = latents.min(axis=0), latents.max(axis=0)
+        return cls(np.maximum(high - low, 1e-8).astype(np.float32) / INT8_LEVELS, low.astype(np.float32))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LatentQuantizer":
+        return cls(np.asarray(data["scale"], np.float32), np.asarray(data["offset"], np.float32))
+
+    def to_json(self) -> dict:
+        return {"dtype": "int8", "scale": self.scale.tolist(), "offset": self.offset.tolist(),
+                "formula": "q = clip(round((z - offset) / scale) - 128, -128, 127); z = (q + 128) * scale + offset"}
+
+    def quantize(self, latents: np.ndarray) -> np.ndarray:
+        return np.clip(np.round((latents - self.offset) / self.scale) - 128, -128, 127).astype(np.int8)
+
+    def dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return ((codes.astype(np.float32) + 128.0) * self.scale + self.offset).astype(np.float32)
+
+
+# --- reading inputs in batches -------------------------------------------------
+
+
+def iter_images(path: str | Path, batch_size: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yields (names, images) batches from an image folder, a .npz/.npy file or an IDX file, never all at once.
+
+    Images come as (n, H, W, C) in their stored dtype; names are file names or indices.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AekitError(f"{path} does not exist. Pass an image folder, a .npz/.npy file or an IDX file.")
+    if path.is_dir():
+        yield from _iter_folder(path, batch_size)
+    elif path.suffix == ".npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise AekitError(f"Cannot read {path}: {exc}. Re-save it with numpy.save.") from None
+        yield from _iter_array(array, batch_size)
+    elif path.suffix == ".npz":
+        try:
+            archive = np.load(path, allow_pickle=False)
+            key = next((k for k in ("images", "x", "x_test", "x_train") if k in archive.files), archive.files[0] if archive.files else None)
+            if key is None:
+                raise ValueError("no arrays")
+            array = archive[key]
+        except (ValueError, OSError, KeyError) as exc:
+            raise AekitError(f"Cannot read {path}: {exc}. Save images with numpy.savez(path, images=...).") from None
+        yield from _iter_array(array, batch_size)
+    elif "idx3-ubyte" in path.name:
+        yield from _iter_idx(path, batch_size)
+    else:
+        raise AekitError(f"Don't know how to read {path}: pass an image folder, .npz/.npy, or an *-images-idx3-ubyte[.gz] file.")
+
+
+def _iter_array(array: np.ndarray, batch_size: int):
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4:
+        raise AekitError(f"Array has shape {array.shape}; expected (N, H, W) or (N, H, W, C).")
+    for start in range(0, len(array), batch_size):
+        yield [str(i) for i in range(start, min(start + batch_size, len(array)))], np.asarray(array[start : start + batch_size])
+
+
+def _iter_idx(path: Path, batch_size: int):
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(16)
+            if len(header) < 16:
+                raise AekitError(f"IDX file {path} is truncated. Re-download it.")
+            magic, count, rows, cols = np.frombuffer(header, ">i4")
+            if magic != IDX_IMAGE_MAGIC:
+                raise AekitError(f"{path} is not an IDX image file (magic {magic}). Pass the *-images-idx3-ubyte file.")
+            size = int(rows) * int(cols)
+            for start in range(0, int(count), batch_size):
+                n = min(batch_size, int(count) - start)
+                raw = f.read(n * size)
+                if len(raw) != n * size:
+                    raise AekitError(f"IDX file {path} ends early at image {start + len(raw) // size}. Re-download it.")
+                images = np.frombuffer(raw, np.uint8).reshape(n, int(rows), int(cols), 1)
+                yield [str(i) for i in range(start, start + n)], images
+    except (OSError, EOFError) as exc:
+        raise AekitError(f"Cannot read IDX file {path}: {exc}. Re-download it.") from None
+
+
+def _iter_folder(folder: Path, batch_size: int):
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AekitError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images.")
+    mode = None
+    for start in range(0, len(files), batch_size):
+        chunk, arrays = files[start : start + batch_size], []
+        for file in chunk:
+            try:
+                with Image.open(file) as image:
+                    mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+                    arrays.append(np.asarray(image.convert(mode)))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise AekitError(f"Cannot read image {file}: {exc}. Remove or replace it.") from None
+            if arrays[-1].shape != arrays[0].shape:
+                raise AekitError(f"{file} is {arrays[-1].shape[:2]}, unlike {chunk[0].name} {arrays[0].shape[:2]}. Resize all images to one size.")
+        images = np.stack(arrays)
+        yield [str(p.relative_to(folder)) for p in chunk], images[..., None] if images.ndim == 3 else images
+
+
+def count_images(path: str | Path) -> int | None:
+    """How many images `iter_images` will yield, when cheap to know (for progress bars)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.suffix == ".npy":
+        try:
+            return int(np.load(path, mmap_mode="r").shape[0])
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+# --- the commands' jobs ------------------------------------------------------------
+
+
+def reconstruction_errors(encoder: EncoderSession, decoder: DecoderSession, images: np.ndarray):
+    """(reconstructions, per-image MSE, per-image PSNR) for a batch of stored images."""
+    inputs = encoder.to_model_input(images if images.ndim == 4 else images[..., None])
+    recon = decoder.decode(encoder.encode(images))
+    mse = mse_per_image(inputs, recon)
+    return recon, mse, psnr_from_mse(mse)
+
+
+@dataclass
+class Threshold:
+    """An anomaly threshold on reconstruction MSE, calibrated on normal data."""
+
+    mse: float
+    quantile: float
+    calibration_images: int
+    calibration_source: str
+
+    def to_json(self) -> dict:
+        return {"metric": "reconstruction_mse", "threshold": self.mse, "quantile": self.quantile,
+                "calibration_images": self.calibration_images, "calibration_source": self.calibration_source}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Threshold":
+        try:
+            return cls(float(data["threshold"]), float(data["quantile"]), int(data["calibration_images"]), data["calibration_source"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AekitError(f"Threshold file is not one written by aekit score --calibrate ({exc}). Calibrate again.") from None
+
+
+def calibrate_threshold(scores: np.ndarray, quantile: float, source: str) -> Threshold:
+    if not 0.0 < quantile < 1.0:
+        raise AekitError(f"--quantile must be between 0 and 1, got {quantile}.")
+    return Threshold(float(np.quantile(scores, quantile)), quantile, int(len(scores)), source)
+
+
+def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance an anomaly scores above a normal image (ties count half)."""
+    scores = np.concatenate([normal_scores, anomaly_scores])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks of ties
+        tied = scores == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    n_a, n_n = len(anomaly_scores), len(normal_scores)
+    return float((ranks[n_n:].sum() - n_a * (n_a + 1) / 2) / (n_a * n_n))
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    from aekit.runs import atomic_path
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise AekitError(f"-o {path}: the latents file must end in .npz.")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def encode_path(encoder: EncoderSession, source: Path, output: Path, latent_dtype: str = "float32",
+                batch_size: int = 256, on_batch=None) -> dict:
+    """Encodes every image of `source` in batches into an .npz: latents, names, and int8 parameters if asked."""
+    if latent_dtype not in ("float32", "int8"):
+        raise AekitError(f"--latent-dtype {latent_dtype!r} is not float32 or int8.")
+    quantizer = None
+    if latent_dtype == "int8":
+        params = encoder.manifest.get("latent_quantization")
+        if not params:
+            raise AekitError(f"{encoder.path.parent / MANIFEST} has no latent_quantization. Re-export the run with this aekit.")
+        quantizer = LatentQuantizer.from_json(params)
+    names, chunks = [], []
+    for batch_names, images in iter_images(source, batch_size):
+        codes = encoder.encode(images, batch_size)
+        chunks.append(quantizer.quantize(codes) if quantizer else codes.astype(np.float32))
+        names += batch_names
+        if on_batch:
+            on_batch(len(batch_names))
+    latents = np.concatenate(chunks)
+    extra = {"scale": quantizer.scale, "offset": quantizer.offset} if quantizer else {}
+    _save_npz(output, latents=latents, names=np.asarray(names), latent_dtype=np.asarray(latent_dtype),
+              source=np.asarray(str(source)), model=np.asarray(str(encoder.path)), **extra)
+    return {"images": len(latents), "latent_dim": int(latents.shape[1]), "latent_dtype": latent_dtype,
+            "bytes_per_image": int(latents.shape[1] * latents.itemsize), "output": str(output)}
+
+
+def load_latents(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Float32 latents (dequantized if stored as int8) and names from an `encode_path` file."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+        latents, names = data["latents"], [str(n) for n in data["names"]]
+        if str(data["latent_dtype"]) == "int8":
+            latents = LatentQuantizer(data["scale"], data["offset"]).dequantize(latents)
+    except FileNotFoundError:
+        raise AekitError(f"{path} does not exist. Write it with aekit encode.") from None
+    except (ValueError, OSError, KeyError) as exc:
+        raise AekitError(f"{path} is not a latents file from aekit encode ({exc}). Encode again.") from None
+    return latents.astype(np.float32), names
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(images * UINT8_MAX), 0, UINT8_MAX).astype(np.uint8)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    from aekit.runs import atomic_path
+
+    pixels = to_uint8(image)
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp, format="PNG")
+
+
+def png_name(name: str) -> str:
+    return Path(name.replace("/", "_")).stem + ".png"
+
+
+def decode_file(decoder: DecoderSession, latents_path: Path, output: Path, fmt: str = "png",
+                batch_size: int = 256, on_batch=None) -> dict:
+    """Decodes a latents file into PNGs in a folder (or one .npz with fmt="npz")."""
+    if fmt not in ("png", "npz"):
+        raise AekitError(f"--format {fmt!r} is not png or npz.")
+    latents, names = load_latents(latents_path)
+    output = Path(output)
+    images_out = []
+    for start in range(0, len(latents), batch_size):
+        images = decoder.decode(latents[start : start + batch_size], batch_size)
+        if fmt == "png":
+            output.mkdir(parents=True, exist_ok=True)
+            for name, image in zip(names[start : start + batch_size], images):
+                save_png(image, output / png_name(name))
+        else:
+            images_out.append(images)
+        if on_batch:
+            on_batch(len(images))
+    if fmt == "npz":
+        _save_npz(output, images=np.concatenate(images_out), names=np.asarray(names))
+    return {"images": len(latents), "format": fmt, "output": str(output)}
+
+
+def save_grid(originals: np.ndarray, reconstructions: np.ndarray, path: Path, scale: int = 3) -> None:
+    """Originals on the top row, reconstructions below (Pillow, no matplotlib on the edge)."""
+    from PIL import Image
+
+    from aekit.runs import atomic_path
+
+    top, bottom = (np.concatenate(list(to_uint8(x)), axis=1) for x in (originals, reconstructions))
+    grid = np.concatenate([top, np.full((2, *top.shape[1:]), 255, np.uint8), bottom])
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def score_path(encoder: EncoderSession, decoder: DecoderSession, source: Path, batch_size: int = 256,
+               on_batch=None, keep: int = 0):
+    """(names, per-image MSE, per-image PSNR, first `keep` originals and reconstructions) for every image."""
+    names, mses, psnrs, kept_in, kept_out = [], [], [], [], []
+    for batch_names, images in iter_images(source, batch_size):
+        recon, mse, psnr = reconstruction_errors(encoder, decoder, images)
+        names += batch_names
+        mses.append(mse)
+        psnrs.append(psnr)
+        if sum(len(k) for k in kept_in) < keep:
+            kept_in.append(encoder.to_model_input(images if images.ndim == 4 else images[..., None]))
+            kept_out.append(recon)
+        if on_batch:
+            on_batch(len(batch_names))
+    originals = np.concatenate(kept_in)[:keep] if kept_in else None
+    recons = np.concatenate(kept_out)[:keep] if kept_out else None
+    return names, np.concatenate(mses), np.concatenate(psnrs), originals, recons
+
+
+def write_scores_csv(path: Path, names: list[str], mse: np.ndarray, psnr: np.ndarray, flags: np.ndarray | None = None) -> None:
+    import csv
+    import io
+
+    from aekit.runs import write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["name", "mse", "psnr", *(["anomaly"] if flags is not None else [])])
+    for i, name in enumerate(names):
+        writer.writerow([name, f"{mse[i]:.6g}", f"{psnr[i]:.4f}", *([int(flags[i])] if flags is not None else [])])
+    write_text(Path(path), buffer.getvalue())

@@ -1,0 +1,223 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+from typer.testing import CliRunner
+
+from aekit import AekitError
+from aekit.cli.main import app
+from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer, iter_images, load_latents, roc_auc
+from aekit.export import ExportOptions, export_run, load_run
+from aekit.metrics import psnr_from_mse, mse_per_image
+from conftest import MNIST_DIR, read_mnist
+
+IDX = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(scope="module")
+def decent_run(tmp_path_factory):
+    """A small model trained well enough to tell digits from other images (val PSNR ~19 dB, ~15 s)."""
+    from aekit.train import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("edge-run")
+    np.savez(folder / "digits.npz", images=read_mnist(3000))
+    config = TrainConfig(dataset=str(folder / "digits.npz"), epochs=8, batch_size=32, learning_rate=2e-3, gpus=0,
+                         filters=(16, 32), latent_dim=16)
+    train(config, folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def exported(decent_run, tmp_path_factory):
+    """That run exported to ONNX and TFLite (float32) in its own folder."""
+    out = tmp_path_factory.mktemp("edge-export")
+    for fmt in ("onnx", "tflite"):
+        result = export_run(decent_run, ExportOptions(formats=(fmt,), output=out))
+        assert not result.failed
+    return out
+
+
+def test_sessions_match_keras_on_uint8_single_images_and_batches(exported, decent_run):
+    loaded = load_run(decent_run)
+    digits = read_mnist(20)
+    keras_codes = np.asarray(loaded.models["encoder"](digits[..., None] / np.float32(255), training=False))
+    for suffix in ("onnx", "tflite"):
+        encoder = EncoderSession(exported / f"encoder.{suffix}")
+        codes = encoder.encode(digits)  # (N, 28, 28) uint8, channel added
+        np.testing.assert_allclose(codes, keras_codes, atol=2e-4)
+        np.testing.assert_allclose(encoder.encode(digits[0]), keras_codes[0], atol=2e-4)  # one image
+        np.testing.assert_allclose(encoder.encode(digits[..., None] / np.float32(255)), keras_codes, atol=2e-4)
+        images = DecoderSession(exported / f"decoder.{suffix}").decode(codes)
+        assert images.shape == (20, 28, 28, 1) and images.dtype == np.float32 and 0 <= images.min() <= images.max() <= 1
+
+
+def test_wrong_shapes_dtypes_and_files_are_clear_errors(exported, tmp_path):
+    encoder = EncoderSession(exported / "encoder.onnx")
+    with pytest.raises(AekitError, match=r"Expected images of shape \(28, 28, 1\).*received \(2, 32, 32, 3\)"):
+        encoder.encode(np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(AekitError, match="Float images must lie in"):
+        encoder.encode(np.full((1, 28, 28, 1), 200.0, np.float32))
+    with pytest.raises(AekitError, match="dtype int64"):
+        encoder.encode(np.zeros((1, 28, 28, 1), np.int64))
+    with pytest.raises(AekitError, match=r"latents of shape \(N, 16\)"):
+        DecoderSession(exported / "decoder.onnx").decode(np.zeros((3, 4), np.float32))
+    with pytest.raises(AekitError, match="not an decoder|is an encoder"):
+        DecoderSession(exported / "encoder.onnx")
+    lonely = tmp_path / "encoder.onnx"
+    lonely.write_bytes((exported / "encoder.onnx").read_bytes())
+    with pytest.raises(AekitError, match="No manifest.json beside"):
+        EncoderSession(lonely)
+
+
+def test_the_edge_side_runs_where_tensorflow_cannot_be_imported(exported, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        class NoTensorFlow:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "tensorflow_datasets"):
+                    raise ImportError("tensorflow is not installed here")
+        sys.meta_path.insert(0, NoTensorFlow())
+        try:
+            import tensorflow
+            raise SystemExit("tensorflow imported")
+        except ImportError:
+            pass
+        import numpy as np
+        from aekit.edge import EncoderSession
+        codes = EncoderSession({str(exported / 'encoder.tflite')!r}).encode(np.zeros((3, 28, 28, 1), np.uint8))
+        assert codes.shape == (3, 16)
+        from aekit.cli.main import app
+        try:
+            app(["encode", "--model", {str(exported / 'encoder.onnx')!r}, {str(IDX)!r}, "-o", {str(tmp_path / 'z.npz')!r}])
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        try:
+            app(["train", "--epochs", "1"])
+        except SystemExit as exit:
+            print("train exit", exit.code)
+        assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
+        print("encoded", codes.shape)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "encoded (3, 16)" in proc.stdout and "Encoded 10,000 images" in proc.stdout
+    assert "train exit 2" in proc.stdout and "pip install 'aekit[full]'" in proc.stderr
+    assert np.load(tmp_path / "z.npz")["latents"].shape == (10_000, 16)
+
+
+def test_encode_decode_cli_and_int8_codes_are_one_byte_per_dimension(exported, tmp_path):
+    runner = CliRunner()
+    base = ["encode", "--model", str(exported / "encoder.onnx"), str(IDX), "--batch-size", "1000"]
+    assert runner.invoke(app, [*base, "-o", str(tmp_path / "f32.npz")]).exit_code == 0
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "i8.npz"), "--latent-dtype", "int8"])
+    assert result.exit_code == 0 and "16 bytes per image" in result.output
+    f32, i8 = np.load(tmp_path / "f32.npz"), np.load(tmp_path / "i8.npz")
+    assert f32["latents"].dtype == np.float32 and i8["latents"].dtype == np.int8
+    assert i8["latents"].nbytes == 10_000 * 16 and list(f32["names"][:2]) == ["0", "1"]
+    dequantized, _ = load_latents(tmp_path / "i8.npz")
+    step = np.asarray(i8["scale"])
+    inside = (f32["latents"] >= i8["offset"]) & (f32["latents"] <= i8["offset"] + 255 * step)
+    assert np.all(np.abs(dequantized - f32["latents"])[inside] <= step.max() / 2 + 1e-5)
+
+    decoder = str(exported / "decoder.onnx")
+    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "i8.npz"), "-o", str(tmp_path / "png")])
+    assert result.exit_code == 0, result.output
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 10_000
+    with Image.open(tmp_path / "png" / "0.png") as image:
+        assert image.size == (28, 28) and image.mode == "L"
+    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "f32.npz"), "-o", str(tmp_path / "d.npz"), "--format", "npz"])
+    assert result.exit_code == 0
+    images = np.load(tmp_path / "d.npz")["images"]
+    originals = read_mnist()[..., None] / np.float32(255)
+    psnr_f32 = psnr_from_mse(mse_per_image(originals, images)).mean()
+    psnr_i8 = psnr_from_mse(mse_per_image(originals, DecoderSession(decoder).decode(dequantized))).mean()
+    assert psnr_f32 - psnr_i8 < 0.5, (psnr_f32, psnr_i8)
+
+
+def test_latent_quantizer_round_trip_error_is_half_a_step():
+    z = np.random.default_rng(0).normal(0, 5, (1000, 16)).astype(np.float32)
+    q = LatentQuantizer.calibrate(z)
+    codes = q.quantize(z)
+    assert codes.dtype == np.int8 and codes.min() == -128 and codes.max() == 127
+    assert np.max(np.abs(q.dequantize(codes) - z)) <= q.scale.max() / 2 + 1e-5
+
+
+def test_inputs_stream_in_batches(tmp_path):
+    batches = list(iter_images(IDX, batch_size=4096))
+    assert [len(b[1]) for b in batches] == [4096, 4096, 1808]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, digit in enumerate(read_mnist(10)):
+        Image.fromarray(digit).save(folder / f"d{i}.png")
+    batches = list(iter_images(folder, batch_size=4))
+    assert [len(names) for names, _ in batches] == [4, 4, 2] and batches[0][1].shape == (4, 28, 28, 1)
+    np.save(tmp_path / "a.npy", read_mnist(9))
+    assert [len(b[1]) for b in iter_images(tmp_path / "a.npy", batch_size=5)] == [5, 4]
+
+
+def letters(count: int) -> np.ndarray:
+    """Capital letters drawn like MNIST digits: white, centred, bold, on black."""
+    font = ImageFont.load_default(size=22)
+    out = []
+    for i in range(count):
+        image = Image.new("L", (28, 28), 0)
+        ImageDraw.Draw(image).text((14, 14), "ABEFGHKMRWXQZ"[i % 13], fill=255, font=font, anchor="mm",
+                                   stroke_width=1, stroke_fill=255)
+        out.append(np.asarray(image))
+    return np.stack(out)
+
+
+def test_score_separates_digits_from_non_digits(exported, tmp_path):
+    digits = read_mnist()
+    normal, held_out = digits[:2000], digits[-300:]
+    rng = np.random.default_rng(0)
+    outliers = np.concatenate([
+        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),  # noise
+        255 - held_out[:100],  # inverted digits
+        letters(100),  # letters rendered with Pillow
+    ])
+    np.save(tmp_path / "normal.npy", normal)
+    np.save(tmp_path / "test.npy", np.concatenate([held_out, outliers]))
+    enc, dec = str(exported / "encoder.onnx"), str(exported / "decoder.onnx")
+    threshold = tmp_path / "threshold.json"
+    result = CliRunner().invoke(app, ["score", "--encoder", enc, "--decoder", dec, "--calibrate", str(tmp_path / "normal.npy"),
+                                      "--quantile", "0.99", "--threshold", str(threshold), str(tmp_path / "test.npy"),
+                                      "-o", str(tmp_path / "scores.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.stdout)
+    assert counts["images"] == 600 and counts["anomalies"] + counts["normal"] == 600
+    saved = json.loads(threshold.read_text())
+    assert saved["quantile"] == 0.99 and saved["calibration_images"] == 2000
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    mse = np.array([float(line.split(",")[1]) for line in rows[1:]])
+    normal_mse, groups = mse[:300], {"noise": mse[300:400], "inverted": mse[400:500], "letters": mse[500:]}
+    assert roc_auc(normal_mse, mse[300:]) > 0.9
+    aucs = {name: roc_auc(normal_mse, scores) for name, scores in groups.items()}
+    assert aucs["noise"] > 0.99 and aucs["inverted"] > 0.99 and aucs["letters"] > 0.7, aucs
+    flagged = np.array([int(line.split(",")[3]) for line in rows[1:]])
+    assert flagged[300:500].mean() > 0.95 and flagged[:300].mean() < 0.05
+    # a second call reads the saved threshold
+    again = CliRunner().invoke(app, ["score", "--encoder", enc, "--decoder", dec, "--threshold", str(threshold),
+                                     str(tmp_path / "test.npy"), "--json"])
+    assert json.loads(again.stdout)["anomalies"] == counts["anomalies"]
+
+
+def test_reconstruct_writes_scores_and_the_grid(exported, tmp_path):
+    result = CliRunner().invoke(app, ["reconstruct", "--encoder", str(exported / "encoder.tflite"),
+                                      "--decoder", str(exported / "decoder.tflite"), str(IDX), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "reconstruction.csv").read_text().splitlines()
+    assert lines[0] == "name,mse,psnr" and len(lines) == 10_001
+    with Image.open(tmp_path / "reconstructions.png") as grid:
+        assert grid.size == (28 * 10 * 3, (28 * 2 + 2) * 3)
+
+
+def test_roc_auc_is_right_on_known_cases():
+    assert roc_auc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
+    assert roc_auc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
+    assert roc_auc(np.array([0.1, 0.3]), np.array([0.2, 0.3])) == pytest.approx(0.625)
