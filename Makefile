@@ -4,19 +4,43 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EDGE_VENV := .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
+CHECK_DIR := .edge-check
 
-.PHONY: install test demo bench clean
+.PHONY: install install-edge test edge-check demo bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[full,dev]'
 	touch $(STAMP)
+
+# The edge install: aekit without TensorFlow (onnxruntime CPU + LiteRT only).
+install-edge: $(EDGE_STAMP)
+
+$(EDGE_STAMP): pyproject.toml
+	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install -e '.[edge]'
+	touch $(EDGE_STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q
+	$(MAKE) edge-check
+
+# Proves the packaging: the edge venv has no TensorFlow and still encodes a real export.
+edge-check: install install-edge
+	! $(EDGE_VENV)/bin/python -c "import tensorflow" 2>/dev/null
+	rm -rf $(CHECK_DIR)
+	AEKIT_OFFLINE=1 $(BIN)/aekit train --dataset aekit/sample --epochs 1 --filters 8,16 --latent-dim 8 -o $(CHECK_DIR)/run --quiet
+	$(BIN)/aekit export --run $(CHECK_DIR)/run --format onnx,tflite > /dev/null
+	$(EDGE_VENV)/bin/aekit encode --model $(CHECK_DIR)/run/export/encoder.tflite aekit/sample/mnist-sample-images-idx3-ubyte.gz -o $(CHECK_DIR)/codes.npz --latent-dtype int8
+	$(EDGE_VENV)/bin/aekit decode --model $(CHECK_DIR)/run/export/decoder.onnx $(CHECK_DIR)/codes.npz -o $(CHECK_DIR)/images.npz --format npz
+	$(EDGE_VENV)/bin/python -c "import numpy as np; d = np.load('$(CHECK_DIR)/images.npz'); assert d['images'].shape == (3000, 28, 28, 1), d['images'].shape; print('edge-check: 3000 images encoded and decoded without TensorFlow')"
+	rm -rf $(CHECK_DIR)
 
 demo: install
 	$(BIN)/aekit train --epochs 3
@@ -25,4 +49,4 @@ bench: install
 	$(BIN)/python benchmarks/train_vs_reference.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(EDGE_VENV) $(CHECK_DIR) build *.egg-info
