@@ -120,11 +120,15 @@ def load_data(
     return splits
 
 
+def dataset_identity(record: dict) -> str:
+    """The `--dataset` value that loads exactly the data described by a run's `data` record."""
+    source = record["source"]
+    return source.removeprefix("tfds:") if record.get("kind") == "tfds" else source
+
+
 def reload_data(record: dict, data_dir: str | None = None) -> DataSplits:
     """Loads the data a run was trained on again, from the `data` record in its config.json."""
-    source, val_split = record["source"], record.get("val_split", 0.1)
-    name = source.removeprefix("tfds:") if record.get("kind") == "tfds" else source
-    return load_data(name, val_split, data_dir)
+    return load_data(dataset_identity(record), record.get("val_split", 0.1), data_dir)
 
 
 def check_divisible(image_shape: tuple[int, ...], depth: int) -> None:
@@ -142,39 +146,56 @@ def check_divisible(image_shape: tuple[int, ...], depth: int) -> None:
 def make_dataset(
     images: np.ndarray,
     scaling: PixelScaling,
-    global_batch_size: int,
+    batch_size: int,
+    steps_per_epoch: int,
     *,
-    shuffle: bool = True,
     seed: int = 0,
-    repeat: bool = True,
-    drop_remainder: bool = True,
-    options=None,
+    start_epoch: int = 0,
+    skip_batches: int = 0,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ):
-    """The tf.data pipeline: scale once, cache, shuffle, batch by the global batch, prefetch.
+    """The training stream: scale once, cache, then per epoch a seeded shuffle, shard, batch, prefetch.
 
-    Yields (global_batch_size, H, W, C) float32 batches in [0, 1]. With `repeat`,
-    the stream is endless and the caller runs a fixed number of steps per epoch,
-    which is what lets every worker of a multi-worker run finish together.
+    Epoch e's order depends only on (seed, e), so a run resumed at epoch e (and
+    `skip_batches` into it) sees exactly the batches an uninterrupted run would.
+    Every shard (one per worker) takes a disjoint stride of the same permutation,
+    so across workers each example is seen at most once per epoch; each epoch is
+    exactly `steps_per_epoch` batches of `batch_size` on every shard, so all
+    workers run the same number of steps and finish together. Endless.
 
     Args:
         images: (N, H, W, C) stored images.
         scaling: the source's PixelScaling.
-        global_batch_size: batch size summed over all replicas.
-        shuffle: reshuffle every pass with `seed`.
-        options: tf.data.Options (e.g. the auto-shard policy) to attach.
+        batch_size: images per batch from this shard (a per-replica batch).
+        steps_per_epoch: batches per epoch from this shard.
+        num_shards, shard_index: the input pipelines (workers) and this one's index.
+
+    Yields:
+        float32 (batch_size, H, W, C) batches in [0, 1].
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(images)
-    ds = ds.map(scaling.to_model_tf, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(global_batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    if options is not None:
-        ds = ds.with_options(options)
-    return ds
+    if (len(images) // num_shards) < steps_per_epoch * batch_size:
+        raise AekitError(
+            f"{len(images)} images over {num_shards} shard(s) cannot fill {steps_per_epoch} batches of {batch_size}. "
+            "Lower --batch-size or add data."
+        )
+    count = len(images)
+    # The images stay in memory once, in their stored dtype (uint8: 4x smaller than float32);
+    # batches are gathered by index and scaled as a whole, which is what makes the order
+    # a pure function of (seed, epoch) and so resumable mid-run.
+    table = tf.constant(images)
+
+    def epoch(index):
+        permutation = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=[seed, index])
+        order = tf.data.Dataset.from_tensor_slices(permutation)
+        order = order.shard(num_shards, shard_index).take(steps_per_epoch * batch_size)
+        return order.batch(batch_size, drop_remainder=True)
+
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(skip_batches)
+    ds = ds.map(lambda ids: scaling.to_model_tf(tf.gather(table, ids)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def network_reachable(address: tuple[str, int] = TFDS_DOWNLOAD_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:

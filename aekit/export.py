@@ -122,13 +122,7 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
     from aekit.data import reload_data
     from aekit.model import build_autoencoder
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AekitError(f"Run folder {run_dir} does not exist. Pass --run runs/<name> (see ls runs/).")
-    if not runs.is_run_dir(run_dir):
-        raise AekitError(f"{run_dir} has no {runs.CONFIG}: it is not an aekit run folder. Pass a folder made by aekit train.")
-    if not runs.is_finished(run_dir):
-        raise AekitError(f"{run_dir} is an unfinished run (no {runs.METRICS}). Finish it: aekit train --resume {run_dir}.")
+    run_dir = runs.require_finished_run(run_dir)
     config = runs.read_json(run_dir / runs.CONFIG)
     try:
         model = config["model"]

@@ -21,6 +21,7 @@ def build_autoencoder(
     filters: Sequence[int] = (32, 64),
     latent_dim: int = 16,
     bn_momentum: float = 0.99,
+    synchronized_bn: bool = False,
 ):
     """Builds (encoder, decoder, autoencoder) under the current Keras dtype policy.
 
@@ -30,6 +31,9 @@ def build_autoencoder(
         latent_dim: size of the code the encoder emits.
         bn_momentum: BatchNorm moving-statistics momentum (Keras' 0.99 in the
             reference; the training recipe picks its own, see TrainConfig).
+        synchronized_bn: compute BatchNorm statistics over the global batch. Needed with
+            more than one replica: otherwise each replica keeps its own moving statistics
+            (Keras creates them unaggregated) and saves read replica 0's.
 
     Returns:
         encoder: (None, H, W, C) -> (None, latent_dim)
@@ -55,7 +59,7 @@ def build_autoencoder(
     for f in filters:
         x = layers.Conv2D(f, KERNEL, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE)(x)
-        x = layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=synchronized_bn)(x)
     volume = tuple(int(d) for d in x.shape[1:])
     x = layers.Flatten()(x)
     latent = layers.Dense(latent_dim, name="latent")(x)
@@ -67,7 +71,7 @@ def build_autoencoder(
     for f in reversed(filters):
         x = layers.Conv2DTranspose(f, KERNEL, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE)(x)
-        x = layers.BatchNormalization(momentum=bn_momentum)(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=synchronized_bn)(x)
     x = layers.Conv2DTranspose(channels, KERNEL, strides=1, padding="same")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="reconstruction")(x)
     decoder = keras.Model(latent_in, outputs, name="decoder")

@@ -46,6 +46,20 @@ def is_finished(path: Path) -> bool:
     return (path / METRICS).is_file()
 
 
+def require_finished_run(path: Path) -> Path:
+    """`path` if it is a finished aekit run folder, else AekitError with the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise AekitError(f"Run folder {path} does not exist. Pass --run runs/<name> (see ls runs/).")
+    if not path.is_dir():
+        raise AekitError(f"--run {path} is a file, not a run folder. Pass the folder aekit train wrote (runs/<name>).")
+    if not is_run_dir(path):
+        raise AekitError(f"{path} has no {CONFIG}: it is not an aekit run folder. Pass a folder made by aekit train.")
+    if not is_finished(path):
+        raise AekitError(f"{path} is an unfinished run (no {METRICS}). Finish it: aekit train --resume {path}.")
+    return path
+
+
 def newest_finished_run(root: Path = RUNS_ROOT) -> Path:
     """The most recently finished run under `root` (by metrics.json time)."""
     runs = [p for p in root.glob("*") if p.is_dir() and is_finished(p)] if root.is_dir() else []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit import __version__, runs
-from aekit.data import DataSplits, check_divisible, load_data, make_dataset
+from aekit.data import DataSplits, check_divisible, dataset_identity, load_data, make_dataset
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
@@ -58,9 +59,10 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     data_dir: str | None = None
+    checkpoint_steps: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
 
     # Settings that define the model or the data; a resumed run must keep them.
-    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule")
+    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -75,6 +77,12 @@ class TrainConfig:
             raise AekitError(f"--filters must be positive integers such as 32,64, got {self.filters}.")
         if self.latent_dim < 1:
             raise AekitError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise AekitError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}. Try 0.9 or 0.99.")
+        if not 0 <= self.seed < 2**32:
+            raise AekitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}.")
+        if self.checkpoint_steps < 0:
+            raise AekitError(f"--checkpoint-steps must be 0 (epoch ends only) or more, got {self.checkpoint_steps}.")
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -118,7 +126,15 @@ def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) ->
     Raises AekitError if an explicitly requested setting in FIXED_ON_RESUME
     differs from the stored one, since the checkpoint would not match it.
     """
-    stored = TrainConfig.from_json(runs.read_json(run_dir / runs.CONFIG).get("recipe", {}))
+    record = runs.read_json(run_dir / runs.CONFIG)
+    stored = TrainConfig.from_json(record.get("recipe", {}))
+    # The data actually used (an absolute path, a TFDS name, or the bundled sample), so a
+    # resume from another folder, or online after an offline fallback, trains on the same images.
+    if record.get("data"):
+        stored.dataset = dataset_identity(record["data"])
+    if "dataset" in explicit and requested.dataset is not None:
+        path = Path(requested.dataset).expanduser()
+        requested.dataset = str(path.resolve()) if path.exists() else requested.dataset
     for name in TrainConfig.FIXED_ON_RESUME:
         if name in explicit and getattr(requested, name) != getattr(stored, name):
             raise AekitError(
@@ -126,7 +142,7 @@ def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) ->
                 "a resumed run keeps its model and data. Drop that option, or train into a new --output folder."
             )
     resumed = TrainConfig(**{**asdict(stored)})
-    for name in ("epochs", "gpus", "cpu_replicas", "precision", "batch_size", "learning_rate", "data_dir"):
+    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "data_dir", "checkpoint_steps"):
         if name in explicit:
             setattr(resumed, name, getattr(requested, name))
     return resumed
@@ -153,6 +169,8 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
     config.validate()
     run_dir = Path(run_dir)
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
     placement = make_placement(config.gpus, config.cpu_replicas, config.precision)
     splits = load_data(config.dataset, config.val_split, config.data_dir)
     check_divisible(splits.image_shape, len(config.filters))
@@ -164,24 +182,36 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         from aekit.model import build_autoencoder
 
         encoder, decoder, autoencoder = build_autoencoder(
-            splits.image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum
+            splits.image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum,
+            synchronized_bn=placement.num_replicas > 1,
         )
         optimizer = keras.optimizers.Adam(learning_rate=_schedule(config, steps_per_epoch))
         if placement.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(autoencoder.trainable_variables)
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_done")
-    checkpoint = tf.train.Checkpoint(model=autoencoder, optimizer=optimizer, epochs_done=epoch_var)
-    # Under MultiWorkerMirroredStrategy every worker must save (the save is collective); only the chief's copy is kept.
-    ckpt_dir = run_dir / runs.CHECKPOINTS if placement.is_chief else Path(tempfile.mkdtemp(prefix="aekit-worker-ckpt-"))
-    manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=2)
+    # Where training stands, saved with the model and optimizer: finished epochs, steps into
+    # the current one, and that epoch's running loss and time, so a resumed epoch reads as one.
+    progress = _Progress()
+    checkpoint = tf.train.Checkpoint(model=autoencoder, optimizer=optimizer, **progress.variables)
+    ckpt_dir = run_dir / runs.CHECKPOINTS
+    # Under MultiWorkerMirroredStrategy every worker saves (saving is collective); only the
+    # chief's copy, in the run folder, is kept and restored from.
+    save_dir = ckpt_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="aekit-worker-ckpt-"))
+    manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=2)
 
-    start_epoch, history = 0, []
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        start_epoch = int(epoch_var.numpy())
+    history = []
+    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if latest:
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+            raise AekitError(
+                f"The checkpoint in {ckpt_dir} does not fit this model or optimizer ({str(exc).splitlines()[0][:160]}). "
+                "Resume with the run's own settings (precision, devices), or train into a new --output folder."
+            ) from None
         if (run_dir / runs.HISTORY_JSON).is_file():
-            history = runs.read_json(run_dir / runs.HISTORY_JSON)[:start_epoch]
+            history = runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done]
+    start_epoch, start_step = progress.epochs_done, progress.steps_done
     if start_epoch >= config.epochs:
         raise AekitError(
             f"{run_dir} already finished {start_epoch} epoch(s). Pass --epochs larger than {start_epoch} "
@@ -189,16 +219,23 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         )
 
     if placement.is_chief:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AekitError(f"Cannot create the run folder {run_dir}: {exc.strerror}. Pass --output a writable folder.") from None
         runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch))
         (run_dir / runs.METRICS).unlink(missing_ok=True)  # unfinished again until this run ends
 
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = make_dataset(
-        splits.train, splits.scaling, config.batch_size, seed=config.seed + start_epoch, options=options
-    )
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    def dataset_fn(context):
+        per_pipeline = placement.num_replicas // context.num_input_pipelines  # replicas fed by this worker
+        return make_dataset(
+            splits.train, splits.scaling, context.get_per_replica_batch_size(config.batch_size),
+            steps_per_epoch * per_pipeline, seed=config.seed, start_epoch=start_epoch,
+            skip_batches=start_step * per_pipeline, num_shards=context.num_input_pipelines,
+            shard_index=context.input_pipeline_id,
+        )
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = _make_train_step(strategy, autoencoder, optimizer, config.batch_size, placement.precision)
     val_images = splits.scaling.to_model_numpy(splits.val)
     predict = tf.function(lambda x: autoencoder(x, training=False))
@@ -207,44 +244,69 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         {
             "run_dir": str(run_dir),
             "start_epoch": start_epoch,
+            "start_step": start_step,
             "epochs": config.epochs,
             "steps_per_epoch": steps_per_epoch,
             "global_batch_size": config.batch_size,
             "data": splits.describe(),
             "placement": placement.describe(),
+            "is_chief": placement.is_chief,
             "params": int(autoencoder.count_params()),
         }
     )
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        callback.on_epoch_begin(epoch, steps_per_epoch)
-        started, loss_sum = time.perf_counter(), 0.0
-        for step in range(1, steps_per_epoch + 1):
-            loss = float(train_step(iterator))
-            if not math.isfinite(loss):
-                raise AekitError(
-                    f"Training diverged: loss is {loss} at epoch {epoch}, step {step}. "
-                    "Lower --learning-rate (or use --precision float32) and train into a new folder."
-                )
-            loss_sum += loss
-            elapsed = time.perf_counter() - started
-            callback.on_step_end(epoch, step, loss, step * config.batch_size / max(elapsed, 1e-9))
-        seconds = time.perf_counter() - started
-        val_mse, val_psnr = _evaluate(predict, val_images)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / steps_per_epoch,
-            "val_mse": val_mse,
-            "val_psnr": val_psnr,
-            "seconds": seconds,
-            "samples_per_sec": steps_per_epoch * config.batch_size / seconds,
-            "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-        }
-        history.append(row)
-        epoch_var.assign(epoch)
-        manager.save(checkpoint_number=epoch)
-        if placement.is_chief:
-            runs.write_history(run_dir, history)
-        callback.on_epoch_end(epoch, row)
+    epoch, step = start_epoch + 1, start_step
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            callback.on_epoch_begin(epoch, steps_per_epoch)
+            first = start_step + 1 if epoch == start_epoch + 1 else 1
+            if first == 1:
+                progress.start_epoch()
+            earlier, started = progress.seconds, time.perf_counter()  # earlier: time spent before a resume
+            for step in range(first, steps_per_epoch + 1):
+                loss = float(train_step(iterator))
+                if not math.isfinite(loss):
+                    raise AekitError(
+                        f"Training diverged: loss is {loss} at epoch {epoch}, step {step}. "
+                        "Lower --learning-rate (or use --precision float32) and train into a new folder."
+                    )
+                elapsed = time.perf_counter() - started
+                progress.step_done(step, loss, earlier + elapsed)
+                callback.on_step_end(epoch, step, loss, (step - first + 1) * config.batch_size / max(elapsed, 1e-9))
+                if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step < steps_per_epoch:
+                    manager.save()
+            seconds = earlier + time.perf_counter() - started
+            val_mse, val_psnr = _evaluate(predict, val_images)
+            row = {
+                "epoch": epoch,
+                "train_loss": progress.loss_sum / steps_per_epoch,
+                "val_mse": val_mse,
+                "val_psnr": val_psnr,
+                "seconds": seconds,
+                "samples_per_sec": steps_per_epoch * config.batch_size / seconds,
+                "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            }
+            history.append(row)
+            if placement.is_chief:  # history first: a kill before the save just repeats this epoch
+                runs.write_history(run_dir, history)
+            progress.epoch_done(epoch)
+            manager.save()
+            callback.on_epoch_end(epoch, row)
+    except KeyboardInterrupt:
+        if placement.kind != "multi_worker":  # a lone worker cannot run the collective save
+            manager.save()
+        raise TrainingInterrupted(run_dir, progress.epochs_done, progress.steps_done) from None
+    except tf.errors.OpError as exc:
+        if placement.kind != "multi_worker":
+            raise
+        raise AekitError(
+            f"Lost contact with another worker at epoch {epoch}, step {step} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}). Restart every worker with the same command; training resumes "
+            f"from the last checkpoint in {ckpt_dir}."
+        ) from None
+
+    finally:
+        if not placement.is_chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
 
     metrics = _final_metrics(history, autoencoder, encoder, decoder)
     if placement.is_chief:
@@ -253,6 +315,52 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
     result = TrainResult(run_dir, metrics, history, wrote_files=placement.is_chief)
     callback.on_train_end(result)
     return result
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the state was saved (single process) and the run can resume."""
+
+    def __init__(self, run_dir: Path, epochs_done: int, steps_done: int):
+        self.run_dir, self.epochs_done, self.steps_done = run_dir, epochs_done, steps_done
+        super().__init__(
+            f"Interrupted after epoch {epochs_done}" + (f" and {steps_done} steps of the next" if steps_done else "")
+            + f"; checkpoint saved. Resume with: aekit train --resume {run_dir}"
+        )
+
+
+class _Progress:
+    """Checkpointed counters of where training stands."""
+
+    def __init__(self):
+        import tensorflow as tf
+
+        def counter(name, dtype=tf.int64):
+            return tf.Variable(0, dtype=dtype, trainable=False, name=name)
+
+        self.variables = {
+            "epochs_done": counter("epochs_done"),
+            "steps_done": counter("steps_done"),
+            "epoch_loss_sum": counter("epoch_loss_sum", tf.float64),
+            "epoch_seconds": counter("epoch_seconds", tf.float64),
+        }
+
+    epochs_done = property(lambda self: int(self.variables["epochs_done"].numpy()))
+    steps_done = property(lambda self: int(self.variables["steps_done"].numpy()))
+    loss_sum = property(lambda self: float(self.variables["epoch_loss_sum"].numpy()))
+    seconds = property(lambda self: float(self.variables["epoch_seconds"].numpy()))
+
+    def start_epoch(self) -> None:
+        for name in ("steps_done", "epoch_loss_sum", "epoch_seconds"):
+            self.variables[name].assign(0)
+
+    def step_done(self, step: int, loss: float, elapsed: float) -> None:
+        self.variables["steps_done"].assign(step)
+        self.variables["epoch_loss_sum"].assign_add(loss)
+        self.variables["epoch_seconds"].assign(elapsed)
+
+    def epoch_done(self, epoch: int) -> None:
+        self.variables["epochs_done"].assign(epoch)
+        self.variables["steps_done"].assign(0)
 
 
 def _check_batch(config: TrainConfig, placement: Placement, n_train: int) -> int:

@@ -24,7 +24,7 @@ from rich.markup import escape  # noqa: E402
 
 from aekit import AekitError, __version__  # noqa: E402
 from aekit.cli.render import err_console, out_console  # noqa: E402
-from aekit.train import TrainConfig  # noqa: E402
+from aekit.train import TrainConfig, TrainingInterrupted  # noqa: E402
 
 RECIPE = TrainConfig()  # the default recipe; help texts quote it rather than repeat it
 
@@ -68,6 +68,9 @@ def import_tensorflow_quietly() -> None:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+    import absl.logging  # TFDS and checkpoint restore log warnings that are aekit's to report
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 def user_errors(command, needs_tensorflow: bool = True):
@@ -82,6 +85,9 @@ def user_errors(command, needs_tensorflow: bool = True):
         except AekitError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
+        except TrainingInterrupted as exc:
+            err_console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
@@ -153,7 +159,9 @@ def train(
     progress = None if (quiet or json_out) else TrainProgress(err_console)
     result = run_training(config, run_dir, progress)
     if json_out:
-        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}))
+        data = runs.read_json(result.run_dir / runs.CONFIG)["data"] if result.wrote_files else {}
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics,
+                          "data_source": data.get("source"), "data_note": data.get("note")}))
     elif not quiet:
         render_train_summary(out_console, result)
 
@@ -176,7 +184,7 @@ def export(
     from aekit.cli.render import render_export
     from aekit.export import FORMATS, ExportOptions, export_run
 
-    run_dir = run or runs.newest_finished_run()
+    run_dir = runs.require_finished_run(run) if run else runs.newest_finished_run()
     formats = FORMATS if format == "all" else tuple(f.strip() for f in format.split(",") if f.strip())
     roles = ("encoder", "decoder", "autoencoder") if parts == "all" else tuple(p.strip() for p in parts.split(","))
     bad = [r for r in roles if r not in ("encoder", "decoder", "autoencoder")]
@@ -232,7 +240,7 @@ def bench(
         threads=threads, parts=tuple(p.strip() for p in parts.split(",") if p.strip()), min_psnr=min_psnr,
         quality_images=quality_images, include_keras=not no_keras,
     )
-    run_dir = run if (run or model) else runs.newest_finished_run()
+    run_dir = runs.require_finished_run(run) if run else (None if model else runs.newest_finished_run())
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
     on_export = None if json_out else (lambda fmt, q: err_console.print(f"  nothing exported yet: exported {fmt} ({q})", highlight=False))

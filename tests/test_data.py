@@ -148,17 +148,46 @@ def test_invalid_val_split():
         load_data(None, val_split=1.5)
 
 
-def test_pipeline_scales_batches_by_the_global_batch(mnist_dir):
+def test_pipeline_scales_batches_and_reshuffles_every_epoch(mnist_dir):
     images = read_mnist(100)[..., None]
     splits = load_data(str(mnist_dir), val_split=0.2)
-    ds = make_dataset(images, splits.scaling, 32, seed=1)
-    batches = [b.numpy() for b in ds.take(5)]  # endless: 5 batches span more than one pass
+    ds = make_dataset(images, splits.scaling, 32, steps_per_epoch=3, seed=1)
+    batches = [b.numpy() for b in ds.take(6)]  # endless: two epochs of three batches
     assert all(b.shape == (32, 28, 28, 1) and b.dtype == np.float32 for b in batches)
     assert 0.0 <= min(b.min() for b in batches) and max(b.max() for b in batches) == pytest.approx(1.0)
-    first_pass = np.concatenate(batches[:3])
-    assert not np.array_equal(first_pass[:, ..., 0], images[:96, ..., 0] / 255.0)  # shuffled
-    finite = make_dataset(images, splits.scaling, 32, shuffle=False, repeat=False, drop_remainder=False)
-    np.testing.assert_allclose(np.concatenate(list(finite.as_numpy_iterator())), images / 255.0, rtol=1e-6)
+    first, second = np.concatenate(batches[:3]), np.concatenate(batches[3:])
+    assert not np.array_equal(first, second)  # a new order each epoch
+    assert not np.array_equal(first[..., 0], images[:96, ..., 0] / 255.0)  # shuffled
+
+
+def ids_dataset(count):
+    """Images whose single pixel is their index / 1000, so batches can be traced back to examples."""
+    from aekit.pixels import PixelScaling
+
+    return (np.arange(count, dtype=np.float32) / 1000).reshape(count, 1, 1, 1), PixelScaling(1.0)
+
+
+def batches_of_ids(ds, n):
+    return [np.rint(b.numpy().reshape(-1) * 1000).astype(int) for b in ds.take(n)]
+
+
+def test_each_example_once_per_epoch_across_worker_shards():
+    images, scaling = ids_dataset(100)
+    per_worker = [batches_of_ids(make_dataset(images, scaling, 10, 5, seed=3, num_shards=2, shard_index=i), 10)
+                  for i in range(2)]
+    for epoch in range(2):
+        seen = np.concatenate([b for worker in per_worker for b in worker[epoch * 5 : (epoch + 1) * 5]])
+        assert sorted(seen.tolist()) == list(range(100))  # every example exactly once, split between workers
+    assert set(np.concatenate(per_worker[0][:5])).isdisjoint(np.concatenate(per_worker[1][:5]))
+
+
+def test_resumed_stream_continues_exactly_where_it_stopped():
+    images, scaling = ids_dataset(64)
+    whole = batches_of_ids(make_dataset(images, scaling, 8, 8, seed=5), 24)  # three epochs
+    resumed = batches_of_ids(make_dataset(images, scaling, 8, 8, seed=5, start_epoch=1, skip_batches=3), 13)
+    assert all(np.array_equal(a, b) for a, b in zip(whole[11:], resumed))
+    with pytest.raises(AekitError, match="cannot fill"):
+        make_dataset(images, scaling, 8, 9)
 
 
 def test_a_run_record_reloads_the_same_data(tmp_path, small_npz, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from aekit import AekitError, runs
-from aekit.train import TrainCallback, TrainConfig, prepare_resume, train
+from aekit.train import TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train
 from conftest import TINY
 
 
@@ -109,7 +109,7 @@ def test_interrupted_run_is_not_finished_and_resumes(tmp_path, small_npz):
                 raise KeyboardInterrupt
 
     run_dir = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match=f"after epoch 2; checkpoint saved. Resume with: aekit train --resume {run_dir}"):
         train(tiny(small_npz, epochs=3), run_dir, Stop())
     assert not runs.is_finished(run_dir) and runs.is_run_dir(run_dir)
     assert [row["epoch"] for row in json.loads((run_dir / runs.HISTORY_JSON).read_text())] == [1, 2]
