@@ -186,6 +186,7 @@ def test_cli_uses_the_newest_run_and_says_so(tmp_path, trained_run, monkeypatch)
 
     now = time.time()
     os.utime(tmp_path / "runs" / "older" / runs.METRICS, (now - 100, now - 100))
+    os.utime(tmp_path / "runs" / "newer" / runs.METRICS, (now, now))
     result = CliRunner().invoke(app, ["export"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "runs/newer (newest finished run)" in " ".join(result.output.split()), result.output
