@@ -44,13 +44,32 @@ class Placement:
         }
 
 
+def tf_config_for(workers: str, task_index: int) -> str:
+    """TF_CONFIG for people who start workers by hand: `host:port,host:port` and this worker's index.
+
+    Worker 0 is the chief (it writes the run folder).
+    """
+    addresses = [w.strip() for w in workers.split(",") if w.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise AekitError(f"--workers entry {address!r} is not host:port. Use e.g. --workers 10.0.0.1:12345,10.0.0.2:12345.")
+    if len(set(addresses)) != len(addresses):
+        raise AekitError("--workers lists the same host:port twice. Give every worker its own address.")
+    if not 0 <= task_index < len(addresses):
+        raise AekitError(f"--task-index {task_index} is not in 0..{len(addresses) - 1} for {len(addresses)} workers.")
+    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": task_index}})
+
+
 def visible_gpus() -> list[str]:
     import tensorflow as tf
 
     return [d.name for d in tf.config.list_physical_devices("GPU")]
 
 
-def make_placement(gpus: int | None = None, cpu_replicas: int = 0, precision: str = "auto") -> Placement:
+def make_placement(
+    gpus: int | None = None, cpu_replicas: int = 0, precision: str = "auto", collective_timeout: float = 120.0
+) -> Placement:
     """Chooses the strategy and sets the global Keras precision policy.
 
     Args:
@@ -59,6 +78,8 @@ def make_placement(gpus: int | None = None, cpu_replicas: int = 0, precision: st
         cpu_replicas: N >= 2 splits the CPU into N logical devices and mirrors
             over them. Must be called before TensorFlow has initialised its devices.
         precision: one of PRECISIONS; "auto" is mixed_float16 on GPUs, float32 on CPU.
+        collective_timeout: multi-worker only: seconds a collective op may wait for the
+            other workers before failing, so a lost worker stops the rest instead of hanging.
 
     Returns:
         A Placement; create models and optimizers inside `placement.strategy.scope()`.
@@ -77,7 +98,7 @@ def make_placement(gpus: int | None = None, cpu_replicas: int = 0, precision: st
         )
 
     if os.environ.get("TF_CONFIG"):
-        placement = _multi_worker(gpus, precision)
+        placement = _multi_worker(gpus, precision, collective_timeout)
     else:
         found = visible_gpus()
         if gpus is None:
@@ -131,7 +152,7 @@ def _logical_cpus(count: int) -> list[str]:
     return [f"/cpu:{i}" for i in range(count)]
 
 
-def _multi_worker(gpus: int | None, precision: str) -> Placement:
+def _multi_worker(gpus: int | None, precision: str, collective_timeout: float) -> Placement:
     import tensorflow as tf
 
     try:
@@ -141,7 +162,8 @@ def _multi_worker(gpus: int | None, precision: str) -> Placement:
         cluster = config["cluster"]
     except (ValueError, KeyError, TypeError) as exc:
         raise AekitError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task' ({exc}). Fix or unset it.") from None
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     has_chief = "chief" in cluster
     is_chief = role == "chief" or (not has_chief and role == "worker" and index == 0)
     on_gpu = bool(visible_gpus()) and gpus != 0

@@ -98,6 +98,16 @@ def atomic_path(final: Path):
             tmp_path.unlink()
 
 
+def remove_partials(folder: Path) -> int:
+    """Deletes temporary files an interrupted write left behind (never files under a final name)."""
+    removed = 0
+    for leftover in Path(folder).rglob(".partial-*"):
+        if leftover.is_file():
+            leftover.unlink()
+            removed += 1
+    return removed
+
+
 def write_text(final: Path, text: str) -> None:
     with atomic_path(final) as tmp:
         with open(tmp, "w") as f:

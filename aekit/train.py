@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     data_dir: str | None = None
     checkpoint_steps: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
+    collective_timeout: float = 120.0  # multi-worker: seconds to wait for a peer before stopping
 
     # Settings that define the model or the data; a resumed run must keep them.
     FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
@@ -118,6 +119,7 @@ class TrainResult:
     metrics: dict
     history: list[dict] = field(default_factory=list)
     wrote_files: bool = True
+    placement: dict = field(default_factory=dict)
 
 
 def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) -> TrainConfig:
@@ -142,7 +144,8 @@ def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) ->
                 "a resumed run keeps its model and data. Drop that option, or train into a new --output folder."
             )
     resumed = TrainConfig(**{**asdict(stored)})
-    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "data_dir", "checkpoint_steps"):
+    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "data_dir", "checkpoint_steps",
+                 "collective_timeout"):
         if name in explicit:
             setattr(resumed, name, getattr(requested, name))
     return resumed
@@ -171,7 +174,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
 
     if run_dir.exists() and not run_dir.is_dir():
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
-    placement = make_placement(config.gpus, config.cpu_replicas, config.precision)
+    placement = make_placement(config.gpus, config.cpu_replicas, config.precision, config.collective_timeout)
     splits = load_data(config.dataset, config.val_split, config.data_dir)
     check_divisible(splits.image_shape, len(config.filters))
     steps_per_epoch = _check_batch(config, placement, len(splits.train))
@@ -225,6 +228,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
             raise AekitError(f"Cannot create the run folder {run_dir}: {exc.strerror}. Pass --output a writable folder.") from None
         runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch))
         (run_dir / runs.METRICS).unlink(missing_ok=True)  # unfinished again until this run ends
+        runs.remove_partials(run_dir)  # what a killed run was writing when it died
 
     def dataset_fn(context):
         per_pipeline = placement.num_replicas // context.num_input_pipelines  # replicas fed by this worker
@@ -312,7 +316,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
     if placement.is_chief:
         _write_outputs(run_dir, history, encoder, decoder, autoencoder, predict, val_images)
         runs.write_json(run_dir / runs.METRICS, metrics)
-    result = TrainResult(run_dir, metrics, history, wrote_files=placement.is_chief)
+    result = TrainResult(run_dir, metrics, history, wrote_files=placement.is_chief, placement=placement.describe())
     callback.on_train_end(result)
     return result
 
@@ -424,9 +428,20 @@ def _evaluate(predict, val_images: np.ndarray) -> tuple[float, float]:
     return float(per_image.mean()), float(psnr_from_mse(per_image).mean())
 
 
+def weights_digest(model) -> str:
+    """sha256 of every weight of a model, in order: equal on all workers of a synchronous run."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
 def _final_metrics(history: list[dict], autoencoder, encoder, decoder) -> dict:
     last = history[-1]
     return {
+        "weights_sha256": weights_digest(autoencoder),
         "epochs": last["epoch"],
         "final_train_loss": last["train_loss"],
         "final_val_mse": last["val_mse"],

@@ -130,6 +130,10 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Name of the run folder under runs/.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last finished epoch.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="TFDS data directory (default: TFDS's own).")] = None,
+    checkpoint_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps within an epoch (default: at epoch ends only).")] = None,
+    workers: Annotated[Optional[str], typer.Option(help="Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG.")] = None,
+    task_index: Annotated[Optional[int], typer.Option(help="With --workers: this worker's index.")] = None,
+    collective_timeout: Annotated[Optional[float], typer.Option(help="Multi-worker: seconds to wait for a lost worker before stopping with an error. (default: 120)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
 ):
@@ -143,8 +147,15 @@ def train(
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "lr_schedule": lr_schedule, "filters": parse_filters(filters) if filters is not None else None,
         "latent_dim": latent_dim, "bn_momentum": bn_momentum, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
-        "precision": precision, "seed": seed, "data_dir": data_dir,
+        "precision": precision, "seed": seed, "data_dir": data_dir, "checkpoint_steps": checkpoint_steps,
+        "collective_timeout": collective_timeout,
     }
+    if workers is not None or task_index is not None:
+        from aekit.distribute import tf_config_for
+
+        if workers is None or task_index is None:
+            raise AekitError("--workers and --task-index go together: list every worker and say which one this is.")
+        os.environ["TF_CONFIG"] = tf_config_for(workers, task_index)
     explicit = {key for key, value in given.items() if value is not None}
     config = TrainConfig(**{key: given[key] for key in explicit})
 
@@ -160,7 +171,7 @@ def train(
     result = run_training(config, run_dir, progress)
     if json_out:
         data = runs.read_json(result.run_dir / runs.CONFIG)["data"] if result.wrote_files else {}
-        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics,
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics, "placement": result.placement,
                           "data_source": data.get("source"), "data_note": data.get("note")}))
     elif not quiet:
         render_train_summary(out_console, result)

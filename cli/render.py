@@ -38,7 +38,10 @@ class TrainProgress(TrainCallback):
 
     def on_train_begin(self, info: dict) -> None:
         data, placement = info["data"], info["placement"]
-        verb = "Resuming" if info["start_epoch"] else "Training"
+        verb = "Resuming" if (info["start_epoch"] or info.get("start_step")) else "Training"
+        if placement["kind"] == "multi_worker":
+            role = "chief (writes the run folder)" if info["is_chief"] else "worker (the chief writes the run folder)"
+            self.console.print(f"[bold]{placement['task']}[/]: {role}", highlight=False)
         self.console.print(f"{verb} run [bold]{info['run_dir']}[/]" + (f" from epoch {info['start_epoch'] + 1}" if info["start_epoch"] else ""))
         self.console.print(
             f"  data: {data['source']} — {data['train_images']:,} train / {data['val_images']:,} val images "
