@@ -68,7 +68,7 @@ def visible_gpus() -> list[str]:
 
 
 def make_placement(
-    gpus: int | None = None, cpu_replicas: int = 0, precision: str = "auto", collective_timeout: float = 120.0
+    gpus: int | None = None, cpu_replicas: int = 0, precision: str = "auto"
 ) -> Placement:
     """Chooses the strategy and sets the global Keras precision policy.
 
@@ -78,8 +78,6 @@ def make_placement(
         cpu_replicas: N >= 2 splits the CPU into N logical devices and mirrors
             over them. Must be called before TensorFlow has initialised its devices.
         precision: one of PRECISIONS; "auto" is mixed_float16 on GPUs, float32 on CPU.
-        collective_timeout: multi-worker only: seconds a collective op may wait for the
-            other workers before failing, so a lost worker stops the rest instead of hanging.
 
     Returns:
         A Placement; create models and optimizers inside `placement.strategy.scope()`.
@@ -98,7 +96,7 @@ def make_placement(
         )
 
     if os.environ.get("TF_CONFIG"):
-        placement = _multi_worker(gpus, precision, collective_timeout)
+        placement = _multi_worker(gpus, precision)
     else:
         found = visible_gpus()
         if gpus is None:
@@ -152,7 +150,7 @@ def _logical_cpus(count: int) -> list[str]:
     return [f"/cpu:{i}" for i in range(count)]
 
 
-def _multi_worker(gpus: int | None, precision: str, collective_timeout: float) -> Placement:
+def _multi_worker(gpus: int | None, precision: str) -> Placement:
     import tensorflow as tf
 
     try:
@@ -162,8 +160,10 @@ def _multi_worker(gpus: int | None, precision: str, collective_timeout: float) -
         cluster = config["cluster"]
     except (ValueError, KeyError, TypeError) as exc:
         raise AekitError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task' ({exc}). Fix or unset it.") from None
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    # No CommunicationOptions(timeout_seconds=...): it starts a timer thread per collective op
+    # (tens per step, alive for the whole timeout) and exhausted the thread limit within a
+    # minute here. A lost worker is detected by TensorFlow's coordination service instead.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
     has_chief = "chief" in cluster
     is_chief = role == "chief" or (not has_chief and role == "worker" and index == 0)
     on_gpu = bool(visible_gpus()) and gpus != 0

@@ -60,7 +60,6 @@ class TrainConfig:
     seed: int = 0
     data_dir: str | None = None
     checkpoint_steps: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
-    collective_timeout: float = 120.0  # multi-worker: seconds to wait for a peer before stopping
 
     # Settings that define the model or the data; a resumed run must keep them.
     FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
@@ -144,8 +143,7 @@ def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) ->
                 "a resumed run keeps its model and data. Drop that option, or train into a new --output folder."
             )
     resumed = TrainConfig(**{**asdict(stored)})
-    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "data_dir", "checkpoint_steps",
-                 "collective_timeout"):
+    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "data_dir", "checkpoint_steps"):
         if name in explicit:
             setattr(resumed, name, getattr(requested, name))
     return resumed
@@ -174,7 +172,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
 
     if run_dir.exists() and not run_dir.is_dir():
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
-    placement = make_placement(config.gpus, config.cpu_replicas, config.precision, config.collective_timeout)
+    placement = make_placement(config.gpus, config.cpu_replicas, config.precision)
     splits = load_data(config.dataset, config.val_split, config.data_dir)
     check_divisible(splits.image_shape, len(config.filters))
     steps_per_epoch = _check_batch(config, placement, len(splits.train))

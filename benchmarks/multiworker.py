@@ -72,8 +72,8 @@ def main() -> None:
         results["final_val_mse"] = {name: history(tmp / name)[-1]["val_mse"] for name in ("one", "two")}
 
         workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-        pair = [launch([*common, "--epochs", 100, "-o", tmp / "lost", "--workers", workers, "--task-index", i,
-                        "--collective-timeout", 30]) for i in (0, 1)]
+        pair = [launch([*common, "--epochs", 100, "-o", tmp / "lost", "--workers", workers, "--task-index", i])
+                for i in (0, 1)]
         wait_epochs(tmp / "lost", 1, pair)
         pair[1].send_signal(signal.SIGKILL)
         killed = time.monotonic()

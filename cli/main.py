@@ -133,7 +133,6 @@ def train(
     checkpoint_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps within an epoch (default: at epoch ends only).")] = None,
     workers: Annotated[Optional[str], typer.Option(help="Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG.")] = None,
     task_index: Annotated[Optional[int], typer.Option(help="With --workers: this worker's index.")] = None,
-    collective_timeout: Annotated[Optional[float], typer.Option(help="Multi-worker: seconds to wait for a lost worker before stopping with an error. (default: 120)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
 ):
@@ -148,7 +147,6 @@ def train(
         "lr_schedule": lr_schedule, "filters": parse_filters(filters) if filters is not None else None,
         "latent_dim": latent_dim, "bn_momentum": bn_momentum, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
         "precision": precision, "seed": seed, "data_dir": data_dir, "checkpoint_steps": checkpoint_steps,
-        "collective_timeout": collective_timeout,
     }
     if workers is not None or task_index is not None:
         from aekit.distribute import tf_config_for

@@ -105,7 +105,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, small_n
 
 
 def test_a_lost_worker_stops_the_other_and_a_restart_resumes(tmp_path, small_npz):
-    procs = two_workers(small_npz, tmp_path, 200, extra=["--collective-timeout", "15"])
+    procs = two_workers(small_npz, tmp_path, 200)
     chief, worker = procs
     try:
         wait_for_epochs(tmp_path / "run", 2, procs)
@@ -120,7 +120,7 @@ def test_a_lost_worker_stops_the_other_and_a_restart_resumes(tmp_path, small_npz
     assert code == 2 and "Lost contact with another worker" in err and "Restart every worker" in err, err[-1500:]
     assert stopped_after < 60
     done = epochs_in(tmp_path / "run")
-    procs = two_workers(small_npz, tmp_path, done + 2, extra=["--collective-timeout", "15"])
+    procs = two_workers(small_npz, tmp_path, done + 2)
     results = [finish(p) for p in procs]
     assert all(code == 0 for code, _, _ in results), [err[-800:] for _, _, err in results]
     history = json.loads((tmp_path / "run" / runs.HISTORY_JSON).read_text())
