@@ -98,6 +98,12 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, small_n
     assert (chief["placement"]["task"], worker["placement"]["task"]) == ("worker:0", "worker:1")
     assert chief["weights_sha256"] == worker["weights_sha256"]  # one model, trained in lockstep
     run_dir = tmp_path / "run"
+    import keras
+
+    from aekit.train import weights_digest
+
+    saved = keras.models.load_model(run_dir / runs.MODEL_FILES["autoencoder"], compile=False)
+    assert weights_digest(saved) == worker["weights_sha256"]  # what the chief saved is what the worker ended with
     assert runs.is_finished(run_dir) and epochs_in(run_dir) == 2
     assert json.loads((run_dir / runs.CONFIG).read_text())["placement"]["replicas"] == 2
     assert_nothing_truncated(run_dir)
