@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from aekit.data import IDX_IMAGE_MAGIC, IMAGE_SUFFIXES  # numpy-only module: no TensorFlow
 from aekit.errors import AekitError
 from aekit.manifest import MANIFEST
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.pixels import UINT8_MAX, PixelScaling
 from aekit.runtimes import open_runner, run_batched
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IDX_IMAGE_MAGIC = 2051
 INT8_LEVELS = 255  # codes use -128..127
 
 
