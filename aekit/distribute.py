@@ -96,7 +96,7 @@ def make_placement(
         )
 
     if os.environ.get("TF_CONFIG"):
-        placement = _multi_worker(gpus, precision)
+        placement = _multi_worker(gpus, cpu_replicas, precision)
     else:
         found = visible_gpus()
         if gpus is None:
@@ -150,7 +150,7 @@ def _logical_cpus(count: int) -> list[str]:
     return [f"/cpu:{i}" for i in range(count)]
 
 
-def _multi_worker(gpus: int | None, precision: str) -> Placement:
+def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str) -> Placement:
     import tensorflow as tf
 
     try:
@@ -160,13 +160,20 @@ def _multi_worker(gpus: int | None, precision: str) -> Placement:
         cluster = config["cluster"]
     except (ValueError, KeyError, TypeError) as exc:
         raise AekitError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task' ({exc}). Fix or unset it.") from None
+    if cpu_replicas > 1:
+        raise AekitError("--cpu-replicas splits one machine; under TF_CONFIG run one worker per device instead.")
+    found = tf.config.list_physical_devices("GPU")
+    if gpus is not None:  # honour --gpus on every worker: 0 = CPU, N = the first N GPUs
+        if gpus > len(found):
+            raise AekitError(f"--gpus {gpus} asked for {gpus} GPU(s) but this worker sees {len(found)}. Pass --gpus {len(found)}.")
+        tf.config.set_visible_devices(found[:gpus], "GPU")
     # No CommunicationOptions(timeout_seconds=...): it starts a timer thread per collective op
     # (tens per step, alive for the whole timeout) and exhausted the thread limit within a
     # minute here. A lost worker is detected by TensorFlow's coordination service instead.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     has_chief = "chief" in cluster
     is_chief = role == "chief" or (not has_chief and role == "worker" and index == 0)
-    on_gpu = bool(visible_gpus()) and gpus != 0
+    on_gpu = bool(tf.config.get_visible_devices("GPU"))
     devices = [d.name for d in tf.config.list_logical_devices("GPU" if on_gpu else "CPU")]
     return Placement(
         strategy, "multi_worker", devices, _resolve(precision, on_gpu), is_chief=is_chief, task=f"{role}:{index}"

@@ -34,6 +34,8 @@ INT8_LEVELS = 255  # codes use -128..127
 def read_manifest(model_path: Path) -> tuple[dict, dict]:
     """(manifest, this file's entry) from the manifest.json beside an exported file."""
     model_path = Path(model_path)
+    if not model_path.is_file():
+        raise AekitError(f"{model_path} does not exist. Pass a file written by aekit export.")
     manifest_path = model_path.parent / MANIFEST
     if not manifest_path.is_file():
         raise AekitError(f"No {MANIFEST} beside {model_path}. Use files written by aekit export (keep the folder together).")
@@ -265,22 +267,35 @@ class Threshold:
     calibration_images: int
     calibration_source: str
 
+    encoder: str = ""
+    decoder: str = ""
+
     def to_json(self) -> dict:
         return {"metric": "reconstruction_mse", "threshold": self.mse, "quantile": self.quantile,
-                "calibration_images": self.calibration_images, "calibration_source": self.calibration_source}
+                "calibration_images": self.calibration_images, "calibration_source": self.calibration_source,
+                "encoder": self.encoder, "decoder": self.decoder}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Threshold":
+    def load(cls, path: Path) -> "Threshold":
+        path = Path(path)
+        if not path.is_file():
+            raise AekitError(f"No threshold file {path}. Calibrate first: aekit score --calibrate NORMAL_IMAGES ...")
         try:
-            return cls(float(data["threshold"]), float(data["quantile"]), int(data["calibration_images"]), data["calibration_source"])
+            data = json.loads(path.read_text())
+            return cls(float(data["threshold"]), float(data["quantile"]), int(data["calibration_images"]),
+                       data["calibration_source"], data.get("encoder", ""), data.get("decoder", ""))
         except (KeyError, TypeError, ValueError) as exc:
-            raise AekitError(f"Threshold file is not one written by aekit score --calibrate ({exc}). Calibrate again.") from None
+            raise AekitError(f"{path} is not a threshold file from aekit score --calibrate ({exc}). Calibrate again.") from None
 
 
-def calibrate_threshold(scores: np.ndarray, quantile: float, source: str) -> Threshold:
+def check_quantile(quantile: float) -> None:
     if not 0.0 < quantile < 1.0:
         raise AekitError(f"--quantile must be between 0 and 1, got {quantile}.")
-    return Threshold(float(np.quantile(scores, quantile)), quantile, int(len(scores)), source)
+
+
+def calibrate_threshold(scores: np.ndarray, quantile: float, source: str, encoder: str = "", decoder: str = "") -> Threshold:
+    check_quantile(quantile)
+    return Threshold(float(np.quantile(scores, quantile)), quantile, int(len(scores)), source, encoder, decoder)
 
 
 def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
@@ -297,12 +312,26 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
     return float((ranks[n_n:].sum() - n_a * (n_a + 1) / 2) / (n_a * n_n))
 
 
+def check_output_file(path: Path, suffix: str) -> None:
+    """Refuses an output file path that cannot be written, before any work is done."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise AekitError(f"-o {path}: the output file must end in {suffix}.")
+    if path.is_dir():
+        raise AekitError(f"-o {path} is a folder; pass a file name ending in {suffix}.")
+
+
+def check_output_folder(path: Path) -> None:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AekitError(f"-o {path} is a file; pass a folder for the images.")
+
+
 def _save_npz(path: Path, **arrays) -> None:
     from aekit.runs import atomic_path
 
     path = Path(path)
-    if path.suffix != ".npz":
-        raise AekitError(f"-o {path}: the latents file must end in .npz.")
+    check_output_file(path, ".npz")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -313,6 +342,7 @@ def encode_path(encoder: EncoderSession, source: Path, output: Path, latent_dtyp
     """Encodes every image of `source` in batches into an .npz: latents, names, and int8 parameters if asked."""
     if latent_dtype not in ("float32", "int8"):
         raise AekitError(f"--latent-dtype {latent_dtype!r} is not float32 or int8.")
+    check_output_file(output, ".npz")
     quantizer = None
     if latent_dtype == "int8":
         params = encoder.manifest.get("latent_quantization")
@@ -326,6 +356,8 @@ def encode_path(encoder: EncoderSession, source: Path, output: Path, latent_dtyp
         names += batch_names
         if on_batch:
             on_batch(len(batch_names))
+    if not chunks:
+        raise AekitError(f"{source} holds no images. Pass a non-empty image folder, array or IDX file.")
     latents = np.concatenate(chunks)
     extra = {"scale": quantizer.scale, "offset": quantizer.offset} if quantizer else {}
     _save_npz(output, latents=latents, names=np.asarray(names), latent_dtype=np.asarray(latent_dtype),
@@ -344,8 +376,10 @@ def load_latents(path: Path) -> tuple[np.ndarray, list[str]]:
             latents = LatentQuantizer(data["scale"], data["offset"]).dequantize(latents)
     except FileNotFoundError:
         raise AekitError(f"{path} does not exist. Write it with aekit encode.") from None
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, IndexError, TypeError) as exc:
         raise AekitError(f"{path} is not a latents file from aekit encode ({exc}). Encode again.") from None
+    if len(latents) == 0:
+        raise AekitError(f"{path} holds no latents. Encode some images first.")
     return latents.astype(np.float32), names
 
 
@@ -372,8 +406,12 @@ def decode_file(decoder: DecoderSession, latents_path: Path, output: Path, fmt: 
     """Decodes a latents file into PNGs in a folder (or one .npz with fmt="npz")."""
     if fmt not in ("png", "npz"):
         raise AekitError(f"--format {fmt!r} is not png or npz.")
-    latents, names = load_latents(latents_path)
     output = Path(output)
+    if fmt == "npz":
+        check_output_file(output, ".npz")
+    else:
+        check_output_folder(output)
+    latents, names = load_latents(latents_path)
     images_out = []
     for start in range(0, len(latents), batch_size):
         images = decoder.decode(latents[start : start + batch_size], batch_size)
@@ -418,6 +456,8 @@ def score_path(encoder: EncoderSession, decoder: DecoderSession, source: Path, b
             kept_out.append(recon)
         if on_batch:
             on_batch(len(batch_names))
+    if not mses:
+        raise AekitError(f"{source} holds no images. Pass a non-empty image folder, array or IDX file.")
     originals = np.concatenate(kept_in)[:keep] if kept_in else None
     recons = np.concatenate(kept_out)[:keep] if kept_out else None
     return names, np.concatenate(mses), np.concatenate(psnrs), originals, recons

@@ -213,7 +213,12 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         if (run_dir / runs.HISTORY_JSON).is_file():
             history = runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done]
     start_epoch, start_step = progress.epochs_done, progress.steps_done
-    if start_epoch >= config.epochs:
+    if start_step and runs.is_run_dir(run_dir):
+        stored_steps = runs.read_json(run_dir / runs.CONFIG).get("steps_per_epoch")
+        if stored_steps != steps_per_epoch:  # another batch size: the saved position means other batches
+            progress.start_epoch()
+            start_step = 0
+    if start_epoch >= config.epochs and (runs.is_finished(run_dir) or not history):
         raise AekitError(
             f"{run_dir} already finished {start_epoch} epoch(s). Pass --epochs larger than {start_epoch} "
             "to train further, or --output a new folder."
@@ -256,7 +261,10 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
             "params": int(autoencoder.count_params()),
         }
     )
+    if placement.kind == "multi_worker":
+        _check_workers_agree(strategy, [len(splits.train), steps_per_epoch, start_epoch, start_step])
     epoch, step = start_epoch + 1, start_step
+    stop = _StopRequest()  # Ctrl-C stops at the next step boundary, so the checkpoint is exact
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             callback.on_epoch_begin(epoch, steps_per_epoch)
@@ -276,6 +284,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
                 callback.on_step_end(epoch, step, loss, (step - first + 1) * config.batch_size / max(elapsed, 1e-9))
                 if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step < steps_per_epoch:
                     manager.save()
+                stop.check()
             seconds = earlier + time.perf_counter() - started
             val_mse, val_psnr = _evaluate(predict, val_images)
             row = {
@@ -307,6 +316,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         ) from None
 
     finally:
+        stop.restore()
         if not placement.is_chief:
             shutil.rmtree(save_dir, ignore_errors=True)
 
@@ -317,6 +327,52 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
     result = TrainResult(run_dir, metrics, history, wrote_files=placement.is_chief, placement=placement.describe())
     callback.on_train_end(result)
     return result
+
+
+class _StopRequest:
+    """Turns Ctrl-C into KeyboardInterrupt at the next step boundary instead of mid-step."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def _check_workers_agree(strategy, facts: list[int]) -> None:
+    """Stops with a clear error unless every worker has the same data size, steps and resume point."""
+    import tensorflow as tf
+
+    names = ("training images", "steps per epoch", "finished epochs", "steps into the epoch")
+    local = tf.constant(facts, tf.float64)
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.identity(local)), axis=None)
+    mean_sq = strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.square(local)), axis=None)
+    spread = (mean_sq - tf.square(mean)).numpy()
+    differ = [f"{name} (here {value})" for name, value, var in zip(names, facts, spread) if var > 1e-6]
+    if differ:
+        raise AekitError(
+            f"The workers disagree on {', '.join(differ)}. Give every worker the same --dataset (e.g. shared "
+            "storage or --data-dir) and the same run folder on shared storage, then restart them all."
+        )
 
 
 class TrainingInterrupted(Exception):

@@ -159,6 +159,11 @@ def train(
 
     if resume is not None and output is not None and resume.resolve() != output.resolve():
         raise AekitError("--resume and --output name different folders. Pass only --resume RUN to continue a run.")
+    if os.environ.get("TF_CONFIG") and not (resume or output or name):
+        raise AekitError(
+            "Multi-worker training needs the run folder named: pass --output /shared/runs/<name> (the same on "
+            "every worker, on storage they all see) so that every worker and a restart use one folder."
+        )
     run_dir = resume or output or runs.new_run_dir(name=name)
     if resume is not None and not runs.is_run_dir(resume):
         raise AekitError(f"--resume {resume}: no {runs.CONFIG} there, so it is not an aekit run folder. Check the path.")
@@ -329,6 +334,9 @@ def reconstruct(
     from aekit.cli.render import counting_progress
     from aekit.edge import DecoderSession, EncoderSession, count_images, save_grid, score_path, write_scores_csv
 
+    from aekit.edge import check_output_folder
+
+    check_output_folder(output)
     enc, dec = EncoderSession(encoder, "cpu", threads), DecoderSession(decoder, "cpu", threads)
     with counting_progress(err_console, "reconstructing", count_images(source)) as advance:
         names, mse, psnr, originals, recons = score_path(enc, dec, source, _positive(batch_size, "--batch-size"), advance, keep=grid)
@@ -362,23 +370,28 @@ def score(
     from aekit.cli.render import counting_progress
     from aekit.edge import DecoderSession, EncoderSession, Threshold, calibrate_threshold, count_images, score_path, write_scores_csv
 
+    from aekit.edge import check_output_file, check_quantile
+
     if source is None and calibrate is None:
         raise AekitError("Nothing to do: pass images to score, and/or --calibrate NORMAL_IMAGES.")
+    if calibrate is not None:
+        check_quantile(quantile)
+        check_output_file(threshold, ".json")
+    if output is not None:
+        check_output_file(output, ".csv")
     enc, dec = EncoderSession(encoder, "cpu", threads), DecoderSession(decoder, "cpu", threads)
     batch_size = _positive(batch_size, "--batch-size")
     result = {}
     if calibrate is not None:
         with counting_progress(err_console, "calibrating", count_images(calibrate)) as advance:
             _, normal_mse, _, _, _ = score_path(enc, dec, calibrate, batch_size, advance)
-        limit = calibrate_threshold(normal_mse, quantile, str(calibrate))
+        limit = calibrate_threshold(normal_mse, quantile, str(calibrate), str(encoder), str(decoder))
         runs.write_json(threshold, limit.to_json())
         result["calibration"] = limit.to_json()
         if not json_out:
             out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {quantile:g} of {limit.calibration_images:,} normal images → {threshold}", highlight=False)
     else:
-        if not threshold.is_file():
-            raise AekitError(f"No threshold file {threshold}. Calibrate first: aekit score --calibrate NORMAL_IMAGES ...")
-        limit = Threshold.from_json(runs.read_json(threshold))
+        limit = Threshold.load(threshold)
     if source is not None:
         with counting_progress(err_console, "scoring", count_images(source)) as advance:
             names, mse, psnr, _, _ = score_path(enc, dec, source, batch_size, advance)

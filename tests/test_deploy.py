@@ -48,6 +48,8 @@ def test_tfjob_runs_aekit_train_on_two_workers():
     assert container["image"].startswith("aekit:") and container["args"][0] == "train"
     assert "--workers" not in container["args"]  # the operator provides TF_CONFIG
     assert container["args"][container["args"].index("--output") + 1].startswith("/runs/")
+    # every worker must read the same data: an explicit dataset on the shared volume, no offline fallback
+    assert container["args"][container["args"].index("--data-dir") + 1].startswith("/runs/")
     assert container["ports"] == [{"name": "tfjob-port", "containerPort": PORT}]
 
 
@@ -64,6 +66,8 @@ def test_indexed_job_and_headless_service_agree_on_names_ports_and_counts():
     assert container["ports"] == [{"containerPort": PORT}]
     words = shlex.split(container["args"][0].replace('"$JOB_COMPLETION_INDEX"', "INDEX"))
     assert words[:3] == ["exec", "aekit", "train"] and words[words.index("--task-index") + 1] == "INDEX"
+    assert words[words.index("--dataset") + 1] == "mnist" and words[words.index("--data-dir") + 1].startswith("/runs/")
+    assert service["spec"]["publishNotReadyAddresses"] is True
     workers = words[words.index("--workers") + 1]
     expected = [f"{job['metadata']['name']}-{i}.{service['metadata']['name']}:{PORT}" for i in range(spec["completions"])]
     assert workers.split(",") == expected

@@ -221,3 +221,25 @@ def test_roc_auc_is_right_on_known_cases():
     assert roc_auc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
     assert roc_auc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
     assert roc_auc(np.array([0.1, 0.3]), np.array([0.2, 0.3])) == pytest.approx(0.625)
+
+
+def test_edge_commands_refuse_empty_inputs_and_bad_outputs_up_front(exported, tmp_path):
+    runner = CliRunner()
+    enc, dec = str(exported / "encoder.onnx"), str(exported / "decoder.onnx")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 28, 28), np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    cases = [
+        (["encode", "--model", enc, str(tmp_path / "empty.npy"), "-o", str(tmp_path / "z.npz")], "holds no images"),
+        (["encode", "--model", enc, str(IDX), "-o", str(tmp_path / "z.txt")], "must end in .npz"),
+        (["decode", "--model", dec, str(tmp_path / "empty.npy"), "-o", str(tmp_path / "out")], "not a latents file"),
+        (["decode", "--model", dec, str(tmp_path / "z.npz"), "-o", str(tmp_path / "notes.txt")], "is a file"),
+        (["reconstruct", "--encoder", enc, "--decoder", dec, str(tmp_path / "empty.npy"), "-o", str(tmp_path / "r")], "holds no images"),
+        (["reconstruct", "--encoder", enc, "--decoder", dec, str(IDX), "-o", str(tmp_path / "notes.txt")], "is a file"),
+        (["score", "--encoder", enc, "--decoder", dec, "--calibrate", str(IDX), "--quantile", "1.5"], "--quantile"),
+        (["score", "--encoder", enc, "--decoder", dec, "--threshold", str(tmp_path / "notes.txt"), str(IDX)], "not a threshold file"),
+        (["encode", "--model", str(tmp_path / "gone.onnx"), str(IDX), "-o", str(tmp_path / "z.npz")], "does not exist"),
+    ]
+    for args, words in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and words in result.output, (args, result.output)
+        assert "Traceback" not in result.output

@@ -185,3 +185,25 @@ def test_workers_option_builds_tf_config():
         tf_config_for("10.0.0.1", 0)
     with pytest.raises(AekitError, match="--task-index 2 is not in 0..1"):
         tf_config_for("a:1,b:2", 2)
+
+
+def test_workers_with_different_data_stop_with_a_clear_error(tmp_path, small_npz):
+    other = tmp_path / "other.npz"
+    np.savez(other, images=np.load(small_npz)["images"][:320])
+    workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    procs = [start(["--dataset", data, *TINY_ARGS, "--epochs", 2, "-o", tmp_path / "run", "--workers", workers,
+                    "--task-index", i], tmp_path) for i, data in enumerate((small_npz, other))]
+    results = [finish(p, timeout=120) for p in procs]
+    for code, _, err in results:
+        assert code == 2 and "The workers disagree on training images" in err, err[-1500:]
+
+
+def test_multi_worker_needs_a_named_run_folder(tmp_path, small_npz, monkeypatch):
+    from typer.testing import CliRunner
+
+    from aekit.cli.main import app
+
+    monkeypatch.setenv("TF_CONFIG", tf_config_for(f"127.0.0.1:{free_port()}", 0))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--dataset", str(small_npz), "--epochs", "1"])
+    assert result.exit_code == 2 and "--output" in result.output and not (tmp_path / "runs").exists()

@@ -163,3 +163,31 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_run_killed_after_its_last_checkpoint_finishes_on_resume(tmp_path, small_npz):
+    run_dir = tmp_path / "run"
+    train(tiny(small_npz, epochs=2), run_dir)
+    for name in (runs.METRICS, *runs.MODEL_FILES.values(), runs.LOSS_PLOT):  # as if killed before the outputs
+        (run_dir / name).unlink()
+    result = train(prepare_resume(run_dir, TrainConfig(), set()), run_dir)
+    assert runs.is_finished(run_dir) and result.metrics["epochs"] == 2 and len(result.history) == 2
+    assert (run_dir / runs.MODEL_FILES["encoder"]).is_file()
+
+
+def test_ctrl_c_mid_epoch_checkpoints_the_exact_step_and_resumes_identically(tmp_path, small_npz):
+    import signal
+
+    class CtrlC(TrainCallback):
+        def on_step_end(self, epoch, step, loss, samples_per_sec):
+            if (epoch, step) == (2, 4):
+                os.kill(os.getpid(), signal.SIGINT)  # arrives mid-run; training stops after this step
+
+    config = tiny(small_npz, epochs=3)
+    straight = train(config, tmp_path / "straight")
+    with pytest.raises(TrainingInterrupted, match="after epoch 1 and 4 steps of the next"):
+        train(config, tmp_path / "run", CtrlC())
+    resumed = train(prepare_resume(tmp_path / "run", TrainConfig(), set()), tmp_path / "run")
+    for a, b in zip(resumed.history, straight.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_mse"] == pytest.approx(b["val_mse"], rel=1e-5)
