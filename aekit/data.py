@@ -344,21 +344,47 @@ def _read_idx_images(path: Path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise AekitError(f"Cannot read IDX file {path}: {exc}. Re-download or re-extract it.") from None
-    if len(raw) < 16:
-        raise AekitError(f"IDX file {path} is truncated ({len(raw)} bytes). Re-download it.")
-    magic, count, rows, cols = np.frombuffer(raw[:16], ">i4")
-    if magic != IDX_IMAGE_MAGIC:
-        raise AekitError(
-            f"{path} is not an IDX image file (magic {magic}, expected {IDX_IMAGE_MAGIC}). "
-            "Point --dataset at the *-images-idx3-ubyte files."
-        )
-    expected = int(count) * int(rows) * int(cols)
+    count, rows, cols = idx_header(raw[:16], path)
+    expected = count * rows * cols
     if len(raw) - 16 != expected:
         raise AekitError(
             f"IDX file {path} holds {len(raw) - 16} pixel bytes but its header promises "
             f"{count}x{rows}x{cols} = {expected}. The file is corrupt or truncated; re-download it."
         )
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(int(count), int(rows), int(cols), 1)
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols, 1)
+
+
+def idx_header(header: bytes, path: Path) -> tuple[int, int, int]:
+    """(count, rows, cols) from the 16-byte header of an IDX3 image file."""
+    if len(header) < 16:
+        raise AekitError(f"IDX file {path} is truncated ({len(header)} bytes). Re-download it.")
+    magic, count, rows, cols = (int(v) for v in np.frombuffer(header[:16], ">i4"))
+    if magic != IDX_IMAGE_MAGIC:
+        raise AekitError(
+            f"{path} is not an IDX image file (magic {magic}, expected {IDX_IMAGE_MAGIC}). "
+            "Point at the *-images-idx3-ubyte files."
+        )
+    return count, rows, cols
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The PNG/JPEG files below a folder, in a stable order."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(file: Path, mode: str | None = None) -> tuple[np.ndarray, str]:
+    """One image as uint8 (H, W) grey or (H, W, 3) colour; `mode` None picks it from this image.
+
+    Returns the pixels and the mode, so a caller reads every later image the same way.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+            return np.asarray(image.convert(mode)), mode
+    except (UnidentifiedImageError, OSError) as exc:
+        raise AekitError(f"Cannot read image {file}: {exc}. Remove or replace it.") from None
 
 
 def _np_load(path: Path):
@@ -390,9 +416,7 @@ def _load_npz(path: Path, val_split: float) -> DataSplits:
 
 
 def _load_image_folder(folder: Path, val_split: float) -> DataSplits:
-    from PIL import Image, UnidentifiedImageError
-
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise AekitError(
             f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. "
@@ -400,13 +424,8 @@ def _load_image_folder(folder: Path, val_split: float) -> DataSplits:
         )
     arrays, mode = [], None
     for file in files:
-        try:
-            with Image.open(file) as image:
-                if mode is None:
-                    mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
-                arrays.append(np.asarray(image.convert(mode)))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise AekitError(f"Cannot read image {file}: {exc}. Remove or replace it.") from None
+        pixels, mode = read_image(file, mode)
+        arrays.append(pixels)
         if arrays[-1].shape != arrays[0].shape:
             raise AekitError(
                 f"Image {file} is {arrays[-1].shape[:2]} but {files[0].name} is {arrays[0].shape[:2]}. "

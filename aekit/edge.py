@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aekit.data import IDX_IMAGE_MAGIC, IMAGE_SUFFIXES  # numpy-only module: no TensorFlow
+from aekit.data import IMAGE_SUFFIXES, idx_header, image_files, read_image  # numpy-only module: no TensorFlow
 from aekit.errors import AekitError
 from aekit.manifest import MANIFEST
 from aekit.metrics import mse_per_image, psnr_from_mse
@@ -194,40 +194,29 @@ def _iter_idx(path: Path, batch_size: int):
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            header = f.read(16)
-            if len(header) < 16:
-                raise AekitError(f"IDX file {path} is truncated. Re-download it.")
-            magic, count, rows, cols = np.frombuffer(header, ">i4")
-            if magic != IDX_IMAGE_MAGIC:
-                raise AekitError(f"{path} is not an IDX image file (magic {magic}). Pass the *-images-idx3-ubyte file.")
-            size = int(rows) * int(cols)
-            for start in range(0, int(count), batch_size):
-                n = min(batch_size, int(count) - start)
+            count, rows, cols = idx_header(f.read(16), path)
+            size = rows * cols
+            for start in range(0, count, batch_size):
+                n = min(batch_size, count - start)
                 raw = f.read(n * size)
                 if len(raw) != n * size:
                     raise AekitError(f"IDX file {path} ends early at image {start + len(raw) // size}. Re-download it.")
-                images = np.frombuffer(raw, np.uint8).reshape(n, int(rows), int(cols), 1)
+                images = np.frombuffer(raw, np.uint8).reshape(n, rows, cols, 1)
                 yield [str(i) for i in range(start, start + n)], images
     except (OSError, EOFError) as exc:
         raise AekitError(f"Cannot read IDX file {path}: {exc}. Re-download it.") from None
 
 
 def _iter_folder(folder: Path, batch_size: int):
-    from PIL import Image, UnidentifiedImageError
-
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise AekitError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images.")
     mode = None
     for start in range(0, len(files), batch_size):
         chunk, arrays = files[start : start + batch_size], []
         for file in chunk:
-            try:
-                with Image.open(file) as image:
-                    mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
-                    arrays.append(np.asarray(image.convert(mode)))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise AekitError(f"Cannot read image {file}: {exc}. Remove or replace it.") from None
+            pixels, mode = read_image(file, mode)
+            arrays.append(pixels)
             if arrays[-1].shape != arrays[0].shape:
                 raise AekitError(f"{file} is {arrays[-1].shape[:2]}, unlike {chunk[0].name} {arrays[0].shape[:2]}. Resize all images to one size.")
         images = np.stack(arrays)
@@ -238,7 +227,7 @@ def count_images(path: str | Path) -> int | None:
     """How many images `iter_images` will yield, when cheap to know (for progress bars)."""
     path = Path(path)
     if path.is_dir():
-        return sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return len(image_files(path))
     if path.suffix == ".npy":
         try:
             return int(np.load(path, mmap_mode="r").shape[0])

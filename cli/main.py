@@ -7,6 +7,7 @@ can fix (AekitError) become one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -208,9 +209,9 @@ def export(
         formats=formats, quantize=quantize, parts=roles, opset=opset,
         calibration_samples=calibration_samples, tolerance=tolerance, output=output,
     )
-    if not (quiet_json := json_out):
+    if not json_out:
         err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
-    with err_console.status("converting and checking parity...", spinner="dots") if not quiet_json else _nullcontext():
+    with err_console.status("converting and checking parity...", spinner="dots") if not json_out else contextlib.nullcontext():
         result = export_run(run_dir, options)
     if json_out:
         print(json.dumps({"run_dir": str(run_dir), "output": str(result.output), "files": [e.to_json() for e in result.entries]}))
@@ -258,7 +259,7 @@ def bench(
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
     on_export = None if json_out else (lambda fmt, q: err_console.print(f"  nothing exported yet: exported {fmt} ({q})", highlight=False))
-    with err_console.status("benchmarking...", spinner="dots") if not json_out else _nullcontext():
+    with err_console.status("benchmarking...", spinner="dots") if not json_out else contextlib.nullcontext():
         result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export)
     folder = output or (Path(result.header["run"]) / "bench")
     write_outputs(result, folder)
@@ -266,12 +267,6 @@ def bench(
         print(json.dumps(result.to_json()))
     else:
         render_bench(out_console, result)
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @app.command()
