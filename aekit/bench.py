@@ -22,15 +22,12 @@ from aekit.errors import AekitError
 from aekit.manifest import MANIFEST
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.runtimes import OnnxRunner, TFLiteRunner, default_threads
+from aekit.runtimes import NoCudaError, no_cuda_message as _no_cuda_message  # shared with the edge sessions
 
 PARTS = ("encoder", "decoder", "roundtrip")
 DEVICES = ("auto", "cuda", "cpu")
 KERAS = "keras"
 STATUS_PASSED, STATUS_LOW, STATUS_FAILED = "passed", "quality below floor", "failed"
-
-
-class NoCudaError(AekitError):
-    """--device cuda was asked for and CUDA is not what runs."""
 
 
 @dataclass
@@ -73,7 +70,10 @@ class Target:
     precision: str
     files: dict  # part -> Path (encoder/decoder), or Keras models for the baseline
     format: str
-    error: str | None = None  # known broken before opening (e.g. changed since export)
+    error: str | None = None  # known broken before opening: every row fails with this reason
+    # part -> why that file cannot be benchmarked (failed at export, missing, changed since). Its rows
+    # and the round trip fail with the reason; the other part still runs, with Keras as its partner.
+    failed_parts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -112,25 +112,53 @@ class BenchResult:
         return {"header": self.header, "rows": [asdict(r) for r in self.rows]}
 
 
-def targets_from_manifest(export_dir: Path) -> list[Target]:
-    """Every passed ONNX/TFLite encoder+decoder pair in an export folder, grouped by format and precision."""
+def targets_from_manifest(export_dir: Path, partners: dict | None = None) -> list[Target]:
+    """Every ONNX/TFLite encoder+decoder pair in an export folder, grouped by format and precision.
+
+    Args:
+        export_dir: a folder written by aekit export.
+        partners: Keras "encoder"/"decoder" models that stand in for a part whose file cannot run,
+            so the other part is still measured. Without them such a target fails as a whole.
+    """
     from aekit.manifest import check_manifest, sha256_of
 
     data = runs.read_json(export_dir / MANIFEST)
     check_manifest(data)  # the schema; file contents are checked per target below
-    groups: dict[tuple[str, str], dict] = {}
-    errors: dict[tuple[str, str], str] = {}
-    for entry in data.get("files", []):
-        if entry.get("status") == "passed" and entry.get("format") in ("onnx", "tflite") and entry.get("role") in ("encoder", "decoder"):
-            key, path = (entry["format"], entry["precision"]), export_dir / entry["file"]
-            groups.setdefault(key, {})[entry["role"]] = path
-            if not path.is_file():
-                errors[key] = f"{entry['file']} is missing"
-            elif path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
-                errors[key] = f"{entry['file']} changed since export (sha256 mismatch); re-export it"
+    groups: dict[tuple[str, str], Target] = {}
     runtime = {"onnx": "onnxruntime", "tflite": "litert"}
-    return [Target(runtime[fmt], precision, files, fmt, errors.get((fmt, precision)))
-            for (fmt, precision), files in sorted(groups.items())]
+    for entry in data.get("files", []):
+        fmt, role = entry.get("format"), entry.get("role")
+        if fmt not in runtime or role not in ("encoder", "decoder"):
+            continue
+        key, path = (fmt, entry["precision"]), export_dir / entry["file"]
+        target = groups.setdefault(key, Target(runtime[fmt], key[1], {}, fmt))
+        if entry.get("status") != "passed":
+            target.failed_parts[role] = (f"{entry['file']} failed at export ({entry.get('reason') or 'no reason recorded'}); "
+                                         f"re-export it: {_export_command(fmt, key[1])}")
+        elif not path.is_file():
+            target.failed_parts[role] = f"{entry['file']} is missing; re-export it: {_export_command(fmt, key[1])}"
+        elif path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
+            target.failed_parts[role] = f"{entry['file']} changed since export (sha256 mismatch); re-export it"
+        else:
+            target.files[role] = path
+    for (fmt, precision), target in groups.items():
+        for role in ("encoder", "decoder"):
+            if role not in target.files and role not in target.failed_parts:
+                target.failed_parts[role] = (f"no {role} was exported for {fmt} {precision}; "
+                                             f"export it: {_export_command(fmt, precision)}")
+        usable = [role for role in ("encoder", "decoder") if role in target.files]
+        if not usable or partners is None:
+            if target.failed_parts:
+                target.error = "; ".join(target.failed_parts[r] for r in sorted(target.failed_parts))
+        else:
+            for role in target.failed_parts:
+                target.files[role] = partners[role]
+    return [groups[key] for key in sorted(groups)]
+
+
+def _export_command(fmt: str, precision: str) -> str:
+    quantize = "none" if precision == "float32" else precision
+    return f"aekit export --format {fmt} --quantize {quantize}"
 
 
 def keras_target(models: dict) -> Target:
@@ -161,8 +189,9 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
                 )
                 if quality:
                     row.mse, row.psnr, row.ssim = quality
-                if session.error:
-                    row.reason = session.error
+                failed = _failed_part_reason(target, part)
+                if session.error or failed:
+                    row.reason = session.error or failed
                 else:
                     _time_row(row, session, part, images, batch, options)
                     if row.reason is None:
@@ -191,6 +220,12 @@ def write_outputs(result: BenchResult, folder: Path) -> None:
     runs.write_text(folder / "bench.csv", buffer.getvalue())
     _plot(result, folder / "bench.png")
     result.output = folder
+
+
+def _failed_part_reason(target: Target, part: str) -> str | None:
+    """Why this part's rows cannot run: its file failed (the round trip needs both files)."""
+    parts = sorted(target.failed_parts) if part == "roundtrip" else [part] if part in target.failed_parts else []
+    return "; ".join(target.failed_parts[p] for p in parts) or None
 
 
 # --- sessions --------------------------------------------------------------
@@ -267,11 +302,6 @@ def _open(target: Target, options: BenchOptions, threads: int) -> _Session:
     after = _rss_mb()
     session.rss_mb = (after - before) if before is not None and after is not None else None
     return session
-
-
-def _no_cuda_message(what: str) -> str:
-    return (f"--device cuda was asked for, but CUDA is not what runs ({what}). "
-            "Install CUDA/cuDNN for onnxruntime-gpu, or pass --device cpu, or --allow-fallback to accept the CPU.")
 
 
 def _keras_callable(model):
@@ -441,13 +471,13 @@ def bench_run(
     else:
         loaded = load_run(run_dir)
         export_dir = Path(run_dir) / "export"
-        if not (export_dir / MANIFEST).is_file() or not targets_from_manifest(export_dir):
+        if not (export_dir / MANIFEST).is_file() or not targets_from_manifest(export_dir, loaded.models):
             for fmt, quantize in DEFAULT_EXPORTS:
                 export_run(run_dir, ExportOptions(formats=(fmt,), quantize=quantize))
                 exported.append(f"{fmt}:{quantize}")
                 if on_export:
                     on_export(fmt, quantize)
-        targets = targets_from_manifest(export_dir)
+        targets = targets_from_manifest(export_dir, loaded.models)
         if options.include_keras:
             targets.insert(0, keras_target(loaded.models))
     if dataset is not None:

@@ -3,7 +3,8 @@
 Imports only numpy, onnxruntime or ai-edge-litert (and Pillow for image folders).
 A session reads the `manifest.json` beside the file for the expected shapes and
 the pixel scaling, accepts uint8 or float images (one image or a batch) and
-returns float32 latents or images in [0, 1].
+returns float32 latents or images in [0, 1]. `device="cuda"` runs on CUDA or
+raises (NoCudaError) unless `allow_fallback=True`; `session.provider` says what ran.
 
     >>> encoder = EncoderSession("runs/demo/export/encoder.onnx")
     >>> codes = encoder.encode(images_uint8)          # (N, 16) float32
@@ -26,7 +27,7 @@ from aekit.errors import AekitError
 from aekit.manifest import MANIFEST
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.pixels import UINT8_MAX, PixelScaling
-from aekit.runtimes import open_runner, run_batched
+from aekit.runtimes import check_device, open_runner, run_batched
 
 INT8_LEVELS = 255  # codes use -128..127
 
@@ -52,17 +53,47 @@ def read_manifest(model_path: Path) -> tuple[dict, dict]:
 
 
 class _Session:
+    """An exported file opened on its runtime.
+
+    Args:
+        model: the .onnx or .tflite file, with manifest.json beside it.
+        device: "cpu"; "cuda" (CUDA or NoCudaError); "auto" (CUDA when it really runs, else the CPU).
+        threads: CPU threads (None: the physical cores).
+        allow_fallback: with device "cuda", run on the CPU instead of raising when CUDA does not run.
+    """
+
     role = ""
 
-    def __init__(self, model: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, model: str | Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False):
         self.path = Path(model)
+        self.requested_device = check_device(device)
         self.manifest, self.entry = read_manifest(self.path)
         if self.entry["role"] != self.role:
             raise AekitError(f"{self.path.name} is an {self.entry['role']}, not an {self.role}. Pass the {self.role} file.")
-        self.runner = open_runner(self.path, device, threads)
+        self.runner = open_runner(self.path, self.requested_device, threads, allow_fallback)
         self.scaling = PixelScaling(**{k: v for k, v in self.manifest["pixel_scaling"].items() if k == "divide_by"})
         self.image_shape = tuple(self.manifest["model"]["input_shape"])
         self.latent_dim = int(self.manifest["model"]["latent_dim"])
+
+    @property
+    def provider(self) -> str:
+        """What runs the file: an onnxruntime execution provider (CPUExecutionProvider, ...) or XNNPACK/CPU for LiteRT."""
+        return self.runner.providers[0]
+
+    @property
+    def device(self) -> str:
+        """Where the file really runs, "cuda" or "cpu", whatever was asked for."""
+        return self.runner.device
+
+    @property
+    def fell_back(self) -> bool:
+        """True when "cuda" was asked for, allow_fallback accepted it, and the CPU runs the file."""
+        return self.requested_device == "cuda" and self.device != "cuda"
+
+    def ran_on(self) -> dict:
+        """Runtime, provider and device, for reports and JSON output."""
+        return {"file": str(self.path), "runtime": self.runner.runtime, "provider": self.provider,
+                "device": self.device, "requested_device": self.requested_device, "fell_back": self.fell_back}
 
 
 class EncoderSession(_Session):

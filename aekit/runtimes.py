@@ -3,7 +3,8 @@
 TensorFlow-free. A runner takes float32 model inputs (images in [0, 1] or
 latents) in any batch size, quantizes them itself when the file wants uint8/int8
 input, and returns float32 outputs. onnxruntime may silently fall back from CUDA
-to CPU, so the runner reports the providers the session really uses.
+to CPU, so the runner reports the providers the session really uses, and
+`open_runner` refuses `device="cuda"` when CUDA is not what runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,28 @@ import numpy as np
 
 from aekit.errors import AekitError
 from aekit.quiet import quiet_native_output
+
+DEVICES = ("cpu", "cuda", "auto")
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+LITERT_PROVIDER = "XNNPACK/CPU"  # LiteRT's Python interpreter has no GPU delegate: .tflite files run on the CPU
+
+
+class NoCudaError(AekitError):
+    """--device cuda was asked for and CUDA is not what runs."""
+
+
+def no_cuda_message(what: str, fix: str = "Install CUDA/cuDNN for onnxruntime-gpu") -> str:
+    """The one wording for a refused --device cuda; `what` names what would run instead."""
+    return (f"--device cuda was asked for, but CUDA is not what runs ({what}). "
+            f"{fix}, or pass --device cpu, or --allow-fallback (allow_fallback=True in Python) to accept the CPU.")
+
+
+def check_device(device: str) -> str:
+    """The device in canonical form (cpu, cuda or auto), or an AekitError naming the choices."""
+    canonical = str(device).strip().lower()
+    if canonical not in DEVICES:
+        raise AekitError(f"--device {device!r} is not one of {', '.join(DEVICES)}. Pass --device cpu, or cuda on a GPU machine.")
+    return canonical
 
 
 def default_threads() -> int:
@@ -44,15 +67,15 @@ class OnnxRunner:
         # A CUDA provider that cannot start (no GPU, no CUDA libraries) logs errors and falls back
         # silently; aekit reports the providers really used instead, so keep the log to fatal only.
         ort.set_default_logger_severity(4)
+        self.path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.log_severity_level = 3  # the CUDA-missing noise is reported through `providers` instead
-        if device == "cpu":
-            requested = ["CPUExecutionProvider"]
-        elif device in ("cuda", "auto"):
-            requested = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        else:
-            raise AekitError(f"--device {device!r} is not one of cpu, cuda, auto.")
+        device = check_device(device)
+        self.available = ort.get_available_providers()
+        requested = [CPU_PROVIDER] if device == "cpu" else [CUDA_PROVIDER, CPU_PROVIDER]
+        # A CPU build of onnxruntime warns about an unknown CUDA provider; ask only for what it has.
+        requested = [p for p in requested if p in self.available] or [CPU_PROVIDER]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -63,7 +86,7 @@ class OnnxRunner:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.providers and self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        return "cuda" if self.providers and self.providers[0] == CUDA_PROVIDER else "cpu"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
@@ -73,12 +96,13 @@ class TFLiteRunner:
     """A LiteRT interpreter over one .tflite file, resized to each batch it is given."""
 
     runtime = "litert"
-    providers = ["XNNPACK/CPU"]
+    providers = [LITERT_PROVIDER]
     device = "cpu"
 
     def __init__(self, path: Path, threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
+        self.path = Path(path)
         try:
             with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
                 self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
@@ -124,16 +148,44 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None):
-    """The runner for a file, by its suffix."""
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False):
+    """The runner for a file, by its suffix, held to the device asked for.
+
+    Args:
+        path: an exported .onnx or .tflite file.
+        device: "cpu"; "cuda" (CUDA or an error); "auto" (CUDA when it really runs, else the CPU).
+        threads: CPU threads (None: the physical cores).
+        allow_fallback: with device "cuda", accept the CPU instead of raising NoCudaError.
+
+    Returns:
+        An OnnxRunner or TFLiteRunner; its `providers[0]` and `device` say what really runs.
+    """
     path = Path(path)
+    device = check_device(device)
     if not path.exists():
         raise AekitError(f"{path} does not exist. Export it first: aekit export.")
     if path.suffix == ".onnx":
-        return OnnxRunner(path, device, threads)
-    if path.suffix == ".tflite":
-        return TFLiteRunner(path, threads)
-    raise AekitError(f"{path}: expected a .onnx or .tflite file.")
+        runner = OnnxRunner(path, device, threads)
+    elif path.suffix == ".tflite":
+        runner = TFLiteRunner(path, threads)
+    else:
+        raise AekitError(f"{path}: expected a .onnx or .tflite file.")
+    require_device(runner, device, allow_fallback)
+    return runner
+
+
+def require_device(runner, device: str, allow_fallback: bool = False) -> None:
+    """Raises NoCudaError when "cuda" was asked for and the runner does not run on CUDA (unless allowed)."""
+    if check_device(device) != "cuda" or runner.device == "cuda" or allow_fallback:
+        return
+    if runner.runtime == "litert":
+        raise NoCudaError(no_cuda_message(f"LiteRT runs {runner.path.name} on {', '.join(runner.providers)}; it has no CUDA path",
+                                          "Use the .onnx export on the GPU"))
+    what = f"{runner.runtime} would run {runner.path.name} on {', '.join(runner.providers)}"
+    if CUDA_PROVIDER not in runner.available:
+        raise NoCudaError(no_cuda_message(f"{what}; this onnxruntime is the CPU build",
+                                          "Install onnxruntime-gpu in place of onnxruntime"))
+    raise NoCudaError(no_cuda_message(what))
 
 
 def run_batched(runner, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:

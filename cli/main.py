@@ -190,7 +190,7 @@ def export(
     parts: Annotated[str, typer.Option(help="encoder,decoder (default) or all (adds the autoencoder).")] = "encoder,decoder",
     opset: Annotated[int, typer.Option(help="ONNX opset (13-18).")] = 17,
     calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8 ranges.")] = 512,
-    tolerance: Annotated[Optional[float], typer.Option(help="Largest allowed rise of reconstruction MSE vs Keras, as a fraction of the Keras MSE. Default per precision: float32 1e-4, fp16 0.01, int8 0.10.")] = None,
+    min_agreement_db: Annotated[Optional[float], typer.Option(help="A file passes when its reconstructions agree with Keras' to at least this PSNR in dB (30 dB = RMS difference 0.032 of the pixel range, about 8 grey levels). Default per precision: float32 60, fp16 40, int8 30.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export folder. Default: <run>/export.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest entries as JSON on stdout.")] = False,
 ):
@@ -207,7 +207,7 @@ def export(
         raise AekitError(f"--parts {parts!r}: expected a comma list of encoder, decoder, autoencoder, or all.")
     options = ExportOptions(
         formats=formats, quantize=quantize, parts=roles, opset=opset,
-        calibration_samples=calibration_samples, tolerance=tolerance, output=output,
+        calibration_samples=calibration_samples, min_agreement_db=min_agreement_db, output=output,
     )
     if not json_out:
         err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
@@ -269,6 +269,11 @@ def bench(
         render_bench(out_console, result)
 
 
+EDGE_DEVICE_HELP = ("cpu | cuda (fails unless CUDA really runs; .tflite files always run on the CPU) | "
+                    "auto (CUDA when it really runs, else the CPU).")
+EDGE_FALLBACK_HELP = "With --device cuda: run on the CPU when CUDA cannot, instead of failing."
+
+
 @app.command()
 @edge_errors
 def encode(
@@ -277,19 +282,20 @@ def encode(
     output: Annotated[Path, typer.Option("--output", "-o", help="Latents file to write (.npz).")],
     latent_dtype: Annotated[str, typer.Option(help="float32, or int8: one byte per dimension with per-dimension scale/offset from the export.")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images read and encoded at a time.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto (onnxruntime only).")] = "cpu",
+    device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
+    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
 ):
     """Encode images into latent codes (TensorFlow-free)."""
     from aekit.cli.render import counting_progress
     from aekit.edge import EncoderSession, count_images, encode_path
 
-    encoder = EncoderSession(model, device, threads)
+    encoder = EncoderSession(model, device, threads, allow_fallback)
     with counting_progress(err_console, "encoding", count_images(source)) as advance:
         summary = encode_path(encoder, source, output, latent_dtype, _positive(batch_size, "--batch-size"), advance)
     out_console.print(
         f"Encoded {summary['images']:,} images → {summary['output']} ({summary['latent_dim']} × {summary['latent_dtype']} "
-        f"= {summary['bytes_per_image']} bytes per image)", highlight=False,
+        f"= {summary['bytes_per_image']} bytes per image){_ran_on(encoder)}", highlight=False, soft_wrap=True,
     )
 
 
@@ -301,17 +307,18 @@ def decode(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for PNGs, or an .npz file with --format npz.")],
     format: Annotated[str, typer.Option("--format", help="png (one file per image) or npz.")] = "png",
     batch_size: Annotated[int, typer.Option(help="Codes decoded at a time.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto (onnxruntime only).")] = "cpu",
+    device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
+    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
 ):
     """Decode latent codes back into images (TensorFlow-free)."""
     from aekit.cli.render import counting_progress
     from aekit.edge import DecoderSession, decode_file
 
-    decoder = DecoderSession(model, device, threads)
+    decoder = DecoderSession(model, device, threads, allow_fallback)
     with counting_progress(err_console, "decoding", None) as advance:
         summary = decode_file(decoder, latents, output, format, _positive(batch_size, "--batch-size"), advance)
-    out_console.print(f"Decoded {summary['images']:,} images → {summary['output']}", highlight=False)
+    out_console.print(f"Decoded {summary['images']:,} images → {summary['output']}{_ran_on(decoder)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -323,6 +330,8 @@ def reconstruct(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for reconstruction.csv and reconstructions.png.")],
     batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
     grid: Annotated[int, typer.Option(help="Images in the originals-beside-reconstructions picture.")] = 10,
+    device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
+    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
 ):
     """Round trip encoder → decoder: per-image MSE/PSNR and a picture of originals beside reconstructions."""
@@ -332,7 +341,7 @@ def reconstruct(
     from aekit.edge import check_output_folder
 
     check_output_folder(output)
-    enc, dec = EncoderSession(encoder, "cpu", threads), DecoderSession(decoder, "cpu", threads)
+    enc, dec = EncoderSession(encoder, device, threads, allow_fallback), DecoderSession(decoder, device, threads, allow_fallback)
     with counting_progress(err_console, "reconstructing", count_images(source)) as advance:
         names, mse, psnr, originals, recons = score_path(enc, dec, source, _positive(batch_size, "--batch-size"), advance, keep=grid)
     output.mkdir(parents=True, exist_ok=True)
@@ -341,8 +350,8 @@ def reconstruct(
         save_grid(originals, recons, output / "reconstructions.png")
     out_console.print(
         f"{len(names):,} images: mean MSE {mse.mean():.5f}, mean PSNR {psnr.mean():.2f} dB "
-        f"(worst {names[int(mse.argmax())]}: MSE {mse.max():.5f}) → {output}/reconstruction.csv, reconstructions.png",
-        highlight=False,
+        f"(worst {names[int(mse.argmax())]}: MSE {mse.max():.5f}) → {output}/reconstruction.csv, reconstructions.png"
+        f"{_ran_on(enc, dec)}", highlight=False, soft_wrap=True,
     )
 
 
@@ -357,8 +366,10 @@ def score(
     threshold: Annotated[Path, typer.Option(help="Threshold JSON to write (with --calibrate) or read.")] = Path("threshold.json"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV of per-image scores and flags.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
+    device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
+    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the counts (and what ran the files) as JSON.")] = False,
 ):
     """Anomaly scores: reconstruction error per image against a threshold calibrated on normal data."""
     from aekit import runs
@@ -374,9 +385,9 @@ def score(
         check_output_file(threshold, ".json")
     if output is not None:
         check_output_file(output, ".csv")
-    enc, dec = EncoderSession(encoder, "cpu", threads), DecoderSession(decoder, "cpu", threads)
+    enc, dec = EncoderSession(encoder, device, threads, allow_fallback), DecoderSession(decoder, device, threads, allow_fallback)
     batch_size = _positive(batch_size, "--batch-size")
-    result = {}
+    result = {"ran_on": {"encoder": enc.ran_on(), "decoder": dec.ran_on()}}
     if calibrate is not None:
         with counting_progress(err_console, "calibrating", count_images(calibrate)) as advance:
             _, normal_mse, _, _, _ = score_path(enc, dec, calibrate, batch_size, advance)
@@ -384,7 +395,8 @@ def score(
         runs.write_json(threshold, limit.to_json())
         result["calibration"] = limit.to_json()
         if not json_out:
-            out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {quantile:g} of {limit.calibration_images:,} normal images → {threshold}", highlight=False)
+            out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {quantile:g} of {limit.calibration_images:,} normal images → {threshold}"
+                              f"{_ran_on(enc, dec)}", highlight=False, soft_wrap=True)
     else:
         limit = Threshold.load(threshold)
     if source is not None:
@@ -398,7 +410,8 @@ def score(
         if not json_out:
             out_console.print(
                 f"{len(names):,} images scored: {int(flags.sum()):,} anomalies, {int((~flags).sum()):,} normal "
-                f"(threshold MSE {limit.mse:.5f})" + (f" → {output}" if output else ""), highlight=False,
+                f"(threshold MSE {limit.mse:.5f})" + (f" → {output}" if output else "") + _ran_on(enc, dec),
+                highlight=False, soft_wrap=True,
             )
     if json_out:
         print(json.dumps(result))
@@ -408,6 +421,18 @@ def _positive(value: int, option: str) -> int:
     if value < 1:
         raise AekitError(f"{option} must be at least 1, got {value}.")
     return value
+
+
+def _ran_on(*sessions) -> str:
+    """What ran the files, for a summary line: ' on CPUExecutionProvider', or per file when they differ."""
+    providers = [session.provider for session in sessions]
+    if len(set(providers)) == 1:
+        text = f" on {providers[0]}"
+    else:
+        text = " (" + ", ".join(f"{session.role} on {session.provider}" for session in sessions) + ")"
+    if any(session.fell_back for session in sessions):
+        text += "; --device cuda fell back to the CPU (--allow-fallback)"
+    return text
 
 
 @app.command()

@@ -13,6 +13,7 @@ from aekit.cli.main import app
 from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer, iter_images, load_latents, roc_auc
 from aekit.export import ExportOptions, export_run, load_run
 from aekit.metrics import psnr_from_mse, mse_per_image
+from aekit.runtimes import NoCudaError
 from conftest import MNIST_DIR, read_mnist
 
 IDX = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
@@ -243,3 +244,133 @@ def test_edge_commands_refuse_empty_inputs_and_bad_outputs_up_front(exported, tm
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and words in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+# --- --device cuda: CUDA or a clear error, never a silent CPU run ---------------------
+
+WOULD_RUN = {"onnx": "CPUExecutionProvider", "tflite": "XNNPACK/CPU"}
+
+
+@pytest.fixture
+def no_cuda(exported):
+    """Skips where CUDA really runs (these tests pin down the fallback on a machine without it)."""
+    if EncoderSession(exported / "encoder.onnx", device="auto").device == "cuda":
+        pytest.skip("CUDA runs here")
+
+
+def test_sessions_refuse_device_cuda_without_cuda_naming_what_would_run(exported, no_cuda):
+    digits = read_mnist(8)
+    for suffix, provider in WOULD_RUN.items():
+        for session_type in (EncoderSession, DecoderSession):
+            path = exported / f"{session_type.role}.{suffix}"
+            with pytest.raises(NoCudaError) as refused:
+                session_type(path, device="cuda")
+            message = str(refused.value)
+            assert isinstance(refused.value, AekitError) and "\n" not in message
+            assert f"on {provider}" in message and path.name in message
+            assert "CUDA is not what runs" in message and "--allow-fallback" in message and "--device cpu" in message
+
+            fallback = session_type(path, device="cuda", allow_fallback=True)
+            assert (fallback.provider, fallback.device, fallback.fell_back) == (provider, "cpu", True)
+            assert fallback.ran_on() == {"file": str(path), "runtime": "onnxruntime" if suffix == "onnx" else "litert",
+                                         "provider": provider, "device": "cpu", "requested_device": "cuda", "fell_back": True}
+            auto = session_type(path, device="auto")  # auto: the CPU, silently
+            assert (auto.provider, auto.device, auto.fell_back) == (provider, "cpu", False)
+        # the fallback session computes what a CPU session does
+        cpu_codes = EncoderSession(exported / f"encoder.{suffix}").encode(digits)
+        np.testing.assert_array_equal(
+            EncoderSession(exported / f"encoder.{suffix}", device="cuda", allow_fallback=True).encode(digits), cpu_codes)
+
+
+def test_a_cpu_build_of_onnxruntime_is_named_in_the_refusal_without_its_own_warning(exported, monkeypatch):
+    import warnings
+
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_inference_collection as sessions
+
+    # What a CPU build reports, to aekit and to onnxruntime's own provider check (which warns on unknown ones).
+    for module in (onnxruntime, sessions.C):
+        monkeypatch.setattr(module, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(NoCudaError, match=r"would run encoder\.onnx on CPUExecutionProvider; this onnxruntime is the CPU build\)\. "
+                                              r"Install onnxruntime-gpu"):
+            EncoderSession(exported / "encoder.onnx", device="cuda")
+        session = EncoderSession(exported / "encoder.onnx", device="cuda", allow_fallback=True)
+    assert session.provider == "CPUExecutionProvider" and session.fell_back
+    assert not [w for w in caught if "provider" in str(w.message).lower()]
+
+
+def test_sessions_refuse_unknown_devices(exported):
+    for device in ("gpu", "tpu", ""):
+        with pytest.raises(AekitError, match=r"--device '.*' is not one of cpu, cuda, auto"):
+            EncoderSession(exported / "encoder.onnx", device=device)
+    assert EncoderSession(exported / "encoder.tflite", device="CPU").device == "cpu"
+
+
+def _edge_commands(exported, tmp_path, encoder="onnx", decoder="onnx"):
+    """encode/decode/reconstruct/score on 64 digits, each as (name, args, what it writes)."""
+    np.save(tmp_path / "digits.npy", read_mnist(64))
+    digits, enc, dec = str(tmp_path / "digits.npy"), str(exported / f"encoder.{encoder}"), str(exported / f"decoder.{decoder}")
+    np.savez(tmp_path / "codes.npz", latents=EncoderSession(enc).encode(read_mnist(64)), names=np.arange(64).astype(str),
+             latent_dtype=np.asarray("float32"))
+    return [
+        ("encode", ["encode", "--model", enc, digits, "-o", str(tmp_path / "z.npz")], tmp_path / "z.npz"),
+        ("decode", ["decode", "--model", dec, str(tmp_path / "codes.npz"), "-o", str(tmp_path / "d.npz"), "--format", "npz"],
+         tmp_path / "d.npz"),
+        ("reconstruct", ["reconstruct", "--encoder", enc, "--decoder", dec, digits, "-o", str(tmp_path / "rec")], tmp_path / "rec"),
+        ("score", ["score", "--encoder", enc, "--decoder", dec, "--calibrate", digits,
+                   "--threshold", str(tmp_path / "t.json"), digits], tmp_path / "t.json"),
+    ]
+
+
+def test_edge_commands_with_device_cuda_fail_in_one_line_unless_fallback_is_allowed(exported, tmp_path, no_cuda):
+    runner = CliRunner()
+    for name, args, written in _edge_commands(exported, tmp_path):
+        refused = runner.invoke(app, [*args, "--device", "cuda"])
+        lines = refused.output.strip().splitlines()
+        assert refused.exit_code == 2 and len(lines) == 1, (name, refused.output)
+        assert lines[0].startswith("error: --device cuda was asked for, but CUDA is not what runs"), (name, lines)
+        assert "on CPUExecutionProvider" in lines[0] and "--allow-fallback" in lines[0] and "Traceback" not in refused.output
+        assert not written.exists(), name  # refused before any work
+
+        ran = runner.invoke(app, [*args, "--device", "cuda", "--allow-fallback"])
+        assert ran.exit_code == 0, (name, ran.output)
+        summary = ran.stdout.strip().splitlines()[-1]
+        assert summary.endswith(" on CPUExecutionProvider; --device cuda fell back to the CPU (--allow-fallback)"), (name, summary)
+    assert np.load(tmp_path / "z.npz")["latents"].shape == (64, 16)
+    assert np.load(tmp_path / "d.npz")["images"].shape == (64, 28, 28, 1)
+    assert len((tmp_path / "rec" / "reconstruction.csv").read_text().splitlines()) == 65
+    assert json.loads((tmp_path / "t.json").read_text())["calibration_images"] == 64
+
+
+def test_edge_commands_say_which_provider_ran(exported, tmp_path):
+    runner = CliRunner()
+    commands = {name: args for name, args, _ in _edge_commands(exported, tmp_path, encoder="onnx", decoder="tflite")}
+    encoded = runner.invoke(app, commands["encode"])
+    assert encoded.exit_code == 0 and encoded.stdout.strip().endswith("bytes per image) on CPUExecutionProvider"), encoded.output
+    decoded = runner.invoke(app, [*commands["decode"], "--device", "auto"])
+    assert decoded.exit_code == 0 and decoded.stdout.strip().endswith(" on XNNPACK/CPU"), decoded.output
+    mixed = runner.invoke(app, commands["reconstruct"])
+    assert mixed.exit_code == 0 and mixed.stdout.strip().endswith("(encoder on CPUExecutionProvider, decoder on XNNPACK/CPU)")
+    scored = runner.invoke(app, [*commands["score"], "--json", "--device", "cuda", "--allow-fallback"])
+    assert scored.exit_code == 0, scored.output
+    result = json.loads(scored.stdout)
+    assert result["images"] == 64 and result["calibration"]["calibration_images"] == 64
+    assert {part: (r["runtime"], r["provider"], r["device"], r["requested_device"], r["fell_back"])
+            for part, r in result["ran_on"].items()} == {
+        "encoder": ("onnxruntime", "CPUExecutionProvider", "cpu", "cuda", True),
+        "decoder": ("litert", "XNNPACK/CPU", "cpu", "cuda", True)}
+    # LiteRT never runs on CUDA: refused, naming what would run
+    refused = runner.invoke(app, [*commands["decode"], "--device", "cuda"])
+    assert refused.exit_code == 2 and "LiteRT runs decoder.tflite on XNNPACK/CPU" in refused.output
+    assert "Use the .onnx export on the GPU" in refused.output and len(refused.output.strip().splitlines()) == 1
+
+
+def test_edge_commands_refuse_unknown_devices_in_one_line(exported, tmp_path):
+    runner = CliRunner()
+    for name, args, written in _edge_commands(exported, tmp_path):
+        result = runner.invoke(app, [*args, "--device", "gpu"])
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [
+            "error: --device 'gpu' is not one of cpu, cuda, auto. Pass --device cpu, or cuda on a GPU machine."], (name, result.output)
+        assert not written.exists(), name
