@@ -137,8 +137,8 @@ def render_export(console: Console, result) -> None:
     console = _wide(console)
     table = Table(title=f"Export of {result.run_dir} → {result.output}", title_justify="left")
     for column, justify in (("file", "left"), ("format", "left"), ("precision", "left"), ("size", "right"),
-                            ("max abs diff", "right"), ("MSE Keras → export", "right"), ("ΔMSE", "right"),
-                            ("status", "left")):
+                            ("max abs diff", "right"), ("MSE Keras → export", "right"), ("PSNR drop", "right"),
+                            ("agreement", "right"), ("status", "left")):
         table.add_column(column, justify=justify, no_wrap=column != "status")
     for e in result.entries:
         p = e.parity
@@ -147,11 +147,14 @@ def render_export(console: Console, result) -> None:
             e.file, e.format, e.precision, _size(e.bytes) if e.bytes else "-",
             f"{p.max_abs_diff:.1e}" if p else "-",
             f"{p.mse_keras:.5f} → {p.mse_export:.5f}" if p else "-",
-            f"{p.mse_delta:+.1e}" if p else "-",
+            f"{p.psnr_drop_db:+.2f} dB" if p else "-",
+            f"{p.agreement_db:.1f} dB ≥ {p.min_agreement_db:g}" if p else "-",
             status,
         )
     console.print(table)
     console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)
+    console.print("agreement = PSNR of the file's reconstructions against Keras' (what the export adds); "
+                  "PSNR drop = against the original images.", style="dim", highlight=False)
 
 
 def render_bench(console: Console, result) -> None:
