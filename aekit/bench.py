@@ -10,6 +10,7 @@ failed row with its reason; the table never crashes as a whole.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,9 @@ import numpy as np
 
 from aekit import runs
 from aekit.errors import AekitError
-from aekit.manifest import MANIFEST
+from aekit.manifest import MANIFEST, Manifest, export_format, format_of_file
 from aekit.metrics import mse_per_image, psnr_from_mse
-from aekit.runtimes import OnnxRunner, TFLiteRunner, default_threads
+from aekit.runtimes import default_threads, open_runner
 from aekit.runtimes import NoCudaError, no_cuda_message as _no_cuda_message  # shared with the edge sessions
 
 PARTS = ("encoder", "decoder", "roundtrip")
@@ -120,27 +121,19 @@ def targets_from_manifest(export_dir: Path, partners: dict | None = None) -> lis
         partners: Keras "encoder"/"decoder" models that stand in for a part whose file cannot run,
             so the other part is still measured. Without them such a target fails as a whole.
     """
-    from aekit.manifest import check_manifest, sha256_of
-
-    data = runs.read_json(export_dir / MANIFEST)
-    check_manifest(data)  # the schema; file contents are checked per target below
+    manifest = Manifest.load(export_dir, verify=False)  # the schema; each file is checked below, per target
     groups: dict[tuple[str, str], Target] = {}
-    runtime = {"onnx": "onnxruntime", "tflite": "litert"}
-    for entry in data.get("files", []):
-        fmt, role = entry.get("format"), entry.get("role")
-        if fmt not in runtime or role not in ("encoder", "decoder"):
+    for entry in manifest.files:
+        fmt = export_format(entry.format)
+        if not fmt.edge or entry.role not in ("encoder", "decoder"):
             continue
-        key, path = (fmt, entry["precision"]), export_dir / entry["file"]
-        target = groups.setdefault(key, Target(runtime[fmt], key[1], {}, fmt))
-        if entry.get("status") != "passed":
-            target.failed_parts[role] = (f"{entry['file']} failed at export ({entry.get('reason') or 'no reason recorded'}); "
-                                         f"re-export it: {_export_command(fmt, key[1])}")
-        elif not path.is_file():
-            target.failed_parts[role] = f"{entry['file']} is missing; re-export it: {_export_command(fmt, key[1])}"
-        elif path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
-            target.failed_parts[role] = f"{entry['file']} changed since export (sha256 mismatch); re-export it"
+        key = (fmt.name, entry.precision)
+        target = groups.setdefault(key, Target(fmt.runtime, entry.precision, {}, fmt.name))
+        problem = entry.problem(export_dir)
+        if problem:
+            target.failed_parts[entry.role] = f"{problem}; re-export it: {_export_command(*key)}"
         else:
-            target.files[role] = path
+            target.files[entry.role] = export_dir / entry.file
     for (fmt, precision), target in groups.items():
         for role in ("encoder", "decoder"):
             if role not in target.files and role not in target.failed_parts:
@@ -279,14 +272,10 @@ def _open(target: Target, options: BenchOptions, threads: int) -> _Session:
             if not isinstance(item, Path):
                 session.runners[part] = _keras_callable(item)
                 devices.append((*_keras_device(), "TensorFlow sees no GPU"))
-            elif item.suffix == ".onnx":
-                runner = OnnxRunner(item, "cpu" if options.device == "cpu" else "cuda", threads)
-                session.runners[part] = runner.run
-                devices.append((runner.device, runner.providers[0], f"onnxruntime runs on {', '.join(runner.providers)}"))
             else:
-                runner = TFLiteRunner(item, threads)
+                runner = open_runner(item, "cpu" if options.device == "cpu" else "cuda", threads, allow_fallback=True)
                 session.runners[part] = runner.run
-                devices.append(("cpu", "XNNPACK", "LiteRT runs on the CPU here"))
+                devices.append((runner.device, runner.providers[0], f"{runner.runtime} runs on {', '.join(runner.providers)}"))
         # Report the device of the file under test (the first Path), else Keras'. Only exported
         # files are held to --device cuda; the Keras baseline runs wherever TensorFlow can.
         is_file = [isinstance(item, Path) for item in target.files.values()]
@@ -448,26 +437,26 @@ def bench_run(
     exported = []
     if model is not None:
         model = Path(model)
-        if not model.is_file() or model.suffix not in (".onnx", ".tflite"):
+        fmt = format_of_file(model)
+        if not model.is_file() or fmt is None or not fmt.edge:
             raise AekitError(f"--model {model}: expected an existing .onnx or .tflite file (see aekit export).")
-        manifest_path = model.parent / MANIFEST
-        entry, run_dir_from_manifest = None, None
-        if manifest_path.is_file():
-            data = runs.read_json(manifest_path)
-            entry = next((e for e in data.get("files", []) if e.get("file") == model.name), None)
-            run_dir_from_manifest = Path(data["run"]) if data.get("run") else None
-        run_dir = run_dir or run_dir_from_manifest
+        manifest = Manifest.load(model.parent, verify=False) if (model.parent / MANIFEST).is_file() else None
+        entry = manifest.entry(model.name) if manifest else None
+        run_dir = run_dir or (Path(manifest.run) if manifest and manifest.run else None)
         if run_dir is None or not runs.is_finished(run_dir):
             raise AekitError(f"--model {model}: no manifest.json beside it names a finished run. Pass --run too.")
+        problem = entry.problem(model.parent) if entry else None
+        if problem:
+            raise AekitError(f"--model {model}: {problem}. Re-export it with aekit export.")
         loaded = load_run(run_dir)
-        role = entry["role"] if entry else ("decoder" if model.name.startswith("decoder") else "encoder")
+        role = entry.role if entry else ("decoder" if model.name.startswith("decoder") else "encoder")
         if role not in ("encoder", "decoder"):
             raise AekitError(f"--model {model} is an {role}; bench takes encoder or decoder files.")
-        precision = entry["precision"] if entry else "float32"
-        fmt = model.suffix.lstrip(".")
+        precision = entry.precision if entry else "float32"
         files = {"encoder": loaded.models["encoder"], "decoder": loaded.models["decoder"], role: model}
-        targets = [Target({"onnx": "onnxruntime", "tflite": "litert"}[fmt], precision, files, fmt)]
-        options.parts = (role,)  # the round trip would mostly time the Keras partner; its quality still shows
+        targets = [Target(fmt.runtime, precision, files, fmt.name)]
+        # Only the file's own part is timed (the round trip would mostly time the Keras partner); its quality still shows.
+        options = dataclasses.replace(options, parts=(role,))
     else:
         loaded = load_run(run_dir)
         export_dir = Path(run_dir) / "export"

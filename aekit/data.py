@@ -1,17 +1,17 @@
-"""Image sources for training: TFDS names, IDX folders, .npz/.npy arrays, image folders.
+"""Training data: TFDS names and local files, split into train/validation, and the tf.data pipeline.
 
 `load_data` turns a `--dataset` string into in-memory train/validation arrays
 (N, H, W, C) in their stored dtype plus the `PixelScaling` that maps them to
 [0, 1]; `make_dataset` builds the tf.data pipeline the training loop consumes.
+Files (IDX, .npz/.npy, image folders) are read by `aekit.sources`, the same
+reader the edge side uses.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import socket
 import threading
-import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,12 +20,10 @@ import numpy as np
 
 from aekit.errors import AekitError
 from aekit.pixels import PixelScaling
+from aekit.sources import IMAGE_SUFFIXES, as_nhwc, idx_files, npz_keys, read_array, read_idx, read_image_folder, source_kind
 
 DEFAULT_DATASET = "mnist"
 BUNDLED_SAMPLE = "bundled-mnist-sample"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-IDX_IMAGE_MAGIC = 2051
-IDX_LABEL_MAGIC = 2049
 # Where TFDS fetches MNIST from; probing it with a short timeout keeps an offline
 # machine from sitting through TFDS's ~200 s of download retries.
 TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
@@ -224,7 +222,7 @@ def network_reachable(address: tuple[str, int] = TFDS_DOWNLOAD_HOST, timeout: fl
 
 
 def _looks_like_path(dataset: str) -> bool:
-    return any(sep in dataset for sep in ("/", os.sep)) or dataset.startswith(".") or Path(dataset).suffix in (
+    return any(sep in dataset for sep in ("/", os.sep)) or dataset.startswith(".") or Path(dataset).suffix.lower() in (
         ".npz",
         ".npy",
         ".gz",
@@ -291,13 +289,13 @@ def _tfds_images(builder, split: str) -> np.ndarray:
     chunks = list(tfds.as_numpy(ds))
     if not chunks:
         raise AekitError(f"TFDS {builder.name} split {split!r} is empty. Re-prepare the dataset.")
-    return _as_nhwc(np.concatenate(chunks), f"TFDS {builder.name} {split}")
+    return as_nhwc(np.concatenate(chunks), f"TFDS {builder.name} {split}")
 
 
 def _load_bundled(val_split: float, note: str | None = None) -> DataSplits:
     folder = resources.files("aekit") / "sample"
     with resources.as_file(folder) as path:
-        images = _read_idx_images(path / "mnist-sample-images-idx3-ubyte.gz")
+        images = read_idx(path / "mnist-sample-images-idx3-ubyte.gz")
     train, val, validation = _split_last(images, val_split)
     return DataSplits(
         train, val, PixelScaling.for_images(images), BUNDLED_SAMPLE, "bundled", validation, note=note
@@ -305,146 +303,36 @@ def _load_bundled(val_split: float, note: str | None = None) -> DataSplits:
 
 
 def _load_path(path: Path, val_split: float) -> DataSplits:
-    if path.is_dir():
-        idx = sorted(path.glob("*-images-idx3-ubyte*"))
-        if idx:
-            return _load_idx_folder(idx, val_split, path)
-        return _load_image_folder(path, val_split)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
+    kind = source_kind(path)
+    if kind == "idx":
+        return _load_idx(idx_files(path), val_split, path)
+    if kind == "npz":
         return _load_npz(path, val_split)
-    if suffix == ".npy":
-        images = _as_nhwc(_np_load(path), str(path))
-        train, val, validation = _split_last(images, val_split)
-        return DataSplits(train, val, PixelScaling.for_images(images), str(path), "npy", validation)
-    if "idx3-ubyte" in path.name:
-        return _load_idx_folder([path], val_split, path)
-    raise AekitError(
-        f"Don't know how to read {path}. Pass a folder of IDX files or images, a .npz/.npy file, or a TFDS name."
-    )
+    images = read_array(path) if kind == "npy" else read_image_folder(path)
+    train, val, validation = _split_last(images, val_split)
+    return DataSplits(train, val, PixelScaling.for_images(images), str(path), kind, validation)
 
 
-def _load_idx_folder(files: list[Path], val_split: float, origin: Path) -> DataSplits:
-    by_split = {("test" if f.name.startswith(("t10k", "test")) else "train"): f for f in files}
+def _load_idx(files: list[Path], val_split: float, origin: Path) -> DataSplits:
+    by_split = {("test" if f.name.lower().startswith(("t10k", "test")) else "train"): f for f in files}
     if "train" in by_split and "test" in by_split:
-        train = _read_idx_images(by_split["train"])
-        val = _read_idx_images(by_split["test"])
+        train = read_idx(by_split["train"])
+        val = read_idx(by_split["test"])
         validation = f"IDX file {by_split['test'].name}"
     else:
-        images = np.concatenate([_read_idx_images(f) for f in files])
+        images = np.concatenate([read_idx(f) for f in files])
         train, val, validation = _split_last(images, val_split)
     return DataSplits(train, val, PixelScaling.for_images(train), str(origin), "idx", validation)
 
 
-def _read_idx_images(path: Path) -> np.ndarray:
-    """Reads an IDX3 image file (optionally gzip-compressed) into (N, H, W, 1) uint8."""
-    try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise AekitError(f"Cannot read IDX file {path}: {exc}. Re-download or re-extract it.") from None
-    count, rows, cols = idx_header(raw[:16], path)
-    expected = count * rows * cols
-    if len(raw) - 16 != expected:
-        raise AekitError(
-            f"IDX file {path} holds {len(raw) - 16} pixel bytes but its header promises "
-            f"{count}x{rows}x{cols} = {expected}. The file is corrupt or truncated; re-download it."
-        )
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(count, rows, cols, 1)
-
-
-def idx_header(header: bytes, path: Path) -> tuple[int, int, int]:
-    """(count, rows, cols) from the 16-byte header of an IDX3 image file."""
-    if len(header) < 16:
-        raise AekitError(f"IDX file {path} is truncated ({len(header)} bytes). Re-download it.")
-    magic, count, rows, cols = (int(v) for v in np.frombuffer(header[:16], ">i4"))
-    if magic != IDX_IMAGE_MAGIC:
-        raise AekitError(
-            f"{path} is not an IDX image file (magic {magic}, expected {IDX_IMAGE_MAGIC}). "
-            "Point at the *-images-idx3-ubyte files."
-        )
-    return count, rows, cols
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The PNG/JPEG files below a folder, in a stable order."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_image(file: Path, mode: str | None = None) -> tuple[np.ndarray, str]:
-    """One image as uint8 (H, W) grey or (H, W, 3) colour; `mode` None picks it from this image.
-
-    Returns the pixels and the mode, so a caller reads every later image the same way.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(file) as image:
-            mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
-            return np.asarray(image.convert(mode)), mode
-    except (UnidentifiedImageError, OSError) as exc:
-        raise AekitError(f"Cannot read image {file}: {exc}. Remove or replace it.") from None
-
-
-def _np_load(path: Path):
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise AekitError(f"Cannot read {path}: {str(exc).splitlines()[0]}. Re-save it with numpy.save/savez.") from None
-
-
 def _load_npz(path: Path, val_split: float) -> DataSplits:
-    archive = _np_load(path)
-    try:
-        keys = list(archive.keys())
-        if "x_train" in keys and "x_test" in keys:
-            train = _as_nhwc(archive["x_train"], f"{path}:x_train")
-            val = _as_nhwc(archive["x_test"], f"{path}:x_test")
-            validation = "array x_test"
-        else:
-            key = next((k for k in ("images", "x", "x_train") if k in keys), keys[0] if keys else None)
-            if key is None:
-                raise AekitError(f"{path} holds no arrays. Save the images with numpy.savez(path, images=...).")
-            images = _as_nhwc(archive[key], f"{path}:{key}")
-            train, val, validation = _split_last(images, val_split)
-    except (ValueError, OSError, EOFError, KeyError) as exc:
-        raise AekitError(f"Cannot read {path}: {str(exc).splitlines()[0]}. Re-save it with numpy.savez.") from None
+    if {"x_train", "x_test"} <= set(npz_keys(path)):
+        train, val, validation = read_array(path, "x_train"), read_array(path, "x_test"), "array x_test"
+    else:
+        train, val, validation = _split_last(read_array(path), val_split)
     if train.shape[1:] != val.shape[1:]:
         raise AekitError(f"{path}: x_train images are {train.shape[1:]} but x_test are {val.shape[1:]}. Make them match.")
     return DataSplits(train, val, PixelScaling.for_images(train), str(path), "npz", validation)
-
-
-def _load_image_folder(folder: Path, val_split: float) -> DataSplits:
-    files = image_files(folder)
-    if not files:
-        raise AekitError(
-            f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. "
-            "Point --dataset at a folder with images, a .npz/.npy file or a TFDS name."
-        )
-    arrays, mode = [], None
-    for file in files:
-        pixels, mode = read_image(file, mode)
-        arrays.append(pixels)
-        if arrays[-1].shape != arrays[0].shape:
-            raise AekitError(
-                f"Image {file} is {arrays[-1].shape[:2]} but {files[0].name} is {arrays[0].shape[:2]}. "
-                "Resize all images to one size."
-            )
-    images = _as_nhwc(np.stack(arrays), str(folder))
-    train, val, validation = _split_last(images, val_split)
-    return DataSplits(train, val, PixelScaling.for_images(images), str(folder), "images", validation)
-
-
-def _as_nhwc(images: np.ndarray, what: str) -> np.ndarray:
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise AekitError(
-            f"{what} has shape {images.shape}; expected N x H x W or N x H x W x C with C in 1, 3, 4. "
-            "Reshape the array to (N, H, W) or (N, H, W, C)."
-        )
-    return images
 
 
 def _split_last(images: np.ndarray, val_split: float):

@@ -1,4 +1,4 @@
-"""The edge side: encode, decode and score images with exported files, without TensorFlow.
+"""The edge side: encode and decode images with exported files, without TensorFlow (scoring: aekit.anomaly).
 
 Imports only numpy, onnxruntime or ai-edge-litert (and Pillow for image folders).
 A session reads the `manifest.json` beside the file for the expected shapes and
@@ -14,42 +14,52 @@ raises (NoCudaError) unless `allow_fallback=True`; `session.provider` says what 
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from aekit.data import IMAGE_SUFFIXES, idx_header, image_files, read_image  # numpy-only module: no TensorFlow
 from aekit.errors import AekitError
-from aekit.manifest import MANIFEST
-from aekit.metrics import mse_per_image, psnr_from_mse
+from aekit.manifest import MANIFEST, FileEntry, Manifest
 from aekit.pixels import UINT8_MAX, PixelScaling
 from aekit.runtimes import check_device, open_runner, run_batched
+from aekit.sources import iter_images
 
 INT8_LEVELS = 255  # codes use -128..127
 
 
-def read_manifest(model_path: Path) -> tuple[dict, dict]:
-    """(manifest, this file's entry) from the manifest.json beside an exported file."""
+def read_manifest(model_path: Path) -> tuple[Manifest, FileEntry]:
+    """(manifest, this file's entry) from the manifest.json beside an exported file, the file verified.
+
+    The file must be the one the manifest vouches for: same size and sha256 (hashing a model file
+    costs about a millisecond per megabyte, small next to loading it), and a passed parity check.
+    """
     model_path = Path(model_path)
     if not model_path.is_file():
         raise AekitError(f"{model_path} does not exist. Pass a file written by aekit export.")
-    manifest_path = model_path.parent / MANIFEST
-    if not manifest_path.is_file():
+    if not (model_path.parent / MANIFEST).is_file():
         raise AekitError(f"No {MANIFEST} beside {model_path}. Use files written by aekit export (keep the folder together).")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError as exc:
-        raise AekitError(f"{manifest_path} is not valid JSON ({exc}). Re-export the run.") from None
-    entry = next((e for e in manifest.get("files", []) if e.get("file") == model_path.name), None)
+    manifest = Manifest.load(model_path.parent, verify=False)
+    entry = manifest.entry(model_path.name)
     if entry is None:
-        raise AekitError(f"{model_path.name} is not listed in {manifest_path}. Re-export the run.")
-    if entry.get("status") != "passed":
-        raise AekitError(f"{model_path.name} failed its parity check at export ({entry.get('reason')}). Re-export it.")
+        raise AekitError(f"{model_path.name} is not listed in {model_path.parent / MANIFEST}. Re-export the run.")
+    problem = entry.problem(model_path.parent)
+    if problem:
+        raise AekitError(f"{problem}: it is not the file the manifest vouches for. Re-export the run (aekit export).")
     return manifest, entry
+
+
+def _check_shapes(session) -> None:
+    """The file's real input and output shapes must be the manifest's (a swapped file fails here)."""
+    inputs, outputs = session.runner.specs()
+    want_in, want_out = (tuple(session.image_shape), (session.latent_dim,))[:: 1 if session.role == "encoder" else -1]
+    got_in, got_out = tuple(inputs[0].shape[1:]), tuple(outputs[0].shape[1:])
+    if got_in != want_in or got_out != want_out:
+        raise AekitError(
+            f"{session.path.name} maps {got_in} to {got_out}, but its manifest says an {session.role} of {want_in} to "
+            f"{want_out}. The file was replaced after export: re-export the run (aekit export)."
+        )
 
 
 class _Session:
@@ -68,12 +78,13 @@ class _Session:
         self.path = Path(model)
         self.requested_device = check_device(device)
         self.manifest, self.entry = read_manifest(self.path)
-        if self.entry["role"] != self.role:
-            raise AekitError(f"{self.path.name} is an {self.entry['role']}, not an {self.role}. Pass the {self.role} file.")
+        if self.entry.role != self.role:
+            raise AekitError(f"{self.path.name} is an {self.entry.role}, not an {self.role}. Pass the {self.role} file.")
         self.runner = open_runner(self.path, self.requested_device, threads, allow_fallback)
-        self.scaling = PixelScaling(**{k: v for k, v in self.manifest["pixel_scaling"].items() if k == "divide_by"})
-        self.image_shape = tuple(self.manifest["model"]["input_shape"])
-        self.latent_dim = int(self.manifest["model"]["latent_dim"])
+        self.scaling = PixelScaling(float(self.manifest.pixel_scaling["divide_by"]))
+        self.image_shape = tuple(self.manifest.model["input_shape"])
+        self.latent_dim = int(self.manifest.model["latent_dim"])
+        _check_shapes(self)
 
     @property
     def provider(self) -> str:
@@ -177,159 +188,7 @@ class LatentQuantizer:
         return ((codes.astype(np.float32) + 128.0) * self.scale + self.offset).astype(np.float32)
 
 
-# --- reading inputs in batches -------------------------------------------------
-
-
-def iter_images(path: str | Path, batch_size: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Yields (names, images) batches from an image folder, a .npz/.npy file or an IDX file, never all at once.
-
-    Images come as (n, H, W, C) in their stored dtype; names are file names or indices.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise AekitError(f"{path} does not exist. Pass an image folder, a .npz/.npy file or an IDX file.")
-    if path.is_dir():
-        yield from _iter_folder(path, batch_size)
-    elif path.suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise AekitError(f"Cannot read {path}: {exc}. Re-save it with numpy.save.") from None
-        yield from _iter_array(array, batch_size)
-    elif path.suffix == ".npz":
-        try:
-            archive = np.load(path, allow_pickle=False)
-            key = next((k for k in ("images", "x", "x_test", "x_train") if k in archive.files), archive.files[0] if archive.files else None)
-            if key is None:
-                raise ValueError("no arrays")
-            array = archive[key]
-        except (ValueError, OSError, KeyError) as exc:
-            raise AekitError(f"Cannot read {path}: {exc}. Save images with numpy.savez(path, images=...).") from None
-        yield from _iter_array(array, batch_size)
-    elif "idx3-ubyte" in path.name:
-        yield from _iter_idx(path, batch_size)
-    else:
-        raise AekitError(f"Don't know how to read {path}: pass an image folder, .npz/.npy, or an *-images-idx3-ubyte[.gz] file.")
-
-
-def _iter_array(array: np.ndarray, batch_size: int):
-    if array.ndim == 3:
-        array = array[..., None]
-    if array.ndim != 4:
-        raise AekitError(f"Array has shape {array.shape}; expected (N, H, W) or (N, H, W, C).")
-    for start in range(0, len(array), batch_size):
-        yield [str(i) for i in range(start, min(start + batch_size, len(array)))], np.asarray(array[start : start + batch_size])
-
-
-def _iter_idx(path: Path, batch_size: int):
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            count, rows, cols = idx_header(f.read(16), path)
-            size = rows * cols
-            for start in range(0, count, batch_size):
-                n = min(batch_size, count - start)
-                raw = f.read(n * size)
-                if len(raw) != n * size:
-                    raise AekitError(f"IDX file {path} ends early at image {start + len(raw) // size}. Re-download it.")
-                images = np.frombuffer(raw, np.uint8).reshape(n, rows, cols, 1)
-                yield [str(i) for i in range(start, start + n)], images
-    except (OSError, EOFError) as exc:
-        raise AekitError(f"Cannot read IDX file {path}: {exc}. Re-download it.") from None
-
-
-def _iter_folder(folder: Path, batch_size: int):
-    files = image_files(folder)
-    if not files:
-        raise AekitError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} images.")
-    mode = None
-    for start in range(0, len(files), batch_size):
-        chunk, arrays = files[start : start + batch_size], []
-        for file in chunk:
-            pixels, mode = read_image(file, mode)
-            arrays.append(pixels)
-            if arrays[-1].shape != arrays[0].shape:
-                raise AekitError(f"{file} is {arrays[-1].shape[:2]}, unlike {chunk[0].name} {arrays[0].shape[:2]}. Resize all images to one size.")
-        images = np.stack(arrays)
-        yield [str(p.relative_to(folder)) for p in chunk], images[..., None] if images.ndim == 3 else images
-
-
-def count_images(path: str | Path) -> int | None:
-    """How many images `iter_images` will yield, when cheap to know (for progress bars)."""
-    path = Path(path)
-    if path.is_dir():
-        return len(image_files(path))
-    if path.suffix == ".npy":
-        try:
-            return int(np.load(path, mmap_mode="r").shape[0])
-        except (ValueError, OSError):
-            return None
-    return None
-
-
 # --- the commands' jobs ------------------------------------------------------------
-
-
-def reconstruction_errors(encoder: EncoderSession, decoder: DecoderSession, images: np.ndarray):
-    """(reconstructions, per-image MSE, per-image PSNR) for a batch of stored images."""
-    inputs = encoder.to_model_input(images if images.ndim == 4 else images[..., None])
-    recon = decoder.decode(encoder.encode(images))
-    mse = mse_per_image(inputs, recon)
-    return recon, mse, psnr_from_mse(mse)
-
-
-@dataclass
-class Threshold:
-    """An anomaly threshold on reconstruction MSE, calibrated on normal data."""
-
-    mse: float
-    quantile: float
-    calibration_images: int
-    calibration_source: str
-
-    encoder: str = ""
-    decoder: str = ""
-
-    def to_json(self) -> dict:
-        return {"metric": "reconstruction_mse", "threshold": self.mse, "quantile": self.quantile,
-                "calibration_images": self.calibration_images, "calibration_source": self.calibration_source,
-                "encoder": self.encoder, "decoder": self.decoder}
-
-    @classmethod
-    def load(cls, path: Path) -> "Threshold":
-        path = Path(path)
-        if not path.is_file():
-            raise AekitError(f"No threshold file {path}. Calibrate first: aekit score --calibrate NORMAL_IMAGES ...")
-        try:
-            data = json.loads(path.read_text())
-            return cls(float(data["threshold"]), float(data["quantile"]), int(data["calibration_images"]),
-                       data["calibration_source"], data.get("encoder", ""), data.get("decoder", ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AekitError(f"{path} is not a threshold file from aekit score --calibrate ({exc}). Calibrate again.") from None
-
-
-def check_quantile(quantile: float) -> None:
-    if not 0.0 < quantile < 1.0:
-        raise AekitError(f"--quantile must be between 0 and 1, got {quantile}.")
-
-
-def calibrate_threshold(scores: np.ndarray, quantile: float, source: str, encoder: str = "", decoder: str = "") -> Threshold:
-    check_quantile(quantile)
-    return Threshold(float(np.quantile(scores, quantile)), quantile, int(len(scores)), source, encoder, decoder)
-
-
-def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
-    """Area under the ROC curve: the chance an anomaly scores above a normal image (ties count half)."""
-    scores = np.concatenate([normal_scores, anomaly_scores])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # average ranks of ties
-        tied = scores == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    n_a, n_n = len(anomaly_scores), len(normal_scores)
-    return float((ranks[n_n:].sum() - n_a * (n_a + 1) / 2) / (n_a * n_n))
 
 
 def check_output_file(path: Path, suffix: str) -> None:
@@ -365,7 +224,7 @@ def encode_path(encoder: EncoderSession, source: Path, output: Path, latent_dtyp
     check_output_file(output, ".npz")
     quantizer = None
     if latent_dtype == "int8":
-        params = encoder.manifest.get("latent_quantization")
+        params = encoder.manifest.latent_quantization
         if not params:
             raise AekitError(f"{encoder.path.parent / MANIFEST} has no latent_quantization. Re-export the run with this aekit.")
         quantizer = LatentQuantizer.from_json(params)
@@ -446,52 +305,3 @@ def decode_file(decoder: DecoderSession, latents_path: Path, output: Path, fmt: 
     if fmt == "npz":
         _save_npz(output, images=np.concatenate(images_out), names=np.asarray(names))
     return {"images": len(latents), "format": fmt, "output": str(output)}
-
-
-def save_grid(originals: np.ndarray, reconstructions: np.ndarray, path: Path, scale: int = 3) -> None:
-    """Originals on the top row, reconstructions below (Pillow, no matplotlib on the edge)."""
-    from PIL import Image
-
-    from aekit.runs import atomic_path
-
-    top, bottom = (np.concatenate(list(to_uint8(x)), axis=1) for x in (originals, reconstructions))
-    grid = np.concatenate([top, np.full((2, *top.shape[1:]), 255, np.uint8), bottom])
-    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
-
-
-def score_path(encoder: EncoderSession, decoder: DecoderSession, source: Path, batch_size: int = 256,
-               on_batch=None, keep: int = 0):
-    """(names, per-image MSE, per-image PSNR, first `keep` originals and reconstructions) for every image."""
-    names, mses, psnrs, kept_in, kept_out = [], [], [], [], []
-    for batch_names, images in iter_images(source, batch_size):
-        recon, mse, psnr = reconstruction_errors(encoder, decoder, images)
-        names += batch_names
-        mses.append(mse)
-        psnrs.append(psnr)
-        if sum(len(k) for k in kept_in) < keep:
-            kept_in.append(encoder.to_model_input(images if images.ndim == 4 else images[..., None]))
-            kept_out.append(recon)
-        if on_batch:
-            on_batch(len(batch_names))
-    if not mses:
-        raise AekitError(f"{source} holds no images. Pass a non-empty image folder, array or IDX file.")
-    originals = np.concatenate(kept_in)[:keep] if kept_in else None
-    recons = np.concatenate(kept_out)[:keep] if kept_out else None
-    return names, np.concatenate(mses), np.concatenate(psnrs), originals, recons
-
-
-def write_scores_csv(path: Path, names: list[str], mse: np.ndarray, psnr: np.ndarray, flags: np.ndarray | None = None) -> None:
-    import csv
-    import io
-
-    from aekit.runs import write_text
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["name", "mse", "psnr", *(["anomaly"] if flags is not None else [])])
-    for i, name in enumerate(names):
-        writer.writerow([name, f"{mse[i]:.6g}", f"{psnr[i]:.4f}", *([int(flags[i])] if flags is not None else [])])
-    write_text(Path(path), buffer.getvalue())

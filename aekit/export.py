@@ -20,23 +20,22 @@ import numpy as np
 from aekit import __version__, runs
 from aekit.errors import AekitError
 from aekit.manifest import (
+    EXPORT_FORMATS,
+    FORMATS,
     MANIFEST,
     FileEntry,
     Manifest,
     Parity,
     TensorSpec,
     directory_size_and_hash,
+    export_format,
     sha256_of,
 )
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.quiet import quiet_native_output as _quiet
-from aekit.runtimes import TFLiteRunner, OnnxRunner, run_batched
+from aekit.runtimes import open_runner, run_batched
 
-FORMATS = ("onnx", "tflite", "savedmodel")
 QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
-# Which precisions each format can be exported in.
-SUPPORTED = {"onnx": ("float32", "int8"), "tflite": ("float32", "fp16", "int8"), "savedmodel": ("float32",)}
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "savedmodel": "_savedmodel"}
 # The parity rule: an export passes when its round-trip reconstructions agree with Keras' to
 # at least this PSNR (dB over the pixel range [0, 1]), per precision. It bounds only what the
 # export adds, in pixel units, so it means the same whatever the model's own quality.
@@ -92,9 +91,9 @@ class ExportOptions:
         if self.quantize not in QUANTIZE:
             raise AekitError(f"--quantize {self.quantize!r} is not one of {', '.join(QUANTIZE)}.")
         precision = QUANTIZE[self.quantize]
-        unknown = [f for f in self.formats if f not in FORMATS]
-        if unknown or not self.formats:
-            raise AekitError(f"--format {','.join(unknown) or '?'} is not one of {', '.join(FORMATS)}, all.")
+        if not self.formats:
+            raise AekitError(f"--format is empty: pass one of {', '.join(FORMATS)}, all.")
+        table = [export_format(f) for f in self.formats]
         if not MAX_OPSET >= self.opset >= 13:
             raise AekitError(f"--opset {self.opset}: tf2onnx here converts opsets 13 to {MAX_OPSET}. Pick one in that range.")
         if self.calibration_samples < 1 or self.parity_samples < 1:
@@ -104,16 +103,16 @@ class ExportOptions:
                 f"--min-agreement-db {self.min_agreement_db} must be a PSNR in dB between 0 and 100 "
                 "(defaults: float32 60, fp16 40, int8 30). Pass e.g. --min-agreement-db 30."
             )
-        explicit_all = len(self.formats) == len(FORMATS)
+        explicit_all = len(set(self.formats)) == len(FORMATS)
         plan = []
-        for fmt in self.formats:
-            if precision not in SUPPORTED[fmt]:
+        for fmt in table:
+            if precision not in fmt.precisions:
                 if explicit_all:  # --format all: float-only formats stay float32
-                    plan += [(role, fmt, "float32") for role in self.parts]
+                    plan += [(role, fmt.name, "float32") for role in self.parts]
                     continue
-                allowed = ", ".join("none" if p == "float32" else p for p in SUPPORTED[fmt])
-                raise AekitError(f"--format {fmt} cannot be quantized to {self.quantize}. Use --quantize {allowed}.")
-            plan += [(role, fmt, precision) for role in self.parts]
+                allowed = ", ".join("none" if p == "float32" else p for p in fmt.precisions)
+                raise AekitError(f"--format {fmt.name} cannot be quantized to {self.quantize}. Use --quantize {allowed}.")
+            plan += [(role, fmt.name, precision) for role in self.parts]
         return plan
 
 
@@ -171,10 +170,15 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
         )
         for role in ("encoder", "decoder"):
             path = run_dir / runs.MODEL_FILES[role]
+            if not path.is_file():
+                raise AekitError(f"{path} is missing from the finished run {run_dir}. Retrain the run, or restore the file.")
             try:
                 trained = keras.models.load_model(path, compile=False)
-            except (OSError, ValueError) as exc:
-                raise AekitError(f"Cannot load {path}: {str(exc).splitlines()[0][:200]}. Retrain the run.") from None
+            except Exception as exc:  # a damaged zip, a foreign file, a wrong model: all mean this file is unusable
+                first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                raise AekitError(f"{path} is not a readable Keras model ({first}). Retrain the run, or restore the file.") from None
+            if [w.shape for w in trained.get_weights()] != [w.shape for w in rebuilt[role].get_weights()]:
+                raise AekitError(f"{path} does not match the model in {run_dir / runs.CONFIG}. Retrain the run.")
             rebuilt[role].set_weights(trained.get_weights())
     finally:
         keras.mixed_precision.set_global_policy(previous)
@@ -194,14 +198,18 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
         ExportResult; entries whose status is "failed" were not kept on disk.
     """
     plan = options.plan()
-    loaded = load_run(run_dir, data_dir)
+    run_dir = runs.require_finished_run(run_dir)
     output = Path(options.output) if options.output else Path(run_dir) / "export"
+    weights = _check_output_holds_this_run(output, run_dir)
+    loaded = load_run(run_dir, data_dir)
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=output, prefix=".partial-probe-")
         probe.close()
     except OSError as exc:
         raise AekitError(f"Cannot write to {output}: {exc.strerror}. Pass --output a writable folder.") from None
+    for leftover in output.glob(".partial-*"):  # what a killed export was writing
+        _remove(leftover)
 
     images = _sample(loaded.scaling.to_model_numpy(loaded.splits.val), options.parity_samples)
     calibration = _sample(loaded.scaling.to_model_numpy(loaded.splits.train), options.calibration_samples)
@@ -224,10 +232,31 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
         model={**loaded.config["model"], "bn_momentum": loaded.config.get("recipe", {}).get("bn_momentum")},
         pixel_scaling=loaded.scaling.to_json(),
         versions=_versions(),
-        files=_merge_with_previous(output, entries),
+        files=_merge_with_previous(output, entries, weights),
+        run_weights_sha256=weights,
     )
-    runs.write_json(output / MANIFEST, manifest.to_json())
+    manifest.write(output)
+    _remove_orphans(output, manifest)
     return ExportResult(output, entries, Path(run_dir))
+
+
+def _check_output_holds_this_run(output: Path, run_dir: Path) -> str | None:
+    """The run's weights digest; AekitError if `output` already holds another run's export (one folder, one run)."""
+    weights = runs.read_json(Path(run_dir) / runs.METRICS).get("weights_sha256") if runs.is_finished(run_dir) else None
+    if output.exists() and not output.is_dir():
+        raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
+    if not (output / MANIFEST).is_file():
+        return weights
+    try:
+        previous = Manifest.load(output, verify=False)
+    except AekitError:
+        return weights  # an unreadable manifest vouches for nothing; this export replaces it
+    if Path(previous.run).resolve() != Path(run_dir).resolve():
+        raise AekitError(
+            f"{output} holds the export of another run ({previous.run}); one export folder holds one run. "
+            f"Pass --output a new folder, or delete {output} first."
+        )
+    return weights
 
 
 # --- internals -------------------------------------------------------------
@@ -268,7 +297,7 @@ def _sample(images: np.ndarray, count: int) -> np.ndarray:
 
 
 def _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference) -> FileEntry:
-    name = f"{role}{'' if precision == 'float32' else '_' + precision}{SUFFIX[fmt]}"
+    name = export_format(fmt).file_name(role, precision)
     final = output / name
     min_agreement = options.min_agreement_db if options.min_agreement_db is not None else DEFAULT_MIN_AGREEMENT_DB[precision]
     model = loaded.models[role]
@@ -283,16 +312,12 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
     try:
         if fmt == "onnx":
             _write_onnx(model, role, tmp, options.opset, precision, calib_inputs)
-            runner = OnnxRunner(tmp, device="cpu")
-            entry.inputs, entry.outputs = _onnx_specs(runner)
         elif fmt == "tflite":
             _write_tflite(_batchnorm_as_depthwise(model) if precision == "int8" else model, role, tmp, precision, calib_inputs)
-            runner = TFLiteRunner(tmp)
-            entry.inputs, entry.outputs = _tflite_specs(runner)
         else:
             _write_savedmodel(model, role, tmp)
-            runner = _SavedModelRunner(tmp)
-            entry.inputs, entry.outputs = runner.specs(role)
+        runner = _SavedModelRunner(tmp) if fmt == "savedmodel" else open_runner(tmp, "cpu")
+        entry.inputs, entry.outputs = runner.specs()
         outputs = run_batched(runner, reference.inputs_for(role))
         entry.parity = _parity(reference, role, outputs, min_agreement, runner.runtime)
         problem = _parity_problem(entry.parity, precision)
@@ -481,7 +506,7 @@ class _SavedModelRunner:
         (name,) = self.fn.structured_input_signature[1]
         return next(iter(self.fn(**{name: np.asarray(batch, np.float32)}).values())).numpy()
 
-    def specs(self, role: str):
+    def specs(self):
         (_, kwargs) = self.fn.structured_input_signature
         inputs = [TensorSpec(s.name, [None if d is None else int(d) for d in s.shape], s.dtype.name) for s in kwargs.values()]
         outputs = [
@@ -491,24 +516,6 @@ class _SavedModelRunner:
         return inputs, outputs
 
 
-def _onnx_specs(runner: OnnxRunner):
-    def spec(t):
-        return TensorSpec(t.name, [d if isinstance(d, int) else None for d in t.shape], t.type.removeprefix("tensor(").rstrip(")").replace("float", "float32"))
-
-    return [spec(t) for t in runner.session.get_inputs()], [spec(t) for t in runner.session.get_outputs()]
-
-
-def _tflite_specs(runner: TFLiteRunner):
-    def spec(d):
-        scale, zero_point = d["quantization"]
-        shape = [None if s == -1 else int(s) for s in d["shape_signature"]]
-        quantized = np.dtype(d["dtype"]) != np.float32
-        return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name,
-                          float(scale) if quantized else None, int(zero_point) if quantized else None)
-
-    return [spec(runner.input)], [spec(runner.output)]
-
-
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -516,35 +523,35 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _merge_with_previous(output: Path, entries: list[FileEntry]) -> list[FileEntry]:
-    """Keeps earlier entries whose files are still there untouched, and earlier failures; new entries replace same-named ones."""
-    previous = output / MANIFEST
-    merged: dict[str, FileEntry] = {}
-    if previous.is_file():
-        try:
-            import json
+def _merge_with_previous(output: Path, entries: list[FileEntry], weights: str | None) -> list[FileEntry]:
+    """Keeps earlier entries whose files are still there untouched, and earlier failures; new entries replace same-named ones.
 
-            for old in json.loads(previous.read_text()).get("files", []):
-                path = output / old["file"]
-                if old.get("status") == "failed" and not path.exists():  # the record of why it is not there
-                    merged[old["file"]] = _entry_from_json(old)
-                elif old.get("status") == "passed" and path.exists():
-                    size, digest = directory_size_and_hash(path) if path.is_dir() else (path.stat().st_size, sha256_of(path))
-                    if size == old.get("bytes") and digest == old.get("sha256"):
-                        merged[old["file"]] = _entry_from_json(old)
-        except (ValueError, KeyError, TypeError):
-            merged = {}
+    Entries made from other weights (the run was trained further since) are dropped: they no longer describe it.
+    """
+    merged: dict[str, FileEntry] = {}
+    try:
+        previous = Manifest.load(output, verify=False) if (output / MANIFEST).is_file() else None
+    except AekitError:  # an unreadable old manifest vouches for nothing
+        previous = None
+    if previous and previous.run_weights_sha256 == weights:
+        for old in previous.files:
+            problem = old.problem(output)
+            if (old.status == "failed" and not (output / old.file).exists()) or (old.status == "passed" and problem is None):
+                merged[old.file] = old  # a file still as exported, or the record of why one is not there
     for entry in entries:
         merged[entry.file] = entry
     return list(merged.values())
 
 
-def _entry_from_json(data: dict) -> FileEntry:
-    data = dict(data)
-    data["inputs"] = [TensorSpec(**t) for t in data.get("inputs", [])]
-    data["outputs"] = [TensorSpec(**t) for t in data.get("outputs", [])]
-    data["parity"] = Parity(**data["parity"]) if data.get("parity") else None
-    return FileEntry(**data)
+def _remove_orphans(output: Path, manifest: Manifest) -> None:
+    """Removes exported-file names the manifest does not vouch for (a killed export's, or stale ones)."""
+    kept = {e.file for e in manifest.files if e.status == "passed"}
+    for fmt in EXPORT_FORMATS:
+        for role in ("encoder", "decoder", "autoencoder"):
+            for precision in fmt.precisions:
+                name = fmt.file_name(role, precision)
+                if name not in kept and (output / name).exists():
+                    _remove(output / name)
 
 
 def _versions() -> dict:

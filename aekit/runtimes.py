@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit.errors import AekitError
+from aekit.manifest import EXPORT_FORMATS, TensorSpec, format_of_file
 from aekit.quiet import quiet_native_output
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -91,6 +92,14 @@ class OnnxRunner:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
 
+    def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The file's real inputs and outputs (None for the dynamic batch)."""
+        def spec(t):
+            dtype = t.type.removeprefix("tensor(").rstrip(")").replace("float", "float32")
+            return TensorSpec(t.name, [d if isinstance(d, int) else None for d in t.shape], dtype)
+
+        return [spec(t) for t in self.session.get_inputs()], [spec(t) for t in self.session.get_outputs()]
+
 
 class TFLiteRunner:
     """A LiteRT interpreter over one .tflite file, resized to each batch it is given."""
@@ -121,6 +130,17 @@ class TFLiteRunner:
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self.batch = batch_size
+
+    def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The file's real inputs and outputs (None for the dynamic batch; scale/zero point when quantized)."""
+        def spec(d):
+            scale, zero_point = d["quantization"]
+            shape = [None if s == -1 else int(s) for s in d["shape_signature"]]
+            quantized = np.dtype(d["dtype"]) != np.float32
+            return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name,
+                              float(scale) if quantized else None, int(zero_point) if quantized else None)
+
+        return [spec(self.input)], [spec(self.output)]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -164,14 +184,18 @@ def open_runner(path: Path, device: str = "cpu", threads: int | None = None, all
     device = check_device(device)
     if not path.exists():
         raise AekitError(f"{path} does not exist. Export it first: aekit export.")
-    if path.suffix == ".onnx":
-        runner = OnnxRunner(path, device, threads)
-    elif path.suffix == ".tflite":
-        runner = TFLiteRunner(path, threads)
-    else:
-        raise AekitError(f"{path}: expected a .onnx or .tflite file.")
+    fmt = format_of_file(path)
+    if fmt is None or fmt.runtime not in RUNNERS:
+        suffixes = " or ".join(f.suffix for f in EDGE_FORMATS)
+        raise AekitError(f"{path}: expected a {suffixes} file written by aekit export.")
+    runner = RUNNERS[fmt.runtime](path, device, threads) if fmt.runtime == "onnxruntime" else RUNNERS[fmt.runtime](path, threads)
     require_device(runner, device, allow_fallback)
     return runner
+
+
+# What runs each runtime of the format table (aekit.manifest.EXPORT_FORMATS) on the edge side.
+RUNNERS = {"onnxruntime": OnnxRunner, "litert": TFLiteRunner}
+EDGE_FORMATS = tuple(f for f in EXPORT_FORMATS if f.runtime in RUNNERS)
 
 
 def require_device(runner, device: str, allow_fallback: bool = False) -> None:

@@ -78,7 +78,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edge_footprint.json"))
     args = parser.parse_args()
 
-    from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer, iter_images, roc_auc
+    from aekit.anomaly import roc_auc
+    from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer
+    from aekit.sources import iter_images
     from aekit.export import ExportOptions, export_run
     from aekit.metrics import mse_per_image, psnr_from_mse
 
@@ -100,7 +102,7 @@ def main() -> None:
     images = np.concatenate([b for _, b in iter_images(args.data / "t10k-images-idx3-ubyte.gz", 2000)])
     originals = images.astype(np.float32) / 255.0
     codes = encoder.encode(images)
-    quantizer = LatentQuantizer.from_json(encoder.manifest["latent_quantization"])
+    quantizer = LatentQuantizer.from_json(encoder.manifest.latent_quantization)
     int8 = quantizer.quantize(codes)
     psnr_f32 = float(psnr_from_mse(mse_per_image(originals, decoder.decode(codes))).mean())
     psnr_i8 = float(psnr_from_mse(mse_per_image(originals, decoder.decode(quantizer.dequantize(int8)))).mean())

@@ -105,9 +105,12 @@ def main() -> None:
     images = loaded.scaling.to_model_numpy(loaded.splits.val[:64])
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
+        failed = set()
         for fmt, quantize in (("onnx", "none"), ("onnx", "int8"), ("tflite", "none"), ("tflite", "int8")):
             result = export_run(run, ExportOptions(formats=(fmt,), quantize=quantize, parts=("encoder",), output=out))
-            assert not result.failed, [e.reason for e in result.entries]
+            for entry in result.failed:  # measured anyway would be a lie: leave it out and say why
+                print(f"skipping {entry.file}: failed its parity check at export ({entry.reason})")
+                failed.add(entry.file)
         flops = encoder_flops(encoder)
         peak = machine_peak()
         limit = peak["gflops"] * 1e9 / flops
@@ -116,8 +119,10 @@ def main() -> None:
                    ("keras tf.function", "float32", "-", lambda b: compiled(b).numpy())]
         for threads in (1, 2):
             for precision, suffix in (("float32", ""), ("int8", "_int8")):
-                configs.append(("onnxruntime cpu", precision, threads, OnnxRunner(out / f"encoder{suffix}.onnx", "cpu", threads).run))
-                configs.append(("litert", precision, threads, TFLiteRunner(out / f"encoder{suffix}.tflite", threads).run))
+                if f"encoder{suffix}.onnx" not in failed:
+                    configs.append(("onnxruntime cpu", precision, threads, OnnxRunner(out / f"encoder{suffix}.onnx", "cpu", threads).run))
+                if f"encoder{suffix}.tflite" not in failed:
+                    configs.append(("litert", precision, threads, TFLiteRunner(out / f"encoder{suffix}.tflite", threads).run))
         rows = []
         for name, precision, threads, fn in configs:
             for batch in BATCHES:
@@ -135,8 +140,8 @@ def main() -> None:
     best = {}
     for precision in ("float32", "int8"):
         for batch in BATCHES:
-            best[(precision, batch)] = max((r for r in rows if r["precision"] == precision and r["batch"] == batch),
-                                           key=lambda r: r["images_per_sec"])
+            candidates = [r for r in rows if r["precision"] == precision and r["batch"] == batch]
+            best[(precision, batch)] = max(candidates, key=lambda r: r["images_per_sec"]) if candidates else None
     f32, i8 = best[("float32", 64)], best[("int8", 64)]
     summary = {
         "fp32_limit_images_per_sec": limit,
@@ -145,14 +150,18 @@ def main() -> None:
         "fastest_fp32_batch1": best[("float32", 1)],
         "fastest_int8_batch1": best[("int8", 1)],
         "fp32_batch64_pct_of_limit": f32["pct_of_fp32_limit"],
-        "int8_beats_fp32_batch64": bool(i8["images_per_sec"] > f32["images_per_sec"]),
+        "int8_beats_fp32_batch64": bool(i8 and i8["images_per_sec"] > f32["images_per_sec"]),
+        "failed_exports": sorted(failed),
     }
     print(f"\nfastest float32 at batch 64: {f32['runtime']} ({f32['threads']} threads) {f32['images_per_sec']:,.0f} images/s "
           f"= {f32['pct_of_fp32_limit']:.0f}% of the limit (target >= 75%)")
-    print(f"fastest int8 at batch 64:    {i8['runtime']} ({i8['threads']} threads) {i8['images_per_sec']:,.0f} images/s "
-          f"({'beats' if summary['int8_beats_fp32_batch64'] else 'does not beat'} float32; target: beats)")
+    if i8:
+        print(f"fastest int8 at batch 64:    {i8['runtime']} ({i8['threads']} threads) {i8['images_per_sec']:,.0f} images/s "
+              f"({'beats' if summary['int8_beats_fp32_batch64'] else 'does not beat'} float32; target: beats)")
+    else:
+        print("no int8 encoder passed its parity check at export: nothing int8 to time")
     for batch in BATCHES:
-        pick = max((best[("float32", batch)], best[("int8", batch)]), key=lambda r: r["images_per_sec"])
+        pick = max((r for r in (best[("float32", batch)], best[("int8", batch)]) if r), key=lambda r: r["images_per_sec"])
         print(f"deploy at batch {batch}: {pick['runtime']} {pick['precision']} with {pick['threads']} thread(s) "
               f"({pick['images_per_sec']:,.0f} images/s, {pick['median_ms']:.3f} ms per batch)")
     args.out.parent.mkdir(parents=True, exist_ok=True)

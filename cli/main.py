@@ -119,6 +119,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help=f"GLOBAL batch size, split evenly across replicas. (default: {RECIPE.batch_size})")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, 2x rate) up to ~1e-2. (default: {RECIPE.learning_rate:g})")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help=f"cosine (decay to 1% over the run) or constant. (default: {RECIPE.lr_schedule})")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Steps of linear warm-up from a tenth of the peak rate, at most a quarter of the run; 0 for none. (default: {RECIPE.warmup_steps})")] = None,
     filters: Annotated[Optional[str], typer.Option(help=f"Channels of each stride-2 conv block. Image sides must divide by 2^blocks. (default: {','.join(map(str, RECIPE.filters))})")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help=f"Size of the latent code. (default: {RECIPE.latent_dim})")] = None,
     bn_momentum: Annotated[Optional[float], typer.Option(help=f"BatchNorm moving-average momentum. (default: {RECIPE.bn_momentum})")] = None,
@@ -145,7 +146,7 @@ def train(
 
     given = {
         "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule, "filters": parse_filters(filters) if filters is not None else None,
+        "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "filters": parse_filters(filters) if filters is not None else None,
         "latent_dim": latent_dim, "bn_momentum": bn_momentum, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
         "precision": precision, "seed": seed, "data_dir": data_dir, "checkpoint_steps": checkpoint_steps,
     }
@@ -197,7 +198,8 @@ def export(
     """Export the encoder and decoder to ONNX/TFLite/SavedModel; check each file against Keras."""
     from aekit import runs
     from aekit.cli.render import render_export
-    from aekit.export import FORMATS, ExportOptions, export_run
+    from aekit.export import ExportOptions, export_run
+    from aekit.manifest import FORMATS
 
     run_dir = runs.require_finished_run(run) if run else runs.newest_finished_run()
     formats = FORMATS if format == "all" else tuple(f.strip() for f in format.split(",") if f.strip())
@@ -288,7 +290,8 @@ def encode(
 ):
     """Encode images into latent codes (TensorFlow-free)."""
     from aekit.cli.render import counting_progress
-    from aekit.edge import EncoderSession, count_images, encode_path
+    from aekit.edge import EncoderSession, encode_path
+    from aekit.sources import count_images
 
     encoder = EncoderSession(model, device, threads, allow_fallback)
     with counting_progress(err_console, "encoding", count_images(source)) as advance:
@@ -335,23 +338,18 @@ def reconstruct(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
 ):
     """Round trip encoder → decoder: per-image MSE/PSNR and a picture of originals beside reconstructions."""
+    from aekit import anomaly
     from aekit.cli.render import counting_progress
-    from aekit.edge import DecoderSession, EncoderSession, count_images, save_grid, score_path, write_scores_csv
+    from aekit.sources import count_images
 
-    from aekit.edge import check_output_folder
-
-    check_output_folder(output)
-    enc, dec = EncoderSession(encoder, device, threads, allow_fallback), DecoderSession(decoder, device, threads, allow_fallback)
+    enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
     with counting_progress(err_console, "reconstructing", count_images(source)) as advance:
-        names, mse, psnr, originals, recons = score_path(enc, dec, source, _positive(batch_size, "--batch-size"), advance, keep=grid)
-    output.mkdir(parents=True, exist_ok=True)
-    write_scores_csv(output / "reconstruction.csv", names, mse, psnr)
-    if grid > 0:
-        save_grid(originals, recons, output / "reconstructions.png")
+        result = anomaly.reconstruct(enc, dec, source, output, _positive(batch_size, "--batch-size"), grid, advance)
+    scores, (worst, worst_mse) = result.scores, result.scores.worst
+    written = ", ".join([str(result.csv), *([result.grid.name] if result.grid else [])])
     out_console.print(
-        f"{len(names):,} images: mean MSE {mse.mean():.5f}, mean PSNR {psnr.mean():.2f} dB "
-        f"(worst {names[int(mse.argmax())]}: MSE {mse.max():.5f}) → {output}/reconstruction.csv, reconstructions.png"
-        f"{_ran_on(enc, dec)}", highlight=False, soft_wrap=True,
+        f"{len(scores):,} images: mean MSE {scores.mean_mse:.5f}, mean PSNR {scores.mean_psnr:.2f} dB "
+        f"(worst {worst}: MSE {worst_mse:.5f}) → {written}{_ran_on(enc, dec)}", highlight=False, soft_wrap=True,
     )
 
 
@@ -372,49 +370,34 @@ def score(
     json_out: Annotated[bool, typer.Option("--json", help="Print the counts (and what ran the files) as JSON.")] = False,
 ):
     """Anomaly scores: reconstruction error per image against a threshold calibrated on normal data."""
-    from aekit import runs
+    from aekit import anomaly
     from aekit.cli.render import counting_progress
-    from aekit.edge import DecoderSession, EncoderSession, Threshold, calibrate_threshold, count_images, score_path, write_scores_csv
+    from aekit.sources import count_images
 
-    from aekit.edge import check_output_file, check_quantile
-
-    if source is None and calibrate is None:
-        raise AekitError("Nothing to do: pass images to score, and/or --calibrate NORMAL_IMAGES.")
-    if calibrate is not None:
-        check_quantile(quantile)
-        check_output_file(threshold, ".json")
-    if output is not None:
-        check_output_file(output, ".csv")
-    enc, dec = EncoderSession(encoder, device, threads, allow_fallback), DecoderSession(decoder, device, threads, allow_fallback)
+    anomaly.check_score_request(source, calibrate, quantile, threshold, output)
+    limit = anomaly.Threshold.load(threshold) if calibrate is None else None
+    enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
     batch_size = _positive(batch_size, "--batch-size")
-    result = {"ran_on": {"encoder": enc.ran_on(), "decoder": dec.ran_on()}}
+    report = {"ran_on": {"encoder": enc.ran_on(), "decoder": dec.ran_on()}}
     if calibrate is not None:
         with counting_progress(err_console, "calibrating", count_images(calibrate)) as advance:
-            _, normal_mse, _, _, _ = score_path(enc, dec, calibrate, batch_size, advance)
-        limit = calibrate_threshold(normal_mse, quantile, str(calibrate), str(encoder), str(decoder))
-        runs.write_json(threshold, limit.to_json())
-        result["calibration"] = limit.to_json()
+            limit = anomaly.calibrate(enc, dec, calibrate, quantile, threshold, batch_size, advance)
+        report["calibration"] = limit.to_json()
         if not json_out:
-            out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {quantile:g} of {limit.calibration_images:,} normal images → {threshold}"
+            out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {limit.quantile:g} of {limit.calibration_images:,} normal images → {threshold}"
                               f"{_ran_on(enc, dec)}", highlight=False, soft_wrap=True)
-    else:
-        limit = Threshold.load(threshold)
     if source is not None:
         with counting_progress(err_console, "scoring", count_images(source)) as advance:
-            names, mse, psnr, _, _ = score_path(enc, dec, source, batch_size, advance)
-        flags = mse > limit.mse
-        if output:
-            write_scores_csv(output, names, mse, psnr, flags)
-        result.update({"images": len(names), "anomalies": int(flags.sum()), "normal": int((~flags).sum()),
-                       "threshold": limit.mse, "mean_mse": float(mse.mean())})
+            result = anomaly.score(enc, dec, source, limit, output, batch_size, advance)
+        report.update(result.to_json())
         if not json_out:
             out_console.print(
-                f"{len(names):,} images scored: {int(flags.sum()):,} anomalies, {int((~flags).sum()):,} normal "
+                f"{len(result.scores):,} images scored: {result.anomalies:,} anomalies, {result.normal:,} normal "
                 f"(threshold MSE {limit.mse:.5f})" + (f" → {output}" if output else "") + _ran_on(enc, dec),
                 highlight=False, soft_wrap=True,
             )
     if json_out:
-        print(json.dumps(result))
+        print(json.dumps(report))
 
 
 def _positive(value: int, option: str) -> int:

@@ -279,3 +279,43 @@ def test_cli_uses_the_newest_run_and_says_so(tmp_path, trained_run, monkeypatch)
     monkeypatch.chdir(empty)
     result = CliRunner().invoke(app, ["export"])
     assert result.exit_code == 2 and "No finished run under runs/" in result.output
+
+
+def test_one_export_folder_holds_one_run(run_copy, tmp_path):
+    shared = tmp_path / "deploy"
+    export_run(run_copy, ExportOptions(formats=("onnx",), output=shared))
+    other = tmp_path / "other-run"
+    shutil.copytree(run_copy, other, ignore=shutil.ignore_patterns("export"))
+    before = {p.name: p.stat().st_mtime_ns for p in shared.iterdir()}
+    result = CliRunner().invoke(app, ["export", "--run", str(other), "--output", str(shared)])
+    assert result.exit_code == 2 and "holds the export of another run" in result.output and "--output a new folder" in result.output
+    assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == before
+
+
+def test_reexport_cleans_what_a_killed_export_left(run_copy):
+    out = run_copy / "export"
+    export_run(run_copy, ExportOptions(formats=("onnx",)))
+    (out / ".partial-encoder_int8.onnx").write_bytes(b"half")  # a kill mid-write
+    (out / ".partial-decoder_savedmodel").mkdir()
+    (out / "decoder_int8.tflite").write_bytes(b"renamed, but the manifest was never written")  # a kill before the manifest
+    (out / "notes.txt").write_text("the user's own file")
+    export_run(run_copy, ExportOptions(formats=("onnx",)))
+    assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", MANIFEST, "notes.txt"]
+    manifest_of(out)
+
+
+def test_exports_of_older_weights_are_dropped_when_the_run_changed(run_copy):
+    out = run_copy / "export"
+    export_run(run_copy, ExportOptions(formats=("tflite",)))
+    metrics = json.loads((run_copy / runs.METRICS).read_text())
+    (run_copy / runs.METRICS).write_text(json.dumps({**metrics, "weights_sha256": "0" * 64}))  # as if trained further
+    export_run(run_copy, ExportOptions(formats=("onnx",)))
+    data = manifest_of(out)
+    assert {e["file"] for e in data["files"]} == {"encoder.onnx", "decoder.onnx"} and data["run_weights_sha256"] == "0" * 64
+    assert not (out / "encoder.tflite").exists()
+
+
+def test_a_corrupt_keras_file_is_named_as_corrupt(run_copy):
+    (run_copy / "decoder.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(AekitError, match=r"decoder\.keras is not a readable Keras model"):
+        export_run(run_copy, ExportOptions(formats=("onnx",)))
