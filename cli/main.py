@@ -21,6 +21,8 @@ from typing import Annotated, Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer  # noqa: E402
+import typer.core  # noqa: E402
+import typer.exceptions  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
 from aekit import AekitError, __version__  # noqa: E402
@@ -28,16 +30,39 @@ from aekit.cli.render import err_console, out_console  # noqa: E402
 from aekit.train import TrainConfig, TrainingInterrupted  # noqa: E402
 
 RECIPE = TrainConfig()  # the default recipe; help texts quote it rather than repeat it
+EXIT_USAGE = 2
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Typer's parsing, with its usage errors as one `error: ...` line and exit code 2 (no usage box)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.exceptions.TyperException as exc:  # usage errors (exit code 2), bad parameters, file errors
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "aekit"
+            message = " ".join(exc.format_message().split())
+            message += "" if message.endswith((".", "?", "!")) else "."
+            if message != ".":  # an empty message: `aekit` alone, whose help was just shown
+                err_console.print(f"[bold red]error:[/] {escape(message)} Run '{where} --help' for the options.",
+                                  highlight=False, soft_wrap=True)
+            code = exc.exit_code
+        except typer.exceptions.Abort:
+            err_console.print("[yellow]interrupted[/]")
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="aekit",
     help="Train convolutional autoencoders, export them to ONNX/TFLite, benchmark the exports.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-EXIT_USAGE = 2
 
 
 def import_tensorflow_quietly() -> None:

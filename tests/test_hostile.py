@@ -1,0 +1,94 @@
+"""Bad input, table-driven: every case is one `error: ...` line, exit code 2, no traceback, nothing destroyed."""
+
+import gzip
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from aekit.cli.main import app
+from aekit.export import ExportOptions, export_run
+from aekit.manifest import MANIFEST
+
+
+@pytest.fixture(scope="module")
+def world(trained_run, tmp_path_factory):
+    """A run with an ONNX export, and a folder of hostile files next to it."""
+    root = tmp_path_factory.mktemp("hostile")
+    run = root / "run"
+    shutil.copytree(trained_run, run)
+    export_run(run, ExportOptions(formats=("onnx",)))
+    bad = root / "bad"
+    bad.mkdir()
+    digits = gzip.compress(struct.pack(">iiii", 2051, 3, 28, 28) + bytes(3 * 784))
+    (bad / "truncated-images-idx3-ubyte.gz").write_bytes(digits[: len(digits) // 2])
+    (bad / "liar-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 2**31 - 1, 28, 28) + bytes(784))
+    (bad / "liar-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">iiii", 2051, 2**31 - 1, 2**15, 2**15) + bytes(784)))
+    (bad / "zero-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 2, 0, 0))
+    np.save(bad / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(bad / "nan.npy", np.full((2, 28, 28), np.nan, np.float32))
+    (bad / "codes.npz").write_bytes(b"not an npz")
+    (bad / "threshold-list.json").write_text("[1, 2]")
+    (bad / "threshold-nan.json").write_text('{"metric": "reconstruction_mse", "threshold": NaN, "quantile": 0.99, '
+                                            '"calibration_images": 10, "calibration_source": "x"}')
+    listed = root / "list-export"
+    shutil.copytree(run / "export", listed)
+    (listed / MANIFEST).write_text("[]")
+    missing_key = root / "missing-key-export"
+    shutil.copytree(run / "export", missing_key)
+    data = json.loads((missing_key / MANIFEST).read_text())
+    del data["model"]
+    (missing_key / MANIFEST).write_text(json.dumps(data))
+    return {"run": run, "export": run / "export", "bad": bad, "root": root, "listed": listed, "missing_key": missing_key}
+
+
+def _cases():
+    enc = "{export}/encoder.onnx"
+    dec = "{export}/decoder.onnx"
+    return [
+        # usage errors: Typer's parsing, one line
+        ("unknown option", ["export", "--bogus"], "No such option: --bogus"),
+        ("missing argument", ["encode"], "Missing argument"),
+        ("not a number", ["train", "--epochs", "abc"], "Invalid value for '--epochs'"),
+        ("unknown command", ["frobnicate"], "No such command"),
+        # impossible options, refused before any work
+        ("negative agreement bound", ["export", "--run", "{run}", "--min-agreement-db", "-1"], "--min-agreement-db"),
+        ("unknown format", ["export", "--run", "{run}", "--format", "pdf"], "--format pdf"),
+        ("bad device", ["encode", "--model", enc, "{bad}/nan.npy", "-o", "{root}/z.npz", "--device", "tpu"], "--device 'tpu'"),
+        ("zero batch", ["bench", "--run", "{run}", "--batch-sizes", "0"], "--batch-sizes"),
+        # corrupt and lying files
+        ("truncated gzip", ["encode", "--model", enc, "{bad}/truncated-images-idx3-ubyte.gz", "-o", "{root}/z.npz"], "truncated-images"),
+        ("IDX header claims 2^31 images", ["encode", "--model", enc, "{bad}/liar-images-idx3-ubyte", "-o", "{root}/z.npz"], "liar-images"),
+        ("gzip IDX header claims 2^61 pixels", ["encode", "--model", enc, "{bad}/liar-images-idx3-ubyte.gz", "-o", "{root}/z.npz"], "liar-images"),
+        ("0x0 images", ["encode", "--model", enc, "{bad}/zero-images-idx3-ubyte", "-o", "{root}/z.npz"], "zero-images"),
+        ("pickled object array", ["encode", "--model", enc, "{bad}/objects.npy", "-o", "{root}/z.npz"], "objects.npy"),
+        ("NaN pixels", ["score", "--encoder", enc, "--decoder", dec, "--calibrate", "{bad}/nan.npy",
+                        "--threshold", "{root}/t.json"], "NaN"),
+        ("not a latents file", ["decode", "--model", dec, "{bad}/codes.npz", "-o", "{root}/out"], "codes.npz"),
+        ("threshold file is a list", ["score", "--encoder", enc, "--decoder", dec, "--threshold", "{bad}/threshold-list.json",
+                                      "{bad}/nan.npy"], "threshold-list.json"),
+        ("threshold is NaN", ["score", "--encoder", enc, "--decoder", dec, "--threshold", "{bad}/threshold-nan.json",
+                              "{bad}/nan.npy"], "threshold-nan.json"),
+        ("manifest is a list", ["encode", "--model", "{listed}/encoder.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"], "expected a JSON object"),
+        ("manifest misses a key", ["encode", "--model", "{missing_key}/encoder.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"], "missing key 'model'"),
+        ("model file missing", ["encode", "--model", "{root}/nope.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"], "does not exist"),
+        ("run folder is a file", ["export", "--run", "{bad}/nan.npy"], "is a file"),
+        ("output under a file", ["export", "--run", "{run}", "--output", "{bad}/nan.npy/sub"], "nan.npy"),
+    ]
+
+
+@pytest.mark.parametrize("name, args, words", _cases(), ids=[c[0] for c in _cases()])
+def test_bad_input_is_one_line_and_exit_2(world, name, args, words):
+    args = [a.format(**{k: str(v) for k, v in world.items()}) for a in args]
+    before = sorted(p.name for p in world["export"].iterdir())
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, (name, result.output)
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], (name, result.output)
+    assert words in errors[0], (name, errors[0])
+    assert sorted(p.name for p in world["export"].iterdir()) == before  # nothing of the export touched
