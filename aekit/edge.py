@@ -15,6 +15,9 @@ raises (NoCudaError) unless `allow_fallback=True`; `session.provider` says what 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from aekit.errors import AekitError
 from aekit.manifest import MANIFEST, FileEntry, Manifest
 from aekit.pixels import UINT8_MAX, PixelScaling
 from aekit.runtimes import check_device, open_runner, run_batched
-from aekit.sources import iter_images
+from aekit.sources import IMAGE_SUFFIXES, iter_images
 
 INT8_LEVELS = 255  # codes use -128..127
 
@@ -206,6 +209,17 @@ def check_output_folder(path: Path) -> None:
         raise AekitError(f"-o {path} is a file; pass a folder for the images.")
 
 
+def _staging_folder(output: Path) -> Path:
+    """A new temporary folder beside `output` (same file system, so moving files in is a rename)."""
+    import tempfile
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".partial-{output.name}-", dir=output.parent))
+    except OSError as exc:
+        raise AekitError(f"Cannot write beside {output}: {exc.strerror}. Pass -o a folder you can write to.") from None
+
+
 def _save_npz(path: Path, **arrays) -> None:
     from aekit.runs import atomic_path
 
@@ -277,31 +291,72 @@ def save_png(image: np.ndarray, path: Path) -> None:
 
 
 def png_name(name: str) -> str:
-    return Path(name.replace("/", "_")).stem + ".png"
+    """A safe PNG file name for an image name: no folders, no hidden or special characters."""
+    stem = str(name).replace("/", "_").replace("\\", "_")
+    suffix = Path(stem).suffix
+    if suffix.lower() in IMAGE_SUFFIXES:  # photo.jpg -> photo.png
+        stem = stem[: -len(suffix)]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "image"
+    return stem + ".png"
+
+
+def png_names(names: list[str]) -> list[str]:
+    """One PNG file name per image name, refusing two images that would share a file."""
+    files, seen = [png_name(n) for n in names], {}
+    for name, file in zip(names, files):
+        if file in seen:
+            raise AekitError(f"Images {seen[file]!r} and {name!r} would both be written to {file}. "
+                             "Give the source images distinct names, or decode with --format npz.")
+        seen[file] = name
+    return files
 
 
 def decode_file(decoder: DecoderSession, latents_path: Path, output: Path, fmt: str = "png",
-                batch_size: int = 256, on_batch=None) -> dict:
-    """Decodes a latents file into PNGs in a folder (or one .npz with fmt="npz")."""
+                batch_size: int = 256, on_batch=None, overwrite: bool = False) -> dict:
+    """Decodes a latents file into PNGs in a folder (or one .npz with fmt="npz").
+
+    PNGs are written into a temporary folder beside `output` and moved in at the end, so an
+    interrupted decode leaves no images under their final names. Existing files are not
+    replaced unless `overwrite`.
+    """
     if fmt not in ("png", "npz"):
         raise AekitError(f"--format {fmt!r} is not png or npz.")
     output = Path(output)
     if fmt == "npz":
         check_output_file(output, ".npz")
+        if output.exists() and not overwrite:
+            raise AekitError(f"{output} already exists. Pass --overwrite to replace it, or -o a new file.")
     else:
         check_output_folder(output)
     latents, names = load_latents(latents_path)
+    files = png_names(names) if fmt == "png" else []
+    clashes = [f for f in files if (output / f).exists()]
+    if clashes and not overwrite:
+        raise AekitError(f"{output} already holds {len(clashes):,} of the {len(files):,} files to write (e.g. {clashes[0]}). "
+                         "Pass --overwrite to replace them, or -o a new folder.")
+    staging = _staging_folder(output) if fmt == "png" else None
     images_out = []
-    for start in range(0, len(latents), batch_size):
-        images = decoder.decode(latents[start : start + batch_size], batch_size)
-        if fmt == "png":
-            output.mkdir(parents=True, exist_ok=True)
-            for name, image in zip(names[start : start + batch_size], images):
-                save_png(image, output / png_name(name))
+    try:
+        for start in range(0, len(latents), batch_size):
+            images = decoder.decode(latents[start : start + batch_size], batch_size)
+            if not np.isfinite(images).all():
+                raise AekitError(f"The decoder gave NaN or infinite pixels for codes {start}-{start + len(images) - 1} of "
+                                 f"{latents_path}. Check the codes file, or re-export the run.")
+            if fmt == "png":
+                for file, image in zip(files[start : start + batch_size], images):
+                    save_png(image, staging / file)
+            else:
+                images_out.append(images)
+            if on_batch:
+                on_batch(len(images))
+        if fmt == "npz":
+            _save_npz(output, images=np.concatenate(images_out), names=np.asarray(names))
+        elif not output.exists():
+            os.replace(staging, output)
         else:
-            images_out.append(images)
-        if on_batch:
-            on_batch(len(images))
-    if fmt == "npz":
-        _save_npz(output, images=np.concatenate(images_out), names=np.asarray(names))
+            for file in files:
+                os.replace(staging / file, output / file)
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return {"images": len(latents), "format": fmt, "output": str(output)}

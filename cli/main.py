@@ -338,6 +338,7 @@ def decode(
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files that already exist in the output.")] = False,
 ):
     """Decode latent codes back into images (TensorFlow-free)."""
     from aekit.cli.render import counting_progress
@@ -345,7 +346,7 @@ def decode(
 
     decoder = DecoderSession(model, device, threads, allow_fallback)
     with counting_progress(err_console, "decoding", None) as advance:
-        summary = decode_file(decoder, latents, output, format, _positive(batch_size, "--batch-size"), advance)
+        summary = decode_file(decoder, latents, output, format, _positive(batch_size, "--batch-size"), advance, overwrite)
     out_console.print(f"Decoded {summary['images']:,} images → {summary['output']}{_ran_on(decoder)}", highlight=False, soft_wrap=True)
 
 

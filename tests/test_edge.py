@@ -370,3 +370,49 @@ def test_edge_commands_refuse_unknown_devices_in_one_line(exported, tmp_path):
         assert result.exit_code == 2 and result.output.strip().splitlines() == [
             "error: --device 'gpu' is not one of cpu, cuda, auto. Pass --device cpu, or cuda on a GPU machine."], (name, result.output)
         assert not written.exists(), name
+
+
+def test_decode_never_overwrites_or_merges_and_leaves_nothing_half_written(exported, tmp_path):
+    codes = EncoderSession(exported / "encoder.onnx").encode(read_mnist(3))
+    decoder = str(exported / "decoder.onnx")
+    runner = CliRunner()
+    # two images whose names map to one PNG: refused before anything is written
+    np.savez(tmp_path / "clash.npz", latents=codes, names=np.asarray(["a.png", "a.jpg", "b"]), latent_dtype=np.asarray("float32"))
+    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "clash.npz"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "would both be written to a.png" in result.output and not (tmp_path / "out").exists()
+    # decoding into a folder that holds files of those names (say, the source images) is refused
+    np.savez(tmp_path / "ok.npz", latents=codes, names=np.asarray(["x.png", "../../y", ".hidden"]), latent_dtype=np.asarray("float32"))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "x.png").write_bytes(b"the user's original")
+    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos")])
+    assert result.exit_code == 2 and "already holds 1 of the 3 files" in result.output and "--overwrite" in result.output
+    assert (tmp_path / "photos" / "x.png").read_bytes() == b"the user's original"
+    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    # names become safe file names inside the folder; no staging folder is left behind
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["_.._y.png", "hidden.png", "x.png"]
+    assert not list(tmp_path.glob(".partial-*"))
+    # an existing npz is not replaced unless asked
+    (tmp_path / "images.npz").write_bytes(b"keep me")
+    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "images.npz"), "--format", "npz"])
+    assert result.exit_code == 2 and (tmp_path / "images.npz").read_bytes() == b"keep me"
+
+
+def test_an_interrupted_decode_leaves_no_images_under_final_names(exported, tmp_path, monkeypatch):
+    import aekit.edge as edge
+
+    codes = EncoderSession(exported / "encoder.onnx").encode(read_mnist(6))
+    np.savez(tmp_path / "c.npz", latents=codes, names=np.asarray([str(i) for i in range(6)]), latent_dtype=np.asarray("float32"))
+    calls = []
+    real = edge.save_png
+
+    def dies_on_the_fourth(image, path):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real(image, path)
+
+    monkeypatch.setattr(edge, "save_png", dies_on_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        edge.decode_file(DecoderSession(exported / "decoder.onnx"), tmp_path / "c.npz", tmp_path / "out", batch_size=2)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".partial-*"))
