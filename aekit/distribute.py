@@ -68,7 +68,7 @@ def visible_gpus() -> list[str]:
 
 
 def make_placement(
-    gpus: int | None = None, cpu_replicas: int = 0, precision: str = "auto"
+    gpus: int | None = None, cpu_replicas: int = 0, precision: str = "auto", worker_timeout: float = 300.0
 ) -> Placement:
     """Chooses the strategy and sets the global Keras precision policy.
 
@@ -78,6 +78,7 @@ def make_placement(
         cpu_replicas: N >= 2 splits the CPU into N logical devices and mirrors
             over them. Must be called before TensorFlow has initialised its devices.
         precision: one of PRECISIONS; "auto" is mixed_float16 on GPUs, float32 on CPU.
+        worker_timeout: under TF_CONFIG, seconds to wait for every peer to answer before giving up.
 
     Returns:
         A Placement; create models and optimizers inside `placement.strategy.scope()`.
@@ -96,7 +97,7 @@ def make_placement(
         )
 
     if os.environ.get("TF_CONFIG"):
-        placement = _multi_worker(gpus, cpu_replicas, precision)
+        placement = _multi_worker(gpus, cpu_replicas, precision, worker_timeout)
     else:
         found = visible_gpus()
         if gpus is None:
@@ -150,16 +151,88 @@ def _logical_cpus(count: int) -> list[str]:
     return [f"/cpu:{i}" for i in range(count)]
 
 
-def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str) -> Placement:
+def read_tf_config(text: str | None = None) -> tuple[dict, str, int]:
+    """(cluster, task type, task index) from TF_CONFIG, or a one-line AekitError saying what is wrong.
+
+    The cluster maps roles ("chief", "worker", ...) to lists of "host:port"; the task names one of them.
+    """
+    text = os.environ.get("TF_CONFIG", "") if text is None else text
+    fix = 'Expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}; fix or unset it.'
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise AekitError(f"TF_CONFIG is not valid JSON ({exc}). {fix}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or not isinstance(config.get("task"), dict):
+        raise AekitError(f"TF_CONFIG must be an object with 'cluster' and 'task' objects, got {text[:80]!r}. {fix}")
+    cluster, task = config["cluster"], config["task"]
+    for role, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses or not all(_is_address(a) for a in addresses):
+            raise AekitError(f"TF_CONFIG cluster {role!r} must list host:port strings, got {addresses!r}. {fix}")
+    role, index = task.get("type"), task.get("index", 0)
+    if role not in cluster or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[role]):
+        raise AekitError(f"TF_CONFIG task {task!r} does not name a member of the cluster ({', '.join(cluster)}). {fix}")
+    return cluster, role, index
+
+
+def _is_address(address) -> bool:
+    host, _, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def wait_for_peers(cluster: dict, role: str, index: int, timeout: float, poll: float = 0.5) -> None:
+    """Waits until every other member of the cluster accepts TCP connections, at most `timeout` seconds.
+
+    This worker listens on its own address meanwhile, so peers waiting the same way see it; the port
+    is released before TensorFlow binds it. Without this, a peer that never starts leaves
+    MultiWorkerMirroredStrategy blocked in C++ for good, deaf to Ctrl-C and SIGTERM; here the wait
+    is Python, so both stop it at any time.
+
+    Raises:
+        AekitError: naming the peers that could not be reached within `timeout`.
+    """
+    import socket
+    import time
+
+    mine = cluster[role][index]
+    peers = [a for r, addresses in cluster.items() for a in addresses if a != mine]
+    listener = None
+    try:
+        listener = socket.create_server(("", int(mine.rpartition(":")[2])))
+    except OSError:
+        listener = None  # the port is taken (e.g. a restart on a port not yet released): probing still works
+    deadline, missing = time.monotonic() + timeout, list(peers)
+    try:
+        while missing:
+            missing = [peer for peer in missing if not _accepts(peer)]
+            if not missing:
+                break
+            if time.monotonic() >= deadline:
+                raise AekitError(
+                    f"Could not reach {', '.join(missing)} within {timeout:g} s (--worker-timeout). Start every worker "
+                    "with the same --workers/TF_CONFIG, check the addresses and firewalls, then start this one again."
+                )
+            time.sleep(poll)
+        time.sleep(min(2 * poll, max(0.0, deadline - time.monotonic())))  # let slower peers see this one too
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _accepts(address: str) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str, worker_timeout: float = 300.0) -> Placement:
     import tensorflow as tf
 
-    try:
-        config = json.loads(os.environ["TF_CONFIG"])
-        task = config.get("task", {})
-        role, index = task.get("type", "worker"), int(task.get("index", 0))
-        cluster = config["cluster"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AekitError(f"TF_CONFIG is not valid JSON with 'cluster' and 'task' ({exc}). Fix or unset it.") from None
+    cluster, role, index = read_tf_config()
     if cpu_replicas > 1:
         raise AekitError("--cpu-replicas splits one machine; under TF_CONFIG run one worker per device instead.")
     found = tf.config.list_physical_devices("GPU")
@@ -170,6 +243,7 @@ def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str) -> Placem
     # No CommunicationOptions(timeout_seconds=...): it starts a timer thread per collective op
     # (tens per step, alive for the whole timeout) and exhausted the thread limit within a
     # minute here. A lost worker is detected by TensorFlow's coordination service instead.
+    wait_for_peers(cluster, role, index, worker_timeout)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     has_chief = "chief" in cluster
     is_chief = role == "chief" or (not has_chief and role == "worker" and index == 0)
