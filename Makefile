@@ -39,11 +39,13 @@ edge-check: install install-edge
 	$(BIN)/aekit export --run $(CHECK_DIR)/run --format onnx,tflite > /dev/null
 	$(EDGE_VENV)/bin/aekit encode --model $(CHECK_DIR)/run/export/encoder.tflite aekit/sample/mnist-sample-images-idx3-ubyte.gz -o $(CHECK_DIR)/codes.npz --latent-dtype int8
 	$(EDGE_VENV)/bin/aekit decode --model $(CHECK_DIR)/run/export/decoder.onnx $(CHECK_DIR)/codes.npz -o $(CHECK_DIR)/images.npz --format npz
-	$(EDGE_VENV)/bin/python -c "import numpy as np; d = np.load('$(CHECK_DIR)/images.npz'); assert d['images'].shape == (3000, 28, 28, 1), d['images'].shape; print('edge-check: 3000 images encoded and decoded without TensorFlow')"
+	$(EDGE_VENV)/bin/python -c "import numpy as np; d = np.load('$(CHECK_DIR)/images.npz'); assert d['images'].shape == (10000, 28, 28, 1), d['images'].shape; print('edge-check: 10000 images encoded and decoded without TensorFlow')"
 	rm -rf $(CHECK_DIR)
 
+# The demo: the default recipe for 5 epochs on the 10,000 MNIST digits bundled with aekit, online or
+# not (30-40 s of training on 2 CPU cores, val PSNR 20.6 dB); it ends with the commands to run next.
 demo: install
-	$(BIN)/aekit train --epochs 3
+	$(BIN)/aekit train --dataset bundled-mnist-sample --epochs 5
 
 bench: install
 	$(BIN)/python benchmarks/train_vs_reference.py

@@ -21,11 +21,14 @@ def _pyplot():
 def plot_history(history: list[dict], path: Path) -> None:
     """Train loss and validation MSE per epoch, log scale."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss (MSE)")
     ax.plot(epochs, [row["val_mse"] for row in history], marker="s", label="validation MSE")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, never 1.25
     ax.set_ylabel("MSE")
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
@@ -56,3 +59,17 @@ def plot_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, pat
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """One image: the originals side by side on top, their reconstructions below.
+
+    Args:
+        originals, reconstructions: (N, H, W, C) floats in [0, 1].
+
+    Returns:
+        (2H, N*W, C') float32 in [0, 1], C' = 1 for grey images, else the first 3 channels.
+    """
+    rows = [np.concatenate(list(np.clip(images, 0.0, 1.0)), axis=1) for images in (originals, reconstructions)]
+    grid = np.concatenate(rows, axis=0).astype(np.float32)
+    return grid if grid.shape[-1] == 1 else grid[..., :3]

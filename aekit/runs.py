@@ -25,6 +25,7 @@ METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"  # TensorBoard event files: train/ and validation/, one point per epoch
 MODEL_FILES = {"encoder": "encoder.keras", "decoder": "decoder.keras", "autoencoder": "autoencoder.keras"}
 HISTORY_FIELDS = ("epoch", "train_loss", "val_mse", "val_psnr", "seconds", "samples_per_sec", "learning_rate")
 
@@ -127,3 +128,55 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(history)
     write_text(run_dir / HISTORY_CSV, buffer.getvalue())
+
+
+class RunLock:
+    """Holds a run folder for one training process: a second one fails at once, naming the holder.
+
+    The lock is an advisory `flock` on `<run>/.lock`, which records the holder's pid and host.
+    The kernel drops it when the process ends, however it ends, so a killed run never leaves a
+    stale lock behind: `--resume` just takes it again.
+
+        >>> with RunLock(run_dir):
+        ...     train_into(run_dir)
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / self.NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AekitError(f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise AekitError(
+                f"{self.path.parent} is in use by {holder}. Wait for it to finish (or stop it), "
+                "or train into another --output folder."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a new holder)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

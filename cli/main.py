@@ -144,7 +144,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help=f"GLOBAL batch size, split evenly across replicas. (default: {RECIPE.batch_size})")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, 2x rate) up to ~1e-2. (default: {RECIPE.learning_rate:g})")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help=f"cosine (decay to 1% over the run) or constant. (default: {RECIPE.lr_schedule})")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Steps of linear warm-up from a tenth of the peak rate, at most a quarter of the run; 0 for none. (default: {RECIPE.warmup_steps})")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Cosine schedule: steps of linear warm-up from a tenth of the peak rate (at most a quarter of the run); 0 for none. (default: {RECIPE.warmup_steps})")] = None,
     filters: Annotated[Optional[str], typer.Option(help=f"Channels of each stride-2 conv block. Image sides must divide by 2^blocks. (default: {','.join(map(str, RECIPE.filters))})")] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help=f"Size of the latent code. (default: {RECIPE.latent_dim})")] = None,
     bn_momentum: Annotated[Optional[float], typer.Option(help=f"BatchNorm moving-average momentum. (default: {RECIPE.bn_momentum})")] = None,

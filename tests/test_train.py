@@ -1,3 +1,4 @@
+import io
 import json
 import os
 
@@ -6,7 +7,7 @@ import pytest
 from PIL import Image
 
 from aekit import AekitError, runs
-from aekit.train import TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train
+from aekit.train import TensorBoardLog, TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train
 from conftest import TINY
 
 
@@ -93,6 +94,21 @@ def test_resume_continues_from_the_last_finished_epoch(tmp_path, small_npz):
     assert second.metrics["epochs"] == 3 and first.metrics["epochs"] == 2
 
 
+def test_learning_rate_warms_up_then_decays_to_one_percent_by_the_last_step():
+    from aekit.train import _schedule
+
+    rate = _schedule(TrainConfig(epochs=2, learning_rate=1e-2, warmup_steps=20), steps_per_epoch=100)
+    at = lambda step: float(rate(step))  # noqa: E731
+    assert at(0) == pytest.approx(1e-3) and at(10) == pytest.approx(5.5e-3) and at(20) == pytest.approx(1e-2)
+    assert at(110) == pytest.approx(0.505e-2, rel=1e-3) and at(200) == pytest.approx(1e-4)
+    capped = _schedule(TrainConfig(epochs=2, learning_rate=1e-2, warmup_steps=1000), steps_per_epoch=100)
+    assert float(capped(50)) == pytest.approx(1e-2)  # a warm-up is at most a quarter of the run
+    assert float(_schedule(TrainConfig(epochs=2, learning_rate=1e-2, warmup_steps=0), 100)(0)) == pytest.approx(1e-2)
+    # a run recorded before the warm-up existed resumes without one
+    old = TrainConfig.from_json({"epochs": 3})
+    assert old.warmup_steps == 0 and old.adam_beta_2 == 0.999 and TrainConfig().adam_beta_2 == 0.99
+
+
 def test_resume_keeps_model_settings_and_refuses_a_finished_run(tmp_path, small_npz):
     run_dir = tmp_path / "run"
     train(tiny(small_npz, epochs=1), run_dir)
@@ -145,6 +161,8 @@ def test_impossible_options(tmp_path, small_npz):
         train(tiny(small_npz, precision="float8"), tmp_path / "run")
     with pytest.raises(AekitError, match="--epochs"):
         train(tiny(small_npz, epochs=0), tmp_path / "run")
+    with pytest.raises(AekitError, match="--warmup-steps"):
+        train(tiny(small_npz, warmup_steps=-1), tmp_path / "run")
 
 
 def test_nan_data_leaves_no_run_folder(tmp_path):
@@ -191,3 +209,44 @@ def test_ctrl_c_mid_epoch_checkpoints_the_exact_step_and_resumes_identically(tmp
     for a, b in zip(resumed.history, straight.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_mse"] == pytest.approx(b["val_mse"], rel=1e-5)
+
+
+def read_event_files(folder) -> dict:
+    """{tag: {step: value}} from every TensorBoard event file in `folder`; images as (width, height, png)."""
+    import tensorflow as tf
+
+    found = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                data = tf.make_ndarray(value.tensor)
+                found.setdefault(value.tag, {})[event.step] = float(data) if data.dtype != object else tuple(data)
+    return found
+
+
+def test_tensorboard_holds_each_epoch_and_a_resumed_run_appends(tmp_path, small_npz):
+    run_dir = tmp_path / "run"
+    train(tiny(small_npz, epochs=2), run_dir)
+    train(prepare_resume(run_dir, TrainConfig(epochs=3), {"epochs"}), run_dir)
+    history = json.loads((run_dir / runs.HISTORY_JSON).read_text())
+    board = run_dir / runs.TENSORBOARD
+    assert len(list((board / "train").glob("events.out.tfevents.*"))) == 2  # one per session, read as one run
+    written = {part: read_event_files(board / part) for part in ("train", "validation")}
+
+    expected = {
+        ("train", "epoch_loss"): "train_loss", ("train", "epoch_learning_rate"): "learning_rate",
+        ("train", "epoch_samples_per_sec"): "samples_per_sec",
+        ("validation", "epoch_loss"): "val_mse", ("validation", "epoch_psnr"): "val_psnr",
+    }
+    for (part, tag), field_name in expected.items():
+        steps = written[part][tag]
+        assert sorted(steps) == [1, 2, 3], (part, tag)
+        assert [steps[row["epoch"]] for row in history] == pytest.approx([row[field_name] for row in history], rel=1e-6)
+    images = written["validation"]["reconstructions"]
+    assert sorted(images) == [1, 2, 3]
+    width, height, png = images[3]
+    with Image.open(io.BytesIO(png)) as grid:  # 10 originals above their 10 reconstructions
+        assert (int(width), int(height)) == grid.size == (280, 56)
+    # workers other than the chief write nothing
+    TensorBoardLog(tmp_path / "worker", enabled=False).write_epoch(history[0], np.zeros((56, 280, 1), np.float32))
+    assert not (tmp_path / "worker").exists()
