@@ -14,106 +14,22 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from aekit import __version__, runs
-from aekit.data import DataSplits, check_divisible, dataset_identity, load_data, make_dataset
+from aekit.data import DataSplits, check_divisible, load_data, make_dataset
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.plots import reconstruction_grid
+from aekit.recipe import TrainConfig, prepare_resume  # noqa: F401  (prepare_resume: aekit.train's public name)
 
 EVAL_BATCH = 512
 GRID_IMAGES = 10
-# Recipe fields added after runs were already being recorded, with the value those runs trained with.
-RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999}
-
-
-@dataclass
-class TrainConfig:
-    """The recipe. Its defaults are aekit's default recipe (see README, benchmarks/).
-
-    `batch_size` is the GLOBAL batch, split evenly over replicas. The learning
-    rate is the peak of the schedule: a linear warm-up from a tenth of it over
-    `warmup_steps` (at most a quarter of the run), then a cosine decay to 1% by
-    the last step of the requested epochs, so a short run anneals as well as a
-    long one. It was tuned for batch 64: the warm-up lets it start at 5e-3, which
-    learns faster than 2e-3 both in an 8-epoch demo and over 25 epochs (README,
-    benchmarks/). When you change the batch by a factor k, scaling the learning
-    rate by about k (linear scaling rule) keeps the per-sample step the same, up
-    to the point where training turns unstable (about 1e-2 here).
-
-    Adam's beta_2 is 0.99 rather than Keras' 0.999: the second-moment average then
-    forgets the large gradients of the first steps within ~100 steps instead of
-    ~1,000, which measurably helps runs of a few thousand steps (README).
-
-    BatchNorm momentum is 0.9 rather than Keras' 0.99: with a few hundred steps
-    per epoch the 0.99 moving statistics lag the weights, and validation (which
-    uses them) reads far worse than training for the first epochs.
-    See benchmarks/train_vs_reference.py for how the recipe compares.
-    """
-
-    dataset: str | None = None
-    val_split: float = 0.1
-    epochs: int = 25
-    batch_size: int = 64
-    learning_rate: float = 5e-3
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 150
-    adam_beta_2: float = 0.99
-    filters: tuple[int, ...] = (32, 64)
-    latent_dim: int = 16
-    bn_momentum: float = 0.9
-    gpus: int | None = None
-    cpu_replicas: int = 0
-    precision: str = "auto"
-    seed: int = 0
-    data_dir: str | None = None
-    checkpoint_steps: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
-
-    # Settings that define the model or the data; a resumed run must keep them.
-    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise AekitError(f"--epochs must be at least 1, got {self.epochs}.")
-        if self.batch_size < 1:
-            raise AekitError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if not self.learning_rate > 0:
-            raise AekitError(f"--learning-rate must be positive, got {self.learning_rate}.")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise AekitError(f"--lr-schedule must be cosine or constant, got {self.lr_schedule!r}.")
-        if not self.filters or min(self.filters) < 1:
-            raise AekitError(f"--filters must be positive integers such as 32,64, got {self.filters}.")
-        if self.latent_dim < 1:
-            raise AekitError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
-        if not 0.0 <= self.bn_momentum < 1.0:
-            raise AekitError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}. Try 0.9 or 0.99.")
-        if not 0 <= self.seed < 2**32:
-            raise AekitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}.")
-        if self.warmup_steps < 0:
-            raise AekitError(f"--warmup-steps must be 0 (no warm-up) or more, got {self.warmup_steps}.")
-        if self.checkpoint_steps < 0:
-            raise AekitError(f"--checkpoint-steps must be 0 (epoch ends only) or more, got {self.checkpoint_steps}.")
-
-    def to_json(self) -> dict:
-        data = asdict(self)
-        data["filters"] = list(self.filters)
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values = {**RECIPE_BEFORE_FIELD, **values}  # a run recorded before a field existed keeps its old value
-        if "filters" in values:
-            values["filters"] = tuple(values["filters"])
-        return cls(**values)
-
-
 class TrainCallback:
     """What the training loop reports; the CLI renders it. All methods are optional."""
 
@@ -137,97 +53,158 @@ class TrainResult:
     placement: dict = field(default_factory=dict)
 
 
-def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """The config to continue `run_dir` with: the stored recipe, with `epochs` and device options from the request.
-
-    Raises AekitError if an explicitly requested setting in FIXED_ON_RESUME
-    differs from the stored one, since the checkpoint would not match it.
-    """
-    record = runs.read_json(run_dir / runs.CONFIG)
-    stored = TrainConfig.from_json(record.get("recipe", {}))
-    # The data actually used (an absolute path, a TFDS name, or the bundled sample), so a
-    # resume from another folder, or online after an offline fallback, trains on the same images.
-    if record.get("data"):
-        stored.dataset = dataset_identity(record["data"])
-    if "dataset" in explicit and requested.dataset is not None:
-        path = Path(requested.dataset).expanduser()
-        requested.dataset = str(path.resolve()) if path.exists() else requested.dataset
-    for name in TrainConfig.FIXED_ON_RESUME:
-        if name in explicit and getattr(requested, name) != getattr(stored, name):
-            raise AekitError(
-                f"{run_dir} was trained with {name}={getattr(stored, name)!r}, not {getattr(requested, name)!r}; "
-                "a resumed run keeps its model and data. Drop that option, or train into a new --output folder."
-            )
-    resumed = TrainConfig(**{**asdict(stored)})
-    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "warmup_steps", "data_dir", "checkpoint_steps"):
-        if name in explicit:
-            setattr(resumed, name, getattr(requested, name))
-    return resumed
-
-
 def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = None) -> TrainResult:
     """Trains (or resumes) the autoencoder into `run_dir` and writes the run folder.
 
     If `run_dir` already holds a checkpoint, training continues from the last
-    finished epoch and the history reads as one run.
+    finished step and the history reads as one run. The folder is locked while
+    training (a second process on it fails at once).
 
     Args:
-        config: the recipe; validated here.
+        config: the recipe; validated here, before anything is written.
         run_dir: the run folder (created when the input has been checked).
         callback: receives progress events.
 
     Returns:
         TrainResult with the final metrics (also written to metrics.json).
     """
-    import keras
-    import tensorflow as tf
-
     callback = callback or TrainCallback()
     config.validate()
     run_dir = Path(run_dir)
-
     if run_dir.exists() and not run_dir.is_dir():
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
-    placement = make_placement(config.gpus, config.cpu_replicas, config.precision)
+    placement = make_placement(config.gpus, config.cpu_replicas, config.precision, config.worker_timeout)
+    with _claim(run_dir, placement):
+        splits, steps_per_epoch = _load_data(config, placement)
+        model = _build_model(config, placement, splits.image_shape, steps_per_epoch)
+        state = _Checkpoints(run_dir, model, placement)
+        history, start_epoch, start_step = _restore(state, config, steps_per_epoch)
+        if placement.is_chief:
+            _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch)
+        iterator = _input_pipeline(config, placement, splits, steps_per_epoch, start_epoch, start_step)
+        run = _Run(config, placement, run_dir, splits, steps_per_epoch, model, state, callback)
+        history = _train_epochs(run, iterator, history, start_epoch, start_step)
+        return _finish(run, history)
+
+
+@dataclass
+class _Model:
+    encoder: object
+    decoder: object
+    autoencoder: object
+    optimizer: object
+
+
+@dataclass
+class _Run:
+    """What the epochs need: settings, devices, data, model, checkpoints, who listens."""
+
+    config: TrainConfig
+    placement: Placement
+    run_dir: Path
+    splits: DataSplits
+    steps_per_epoch: int
+    model: _Model
+    state: "_Checkpoints"
+    callback: TrainCallback
+    predict: object = None  # the compiled inference function, set when the loop starts
+    grid_images: object = None  # the validation images drawn in reconstructions.png and TensorBoard
+
+
+@contextmanager
+def _claim(run_dir: Path, placement: Placement):
+    """Locks the run folder (the chief only); a folder this call created is removed again if nothing was written."""
+    if not placement.is_chief:  # other workers write nothing in the run folder
+        yield
+        return
+    created = not run_dir.exists()
+    lock = runs.RunLock(run_dir).acquire()
+    try:
+        yield
+    except BaseException:
+        if created and not runs.is_run_dir(run_dir):  # refused before config.json: leave no folder behind
+            lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _load_data(config: TrainConfig, placement: Placement) -> tuple[DataSplits, int]:
     splits = load_data(config.dataset, config.val_split, config.data_dir)
     check_divisible(splits.image_shape, len(config.filters))
-    steps_per_epoch = _check_batch(config, placement, len(splits.train))
+    return splits, _check_batch(config, placement, len(splits.train))
+
+
+def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_per_epoch: int) -> _Model:
+    import keras
+
+    from aekit.model import build_autoencoder
+
     keras.utils.set_random_seed(config.seed)
-
-    strategy = placement.strategy
-    with strategy.scope():
-        from aekit.model import build_autoencoder
-
+    with placement.strategy.scope():
         encoder, decoder, autoencoder = build_autoencoder(
-            splits.image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum,
+            image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum,
             synchronized_bn=placement.num_replicas > 1,
         )
         optimizer = keras.optimizers.Adam(learning_rate=_schedule(config, steps_per_epoch), beta_2=config.adam_beta_2)
         if placement.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(autoencoder.trainable_variables)
-    # Where training stands, saved with the model and optimizer: finished epochs, steps into
-    # the current one, and that epoch's running loss and time, so a resumed epoch reads as one.
-    progress = _Progress()
-    checkpoint = tf.train.Checkpoint(model=autoencoder, optimizer=optimizer, **progress.variables)
-    ckpt_dir = run_dir / runs.CHECKPOINTS
-    # Under MultiWorkerMirroredStrategy every worker saves (saving is collective); only the
-    # chief's copy, in the run folder, is kept and restored from.
-    save_dir = ckpt_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="aekit-worker-ckpt-"))
-    manager = tf.train.CheckpointManager(checkpoint, str(save_dir), max_to_keep=2)
+    return _Model(encoder, decoder, autoencoder, optimizer)
 
-    history = []
-    latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if latest:
-        try:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as exc:
+
+class _Checkpoints:
+    """The model, optimizer and where training stands, saved together under <run>/checkpoints."""
+
+    def __init__(self, run_dir: Path, model: _Model, placement: Placement):
+        import tensorflow as tf
+
+        self.run_dir, self.dir = run_dir, run_dir / runs.CHECKPOINTS
+        # Finished epochs, steps into the current one, and that epoch's running loss and time.
+        self.progress = _Progress()
+        self.checkpoint = tf.train.Checkpoint(model=model.autoencoder, optimizer=model.optimizer, **self.progress.variables)
+        # Under MultiWorkerMirroredStrategy every worker saves (saving is collective); only the
+        # chief's copy, in the run folder, is kept and restored from.
+        self.save_dir = self.dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="aekit-worker-ckpt-"))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.save_dir), max_to_keep=2)
+        self.is_chief = placement.is_chief
+
+    def save(self) -> None:
+        self.manager.save()
+
+    def close(self) -> None:
+        if not self.is_chief:
+            shutil.rmtree(self.save_dir, ignore_errors=True)
+
+
+def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> tuple[list[dict], int, int]:
+    """(history so far, finished epochs, steps into the next) from the run's checkpoint; a new run starts at 0.
+
+    A run that trained but whose checkpoint cannot be read is an error naming the file, and
+    nothing in the folder is touched: starting again would overwrite the run.
+    """
+    import tensorflow as tf
+
+    run_dir, progress = state.run_dir, state.progress
+    latest = tf.train.latest_checkpoint(str(state.dir)) if state.dir.is_dir() else None
+    if latest is None:
+        if _has_trained(run_dir):
+            index = state.dir / "checkpoint"
             raise AekitError(
-                f"The checkpoint in {ckpt_dir} does not fit this model or optimizer ({str(exc).splitlines()[0][:160]}). "
-                "Resume with the run's own settings (precision, devices), or train into a new --output folder."
-            ) from None
-        if (run_dir / runs.HISTORY_JSON).is_file():
-            history = runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done]
+                f"{run_dir} has trained, but its checkpoint cannot be read ({index} is missing or corrupt), so it "
+                "cannot resume; nothing was changed. Restore the checkpoint files, or train into a new --output folder."
+            )
+        return [], 0, 0
+    try:
+        state.checkpoint.restore(latest).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        raise AekitError(
+            f"The checkpoint {latest} cannot be restored into this model and optimizer ({str(exc).splitlines()[0][:160]}). "
+            "Resume with the run's own settings (precision, devices), restore the checkpoint files, or train into a "
+            "new --output folder; nothing was changed."
+        ) from None
+    history = runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done] if (run_dir / runs.HISTORY_JSON).is_file() else []
     start_epoch, start_step = progress.epochs_done, progress.steps_done
     if start_step and runs.is_run_dir(run_dir):
         stored_steps = runs.read_json(run_dir / runs.CONFIG).get("steps_per_epoch")
@@ -239,15 +216,25 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
             f"{run_dir} already finished {start_epoch} epoch(s). Pass --epochs larger than {start_epoch} "
             "to train further, or --output a new folder."
         )
+    return history, start_epoch, start_step
 
-    if placement.is_chief:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AekitError(f"Cannot create the run folder {run_dir}: {exc.strerror}. Pass --output a writable folder.") from None
-        runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch))
-        (run_dir / runs.METRICS).unlink(missing_ok=True)  # unfinished again until this run ends
-        runs.remove_partials(run_dir)  # what a killed run was writing when it died
+
+def _has_trained(run_dir: Path) -> bool:
+    """Whether the folder holds training progress a restart would overwrite."""
+    ckpt = run_dir / runs.CHECKPOINTS
+    return (runs.is_finished(run_dir) or (run_dir / runs.HISTORY_JSON).is_file()
+            or (ckpt.is_dir() and any(ckpt.iterdir())))
+
+
+def _prepare_run_folder(run_dir: Path, config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int) -> None:
+    runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch))
+    (run_dir / runs.METRICS).unlink(missing_ok=True)  # unfinished again until this run ends
+    runs.remove_partials(run_dir)  # what a killed run was writing when it died
+
+
+def _input_pipeline(config: TrainConfig, placement: Placement, splits: DataSplits, steps_per_epoch: int,
+                    start_epoch: int, start_step: int):
+    """An endless iterator of global batches, positioned at (start_epoch, start_step)."""
 
     def dataset_fn(context):
         per_pipeline = placement.num_replicas // context.num_input_pipelines  # replicas fed by this worker
@@ -258,30 +245,40 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
             shard_index=context.input_pipeline_id,
         )
 
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_step = _make_train_step(strategy, autoencoder, optimizer, config.batch_size, placement.precision)
-    val_images = splits.scaling.to_model_numpy(splits.val)
+    return iter(placement.strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, start_step: int) -> list[dict]:
+    """The loop: steps, the divergence check, step checkpoints, Ctrl-C at step boundaries, one row per epoch."""
+    import keras
+    import tensorflow as tf
+
+    config, placement, model, state, callback = run.config, run.placement, run.model, run.state, run.callback
+    progress, steps_per_epoch = state.progress, run.steps_per_epoch
+    train_step = _make_train_step(placement.strategy, model.autoencoder, model.optimizer, config.batch_size, placement.precision)
+    val_images = run.splits.scaling.to_model_numpy(run.splits.val)
     grid_images = val_images[:GRID_IMAGES]  # the same digits in reconstructions.png and TensorBoard
-    predict = tf.function(lambda x: autoencoder(x, training=False))
+    predict = tf.function(lambda x: model.autoencoder(x, training=False))
+    run.predict, run.grid_images = predict, grid_images
 
     callback.on_train_begin(
         {
-            "run_dir": str(run_dir),
+            "run_dir": str(run.run_dir),
             "start_epoch": start_epoch,
             "start_step": start_step,
             "epochs": config.epochs,
             "steps_per_epoch": steps_per_epoch,
             "global_batch_size": config.batch_size,
-            "data": splits.describe(),
+            "data": run.splits.describe(),
             "placement": placement.describe(),
             "is_chief": placement.is_chief,
-            "params": int(autoencoder.count_params()),
+            "params": int(model.autoencoder.count_params()),
         }
     )
     if placement.kind == "multi_worker":
-        _check_workers_agree(strategy, [len(splits.train), steps_per_epoch, start_epoch, start_step])
+        _check_workers_agree(placement.strategy, [len(run.splits.train), steps_per_epoch, start_epoch, start_step])
     epoch, step = start_epoch + 1, start_step
-    tensorboard = TensorBoardLog(run_dir / runs.TENSORBOARD, enabled=placement.is_chief)
+    tensorboard = TensorBoardLog(run.run_dir / runs.TENSORBOARD, enabled=placement.is_chief)
     stop = _StopRequest()  # Ctrl-C stops at the next step boundary, so the checkpoint is exact
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -301,7 +298,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
                 progress.step_done(step, loss, earlier + elapsed)
                 callback.on_step_end(epoch, step, loss, (step - first + 1) * config.batch_size / max(elapsed, 1e-9))
                 if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step < steps_per_epoch:
-                    manager.save()
+                    state.save()
                 stop.check()
             seconds = earlier + time.perf_counter() - started
             val_mse, val_psnr = _evaluate(predict, val_images)
@@ -312,40 +309,43 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
                 "val_psnr": val_psnr,
                 "seconds": seconds,
                 "samples_per_sec": steps_per_epoch * config.batch_size / seconds,
-                "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
             }
             history.append(row)
             if placement.is_chief:  # history first: a kill before the save just repeats this epoch
-                runs.write_history(run_dir, history)
+                runs.write_history(run.run_dir, history)
                 tensorboard.write_epoch(row, reconstruction_grid(grid_images, _predict_numpy(predict, grid_images)))
             progress.epoch_done(epoch)
-            manager.save()
+            state.save()
             callback.on_epoch_end(epoch, row)
     except KeyboardInterrupt:
         if placement.kind != "multi_worker":  # a lone worker cannot run the collective save
-            manager.save()
-        raise TrainingInterrupted(run_dir, progress.epochs_done, progress.steps_done) from None
+            state.save()
+        raise TrainingInterrupted(run.run_dir, progress.epochs_done, progress.steps_done) from None
     except tf.errors.OpError as exc:
         if placement.kind != "multi_worker":
             raise
         raise AekitError(
             f"Lost contact with another worker at epoch {epoch}, step {step} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160]}). Restart every worker with the same command; training resumes "
-            f"from the last checkpoint in {ckpt_dir}."
+            f"from the last checkpoint in {state.dir}."
         ) from None
-
     finally:
         stop.restore()
         tensorboard.close()
-        if not placement.is_chief:
-            shutil.rmtree(save_dir, ignore_errors=True)
+        state.close()
+    return history
 
-    metrics = _final_metrics(history, autoencoder, encoder, decoder)
+
+def _finish(run: _Run, history: list[dict]) -> TrainResult:
+    """Final metrics; on the chief the models, history, pictures and, last, metrics.json."""
+    model, placement = run.model, run.placement
+    metrics = _final_metrics(history, model.autoencoder, model.encoder, model.decoder)
     if placement.is_chief:
-        _write_outputs(run_dir, history, encoder, decoder, autoencoder, predict, grid_images)
-        runs.write_json(run_dir / runs.METRICS, metrics)
-    result = TrainResult(run_dir, metrics, history, wrote_files=placement.is_chief, placement=placement.describe())
-    callback.on_train_end(result)
+        _write_outputs(run.run_dir, history, model.encoder, model.decoder, model.autoencoder, run.predict, run.grid_images)
+        runs.write_json(run.run_dir / runs.METRICS, metrics)
+    result = TrainResult(run.run_dir, metrics, history, wrote_files=placement.is_chief, placement=placement.describe())
+    run.callback.on_train_end(result)
     return result
 
 

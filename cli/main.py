@@ -160,13 +160,14 @@ def train(
     checkpoint_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps within an epoch (default: at epoch ends only).")] = None,
     workers: Annotated[Optional[str], typer.Option(help="Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG.")] = None,
     task_index: Annotated[Optional[int], typer.Option(help="With --workers: this worker's index.")] = None,
+    worker_timeout: Annotated[Optional[float], typer.Option(help=f"Multi-worker: seconds to wait for every peer to answer at start-up before giving up. (default: {RECIPE.worker_timeout:g})")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
 ):
     """Train the convolutional autoencoder and write a run folder."""
     from aekit import runs
     from aekit.cli.render import TrainProgress, render_train_summary
-    from aekit.train import prepare_resume
+    from aekit.recipe import plan_run
     from aekit.train import train as run_training
 
     given = {
@@ -174,6 +175,7 @@ def train(
         "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "filters": parse_filters(filters) if filters is not None else None,
         "latent_dim": latent_dim, "bn_momentum": bn_momentum, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
         "precision": precision, "seed": seed, "data_dir": data_dir, "checkpoint_steps": checkpoint_steps,
+        "worker_timeout": worker_timeout,
     }
     if workers is not None or task_index is not None:
         from aekit.distribute import tf_config_for
@@ -184,18 +186,7 @@ def train(
     explicit = {key for key, value in given.items() if value is not None}
     config = TrainConfig(**{key: given[key] for key in explicit})
 
-    if resume is not None and output is not None and resume.resolve() != output.resolve():
-        raise AekitError("--resume and --output name different folders. Pass only --resume RUN to continue a run.")
-    if os.environ.get("TF_CONFIG") and not (resume or output or name):
-        raise AekitError(
-            "Multi-worker training needs the run folder named: pass --output /shared/runs/<name> (the same on "
-            "every worker, on storage they all see) so that every worker and a restart use one folder."
-        )
-    run_dir = resume or output or runs.new_run_dir(name=name)
-    if resume is not None and not runs.is_run_dir(resume):
-        raise AekitError(f"--resume {resume}: no {runs.CONFIG} there, so it is not an aekit run folder. Check the path.")
-    if runs.is_run_dir(run_dir):
-        config = prepare_resume(run_dir, config, explicit)
+    run_dir, config = plan_run(config, explicit, resume, output, name)
 
     progress = None if (quiet or json_out) else TrainProgress(err_console)
     result = run_training(config, run_dir, progress)

@@ -1,0 +1,189 @@
+"""The recipe and the run-folder rules: what a run trains with, where it goes, and whether it resumes.
+
+TensorFlow-free. The CLI asks this module which folder a run uses and with which
+settings (a new run, or the stored recipe of one to resume); `aekit.train.train`
+obeys. `TrainConfig`'s defaults are aekit's default recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from aekit import runs
+from aekit.data import dataset_identity
+from aekit.errors import AekitError
+
+# Recipe fields added after runs were already being recorded, with the value those runs trained with.
+RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999}
+
+
+@dataclass
+class TrainConfig:
+    """The recipe. Its defaults are aekit's default recipe (see README, benchmarks/).
+
+    `batch_size` is the GLOBAL batch, split evenly over replicas. The learning
+    rate is the peak of the schedule: a linear warm-up from a tenth of it over
+    `warmup_steps` (at most a quarter of the run), then a cosine decay to 1% by
+    the last step of the requested epochs, so a short run anneals as well as a
+    long one. It was tuned for batch 64: the warm-up lets it start at 5e-3, which
+    learns faster than 2e-3 both in an 8-epoch demo and over 25 epochs (README,
+    benchmarks/). When you change the batch by a factor k, scaling the learning
+    rate by about k (linear scaling rule) keeps the per-sample step the same, up
+    to the point where training turns unstable (about 1e-2 here).
+
+    Adam's beta_2 is 0.99 rather than Keras' 0.999: the second-moment average then
+    forgets the large gradients of the first steps within ~100 steps instead of
+    ~1,000, which measurably helps runs of a few thousand steps (README).
+
+    BatchNorm momentum is 0.9 rather than Keras' 0.99: with a few hundred steps
+    per epoch the 0.99 moving statistics lag the weights, and validation (which
+    uses them) reads far worse than training for the first epochs.
+    See benchmarks/train_vs_reference.py for how the recipe compares.
+    """
+
+    dataset: str | None = None
+    val_split: float = 0.1
+    epochs: int = 25
+    batch_size: int = 64
+    learning_rate: float = 5e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 150
+    adam_beta_2: float = 0.99
+    filters: tuple[int, ...] = (32, 64)
+    latent_dim: int = 16
+    bn_momentum: float = 0.9
+    gpus: int | None = None
+    cpu_replicas: int = 0
+    precision: str = "auto"
+    seed: int = 0
+    data_dir: str | None = None
+    checkpoint_steps: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
+    worker_timeout: float = 300.0  # multi-worker: seconds to wait for every peer at start-up
+
+    # Settings that define the model or the data; a resumed run must keep them.
+    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise AekitError(f"--epochs must be at least 1, got {self.epochs}.")
+        if self.batch_size < 1:
+            raise AekitError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise AekitError(f"--learning-rate must be a positive number, got {self.learning_rate}. Try 5e-3.")
+        if not (math.isfinite(self.val_split) and 0.0 < self.val_split < 1.0):
+            raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}. Try 0.1.")
+        if not (math.isfinite(self.worker_timeout) and self.worker_timeout > 0):
+            raise AekitError(f"--worker-timeout must be a positive number of seconds, got {self.worker_timeout}.")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise AekitError(f"--lr-schedule must be cosine or constant, got {self.lr_schedule!r}.")
+        if not self.filters or min(self.filters) < 1:
+            raise AekitError(f"--filters must be positive integers such as 32,64, got {self.filters}.")
+        if self.latent_dim < 1:
+            raise AekitError(f"--latent-dim must be at least 1, got {self.latent_dim}.")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise AekitError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}. Try 0.9 or 0.99.")
+        if not 0 <= self.seed < 2**32:
+            raise AekitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}.")
+        if self.warmup_steps < 0:
+            raise AekitError(f"--warmup-steps must be 0 (no warm-up) or more, got {self.warmup_steps}.")
+        if self.checkpoint_steps < 0:
+            raise AekitError(f"--checkpoint-steps must be 0 (epoch ends only) or more, got {self.checkpoint_steps}.")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["filters"] = list(self.filters)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values = {**RECIPE_BEFORE_FIELD, **values}  # a run recorded before a field existed keeps its old value
+        if "filters" in values:
+            values["filters"] = tuple(values["filters"])
+        return cls(**values)
+
+
+def read_config(run_dir: Path) -> dict:
+    """A run's config.json, checked for the shape every reader relies on (one-line AekitError if not)."""
+    path = Path(run_dir) / runs.CONFIG
+    record = runs.read_json(path)
+    problems = []
+    if not isinstance(record, dict):
+        problems.append(f"expected a JSON object, found {type(record).__name__}")
+    else:
+        for key in ("recipe", "model", "data"):
+            if not isinstance(record.get(key), dict):
+                problems.append(f"no {key} object")
+        if isinstance(record.get("recipe"), dict):
+            try:
+                TrainConfig.from_json(record["recipe"]).validate()
+            except (TypeError, ValueError, AekitError) as exc:
+                problems.append(f"recipe: {str(exc)[:120]}")
+    if problems:
+        raise AekitError(f"{path} is not an aekit run config ({'; '.join(problems)}). Train into a new --output folder.")
+    return record
+
+
+def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """The config to continue `run_dir` with: the stored recipe, with `epochs` and device options from the request.
+
+    Raises AekitError if an explicitly requested setting in FIXED_ON_RESUME
+    differs from the stored one, since the checkpoint would not match it.
+    """
+    record = read_config(run_dir)
+    stored = TrainConfig.from_json(record["recipe"])
+    # The data actually used (an absolute path, a TFDS name, or the bundled sample), so a
+    # resume from another folder, or online after an offline fallback, trains on the same images.
+    if record.get("data"):
+        stored.dataset = dataset_identity(record["data"])
+    if "dataset" in explicit and requested.dataset is not None:
+        path = Path(requested.dataset).expanduser()
+        requested.dataset = str(path.resolve()) if path.exists() else requested.dataset
+    for name in TrainConfig.FIXED_ON_RESUME:
+        if name in explicit and getattr(requested, name) != getattr(stored, name):
+            raise AekitError(
+                f"{run_dir} was trained with {name}={getattr(stored, name)!r}, not {getattr(requested, name)!r}; "
+                "a resumed run keeps its model and data. Drop that option, or train into a new --output folder."
+            )
+    resumed = TrainConfig(**{**asdict(stored)})
+    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "warmup_steps", "data_dir", "checkpoint_steps",
+                 "worker_timeout"):
+        if name in explicit:
+            setattr(resumed, name, getattr(requested, name))
+    return resumed
+
+
+
+def plan_run(requested: TrainConfig, explicit: set[str], resume: Path | None = None, output: Path | None = None,
+             name: str | None = None) -> tuple[Path, TrainConfig]:
+    """Which folder a `train` call uses, and the config it trains with.
+
+    Args:
+        requested: the options given, on top of the default recipe.
+        explicit: the names of the options the user gave.
+        resume, output, name: --resume RUN, --output FOLDER, --name NAME (runs/NAME).
+
+    Returns:
+        (run folder, config): a new folder with `requested`, or an existing run folder with its
+        stored recipe (see prepare_resume) so that training continues where it stopped.
+    """
+    requested.validate()  # every option checked before anything is read or written
+    if resume is not None and output is not None and Path(resume).resolve() != Path(output).resolve():
+        raise AekitError("--resume and --output name different folders. Pass only --resume RUN to continue a run.")
+    if os.environ.get("TF_CONFIG") and not (resume or output or name):
+        raise AekitError(
+            "Multi-worker training needs the run folder named: pass --output /shared/runs/<name> (the same on "
+            "every worker, on storage they all see) so that every worker and a restart use one folder."
+        )
+    run_dir = Path(resume or output or runs.new_run_dir(name=name))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
+    if resume is not None and not runs.is_run_dir(run_dir):
+        raise AekitError(f"--resume {resume}: no {runs.CONFIG} there, so it is not an aekit run folder. Check the path.")
+    if runs.is_run_dir(run_dir):
+        return run_dir, prepare_resume(run_dir, requested, explicit)
+    return run_dir, requested
