@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 CHECK_DIR := .edge-check
 
-.PHONY: install install-edge test edge-check demo bench clean
+.PHONY: install install-edge lint test edge-check demo bench clean
 
 install: $(STAMP)
 
@@ -27,7 +27,12 @@ $(EDGE_STAMP): pyproject.toml
 	$(EDGE_VENV)/bin/python -m pip install -e '.[edge]'
 	touch $(EDGE_STAMP)
 
-test: install
+# ruff: the linter and formatter configured in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	$(BIN)/python -m pytest -q
 	$(MAKE) edge-check
 

@@ -34,8 +34,9 @@ CALIBRATE_HINT = "aekit score --calibrate NORMAL_IMAGES --encoder ENCODER --deco
 # --- the pair of files ---------------------------------------------------------
 
 
-def open_sessions(encoder: str | Path, decoder: str | Path, device: str = "cpu", threads: int | None = None,
-                  allow_fallback: bool = False) -> tuple[EncoderSession, DecoderSession]:
+def open_sessions(
+    encoder: str | Path, decoder: str | Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False
+) -> tuple[EncoderSession, DecoderSession]:
     """An encoder and a decoder session over files exported from one run (else AekitError)."""
     pair = EncoderSession(encoder, device, threads, allow_fallback), DecoderSession(decoder, device, threads, allow_fallback)
     check_same_run(*pair)
@@ -59,8 +60,12 @@ def check_same_run(encoder: EncoderSession, decoder: DecoderSession) -> None:
         )
     if enc_model != dec_model:
         a, b = enc_model if isinstance(enc_model, dict) else {}, dec_model if isinstance(dec_model, dict) else {}
-        differ = ", ".join(f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in sorted(set(a) | set(b), key=str)
-                           if a.get(key) != b.get(key)) or "one manifest has no model section"
+        differ = (
+            ", ".join(
+                f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in sorted(set(a) | set(b), key=str) if a.get(key) != b.get(key)
+            )
+            or "one manifest has no model section"
+        )
         raise AekitError(
             f"The manifests beside {encoder.path} and {decoder.path} describe different models ({differ}). "
             "Re-export the run (aekit export) and pass the encoder and decoder from that one export."
@@ -111,29 +116,39 @@ def _first_bad(values: np.ndarray, names: list[str] | None) -> str | None:
     return repr(names[i]) if names is not None else str(i)
 
 
-def _round_trip(encoder: EncoderSession, decoder: DecoderSession, images: np.ndarray, names: list[str] | None = None,
-                source: str | Path | None = None):
+def _round_trip(
+    encoder: EncoderSession,
+    decoder: DecoderSession,
+    images: np.ndarray,
+    names: list[str] | None = None,
+    source: str | Path | None = None,
+):
     """(model inputs, reconstructions, per-image MSE, per-image PSNR); AekitError on NaN or infinite values anywhere."""
     images = np.asarray(images)
     batch = images if images.ndim == 4 else images[..., None]
     if np.issubdtype(batch.dtype, np.floating) and (bad := _first_bad(batch, names)):
         where = f" of {source}" if source is not None else ""
-        raise AekitError(f"Image {bad}{where} has NaN or infinite pixels. Drop or repair it: images must be uint8 (0-255) or float in [0, 1].")
+        raise AekitError(
+            f"Image {bad}{where} has NaN or infinite pixels. Drop or repair it: images must be uint8 (0-255) or float in [0, 1]."
+        )
     inputs = encoder.to_model_input(batch)
     latents = encoder.encode(batch)
     if bad := _first_bad(latents, names):
-        raise AekitError(f"{encoder.path.name} turned image {bad} into NaN or infinite latents, so the file is broken. "
-                         "Re-export the run (aekit export), after checking that its training loss was finite.")
+        raise AekitError(
+            f"{encoder.path.name} turned image {bad} into NaN or infinite latents, so the file is broken. "
+            "Re-export the run (aekit export), after checking that its training loss was finite."
+        )
     recon = decoder.decode(latents)
     if bad := _first_bad(recon, names):
-        raise AekitError(f"{decoder.path.name} turned the latents of image {bad} into NaN or infinite pixels, so the file is "
-                         "broken. Re-export the run (aekit export), after checking that its training loss was finite.")
+        raise AekitError(
+            f"{decoder.path.name} turned the latents of image {bad} into NaN or infinite pixels, so the file is "
+            "broken. Re-export the run (aekit export), after checking that its training loss was finite."
+        )
     mse = mse_per_image(inputs, recon)
     return inputs, recon, mse, psnr_from_mse(mse)
 
 
-def reconstruction_errors(encoder: EncoderSession, decoder: DecoderSession, images: np.ndarray,
-                          names: list[str] | None = None):
+def reconstruction_errors(encoder: EncoderSession, decoder: DecoderSession, images: np.ndarray, names: list[str] | None = None):
     """(reconstructions, per-image MSE, per-image PSNR) for a batch of stored images (N, H, W[, C]).
 
     Raises AekitError, naming the image (by `names` when given, else its index), when a pixel,
@@ -143,8 +158,9 @@ def reconstruction_errors(encoder: EncoderSession, decoder: DecoderSession, imag
     return recon, mse, psnr
 
 
-def score_path(encoder: EncoderSession, decoder: DecoderSession, source: str | Path, batch_size: int = 256,
-               on_batch=None, keep: int = 0) -> Scores:
+def score_path(
+    encoder: EncoderSession, decoder: DecoderSession, source: str | Path, batch_size: int = 256, on_batch=None, keep: int = 0
+) -> Scores:
     """Reconstruction MSE and PSNR of every image of `source` (folder, .npz/.npy or IDX), read in batches.
 
     Args:
@@ -223,19 +239,30 @@ class Threshold:
     run: str = ""  # the run the encoder and decoder were exported from ("" when unknown)
 
     def to_json(self) -> dict:
-        return {"metric": METRIC, "threshold": self.mse, "quantile": self.quantile,
-                "calibration_images": self.calibration_images, "calibration_source": self.calibration_source,
-                "encoder": self.encoder, "decoder": self.decoder, "run": self.run}
+        return {
+            "metric": METRIC,
+            "threshold": self.mse,
+            "quantile": self.quantile,
+            "calibration_images": self.calibration_images,
+            "calibration_source": self.calibration_source,
+            "encoder": self.encoder,
+            "decoder": self.decoder,
+            "run": self.run,
+        }
 
     @classmethod
-    def from_json(cls, data, origin: str = "the threshold") -> "Threshold":
+    def from_json(cls, data, origin: str = "the threshold") -> Threshold:
         """A Threshold from `to_json()` output; AekitError (naming `origin`) for anything else."""
         fix = f"Calibrate again: {CALIBRATE_HINT}."
         if not isinstance(data, dict):
-            raise AekitError(f"{origin} holds a JSON {type(data).__name__}, not a threshold object from aekit score --calibrate. {fix}")
+            raise AekitError(
+                f"{origin} holds a JSON {type(data).__name__}, not a threshold object from aekit score --calibrate. {fix}"
+            )
         missing = [k for k in ("threshold", "quantile", "calibration_images", "calibration_source") if k not in data]
         if missing:
-            raise AekitError(f"{origin} has no {', '.join(missing)}: it is not a threshold file from aekit score --calibrate. {fix}")
+            raise AekitError(
+                f"{origin} has no {', '.join(missing)}: it is not a threshold file from aekit score --calibrate. {fix}"
+            )
         if data.get("metric", METRIC) != METRIC:
             raise AekitError(f"{origin} is a threshold on {data['metric']!r}, not {METRIC}. {fix}")
         value, quantile, count = data["threshold"], data["quantile"], data["calibration_images"]
@@ -251,7 +278,7 @@ class Threshold:
         return cls(float(value), float(quantile), int(count), **texts)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Threshold":
+    def load(cls, path: str | Path) -> Threshold:
         """Reads a threshold JSON written by `calibrate` (aekit score --calibrate); AekitError naming the file otherwise."""
         path = Path(path)
         if path.is_dir():
@@ -261,8 +288,10 @@ class Threshold:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:  # ValueError covers bad JSON and non-UTF-8 bytes
-            raise AekitError(f"{path} is not a threshold file from aekit score --calibrate ({str(exc)[:120]}). "
-                             f"Calibrate again: {CALIBRATE_HINT}.") from None
+            raise AekitError(
+                f"{path} is not a threshold file from aekit score --calibrate ({str(exc)[:120]}). "
+                f"Calibrate again: {CALIBRATE_HINT}."
+            ) from None
         return cls.from_json(data, origin=str(path))
 
 
@@ -271,15 +300,18 @@ def check_quantile(quantile: float) -> None:
         raise AekitError(f"--quantile must be between 0 and 1, got {quantile}.")
 
 
-def calibrate_threshold(scores: np.ndarray, quantile: float, source: str, encoder: str = "", decoder: str = "",
-                        run: str = "") -> Threshold:
+def calibrate_threshold(
+    scores: np.ndarray, quantile: float, source: str, encoder: str = "", decoder: str = "", run: str = ""
+) -> Threshold:
     """The threshold at `quantile` of normal images' MSE (numpy's linear interpolation between order statistics)."""
     check_quantile(quantile)
     scores = np.asarray(scores, np.float64)
     if scores.size == 0:
         raise AekitError(f"{source} gave no scores to calibrate on. Pass a non-empty set of normal images.")
     if not np.isfinite(scores).all():
-        raise AekitError(f"{source} gave NaN or infinite scores, so no threshold can be set. Check the images and the exported files.")
+        raise AekitError(
+            f"{source} gave NaN or infinite scores, so no threshold can be set. Check the images and the exported files."
+        )
     return Threshold(float(np.quantile(scores, quantile)), quantile, int(scores.size), str(source), encoder, decoder, run)
 
 
@@ -293,7 +325,9 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
     """
     normal, anomalies = np.asarray(normal_scores, np.float64).ravel(), np.asarray(anomaly_scores, np.float64).ravel()
     if normal.size == 0 or anomalies.size == 0:
-        raise AekitError(f"ROC AUC needs normal and anomaly scores; got {normal.size} normal and {anomalies.size} anomaly scores.")
+        raise AekitError(
+            f"ROC AUC needs normal and anomaly scores; got {normal.size} normal and {anomalies.size} anomaly scores."
+        )
     scores = np.concatenate([normal, anomalies])
     if not np.isfinite(scores).all():
         raise AekitError("ROC AUC of NaN or infinite scores is meaningless. Check the images and the exported files.")
@@ -321,8 +355,15 @@ def check_score_request(source, calibrate_on, quantile: float, threshold_file: P
         check_output_file(output, ".csv")
 
 
-def calibrate(encoder: EncoderSession, decoder: DecoderSession, source: str | Path, quantile: float = 0.99,
-              threshold_file: str | Path | None = None, batch_size: int = 256, on_batch=None) -> Threshold:
+def calibrate(
+    encoder: EncoderSession,
+    decoder: DecoderSession,
+    source: str | Path,
+    quantile: float = 0.99,
+    threshold_file: str | Path | None = None,
+    batch_size: int = 256,
+    on_batch=None,
+) -> Threshold:
     """Sets the threshold at `quantile` of the reconstruction MSE of the normal images in `source`.
 
     Args:
@@ -363,12 +404,24 @@ class ScoreResult:
         return int((~self.flags).sum())
 
     def to_json(self) -> dict:
-        return {"images": len(self.scores), "anomalies": self.anomalies, "normal": self.normal,
-                "threshold": self.threshold.mse, "mean_mse": self.scores.mean_mse}
+        return {
+            "images": len(self.scores),
+            "anomalies": self.anomalies,
+            "normal": self.normal,
+            "threshold": self.threshold.mse,
+            "mean_mse": self.scores.mean_mse,
+        }
 
 
-def score(encoder: EncoderSession, decoder: DecoderSession, source: str | Path, threshold: Threshold,
-          output: str | Path | None = None, batch_size: int = 256, on_batch=None) -> ScoreResult:
+def score(
+    encoder: EncoderSession,
+    decoder: DecoderSession,
+    source: str | Path,
+    threshold: Threshold,
+    output: str | Path | None = None,
+    batch_size: int = 256,
+    on_batch=None,
+) -> ScoreResult:
     """Scores every image of `source` against `threshold`; writes name,mse,psnr,anomaly rows to `output` (.csv) if given."""
     if output is not None:
         check_output_file(Path(output), ".csv")
@@ -377,8 +430,10 @@ def score(encoder: EncoderSession, decoder: DecoderSession, source: str | Path, 
     check_same_run(encoder, decoder)
     run, _ = _run_and_model(encoder)
     if threshold.run and run and threshold.run != run:
-        raise AekitError(f"The threshold was calibrated for run {threshold.run}, but {encoder.path} comes from run {run}. "
-                         f"Calibrate again with these files: {CALIBRATE_HINT}.")
+        raise AekitError(
+            f"The threshold was calibrated for run {threshold.run}, but {encoder.path} comes from run {run}. "
+            f"Calibrate again with these files: {CALIBRATE_HINT}."
+        )
     scores = score_path(encoder, decoder, source, batch_size, on_batch)
     flags = scores.mse > threshold.mse
     if output is not None:
@@ -395,8 +450,15 @@ class Reconstruction:
     grid: Path | None
 
 
-def reconstruct(encoder: EncoderSession, decoder: DecoderSession, source: str | Path, output: str | Path,
-                batch_size: int = 256, grid: int = 10, on_batch=None) -> Reconstruction:
+def reconstruct(
+    encoder: EncoderSession,
+    decoder: DecoderSession,
+    source: str | Path,
+    output: str | Path,
+    batch_size: int = 256,
+    grid: int = 10,
+    on_batch=None,
+) -> Reconstruction:
     """Round trip encoder -> decoder over `source`: writes output/reconstruction.csv (name,mse,psnr) and,
     with grid > 0, output/reconstructions.png (the first `grid` originals above their reconstructions)."""
     output = Path(output)

@@ -22,8 +22,8 @@ from aekit import runs
 from aekit.errors import AekitError
 from aekit.manifest import MANIFEST, Manifest, export_format, format_of_file
 from aekit.metrics import mse_per_image, psnr_from_mse
-from aekit.runtimes import default_threads, open_runner
-from aekit.runtimes import NoCudaError, no_cuda_message as _no_cuda_message  # shared with the edge sessions
+from aekit.runtimes import NoCudaError, default_threads, open_runner  # shared with the edge sessions
+from aekit.runtimes import no_cuda_message as _no_cuda_message
 
 PARTS = ("encoder", "decoder", "roundtrip")
 DEVICES = ("auto", "cuda", "cpu")
@@ -137,8 +137,9 @@ def targets_from_manifest(export_dir: Path, partners: dict | None = None) -> lis
     for (fmt, precision), target in groups.items():
         for role in ("encoder", "decoder"):
             if role not in target.files and role not in target.failed_parts:
-                target.failed_parts[role] = (f"no {role} was exported for {fmt} {precision}; "
-                                             f"export it: {_export_command(fmt, precision)}")
+                target.failed_parts[role] = (
+                    f"no {role} was exported for {fmt} {precision}; export it: {_export_command(fmt, precision)}"
+                )
         usable = [role for role in ("encoder", "decoder") if role in target.files]
         if not usable or partners is None:
             if target.failed_parts:
@@ -175,9 +176,16 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
         for part in options.parts:
             for batch in options.batch_sizes:
                 row = Row(
-                    runtime=target.runtime, format=target.format, precision=target.precision,
-                    device=session.device, provider=session.provider, part=part, batch_size=batch,
-                    threads=threads, session_seconds=session.seconds, file_bytes=session.bytes_for(part),
+                    runtime=target.runtime,
+                    format=target.format,
+                    precision=target.precision,
+                    device=session.device,
+                    provider=session.provider,
+                    part=part,
+                    batch_size=batch,
+                    threads=threads,
+                    session_seconds=session.seconds,
+                    file_bytes=session.bytes_for(part),
                     rss_mb=session.rss_mb,
                 )
                 if quality:
@@ -361,7 +369,9 @@ def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
     """Mean SSIM over images in [0, 1] (TensorFlow's tf.image.ssim, 11x11 Gaussian window)."""
     import tensorflow as tf
 
-    values = tf.image.ssim(tf.constant(originals, tf.float32), tf.constant(np.clip(reconstructions, 0, 1), tf.float32), max_val=1.0)
+    values = tf.image.ssim(
+        tf.constant(originals, tf.float32), tf.constant(np.clip(reconstructions, 0, 1), tf.float32), max_val=1.0
+    )
     return float(tf.reduce_mean(values))
 
 
@@ -481,6 +491,13 @@ def bench_run(
             "Pass data of the run's image shape."
         )
     result = run_bench(targets, images, options, on_row)
-    result.header.update({"run": str(run_dir), "images": len(images), "data": source, "exported_now": exported,
-                          "train_val_mse": runs.read_json(Path(run_dir) / runs.METRICS).get("final_val_mse")})
+    result.header.update(
+        {
+            "run": str(run_dir),
+            "images": len(images),
+            "data": source,
+            "exported_now": exported,
+            "train_val_mse": runs.read_json(Path(run_dir) / runs.METRICS).get("final_val_mse"),
+        }
+    )
     return result

@@ -108,9 +108,7 @@ def load_data(
         if path.exists():
             splits = _load_path(path.resolve(), val_split)
         elif _looks_like_path(dataset):
-            raise AekitError(
-                f"Dataset path {dataset} does not exist. Check the path, or pass a TFDS name such as mnist."
-            )
+            raise AekitError(f"Dataset path {dataset} does not exist. Check the path, or pass a TFDS name such as mnist.")
         else:
             splits = _load_tfds(dataset, val_split, data_dir, fallback=False)
     _check_splits(splits)
@@ -222,11 +220,16 @@ def network_reachable(address: tuple[str, int] = TFDS_DOWNLOAD_HOST, timeout: fl
 
 
 def _looks_like_path(dataset: str) -> bool:
-    return any(sep in dataset for sep in ("/", os.sep)) or dataset.startswith(".") or Path(dataset).suffix.lower() in (
-        ".npz",
-        ".npy",
-        ".gz",
-        *IMAGE_SUFFIXES,
+    return (
+        any(sep in dataset for sep in ("/", os.sep))
+        or dataset.startswith(".")
+        or Path(dataset).suffix.lower()
+        in (
+            ".npz",
+            ".npy",
+            ".gz",
+            *IMAGE_SUFFIXES,
+        )
     )
 
 
@@ -297,9 +300,7 @@ def _load_bundled(val_split: float, note: str | None = None) -> DataSplits:
     with resources.as_file(folder) as path:
         images = read_idx(path / "mnist-sample-images-idx3-ubyte.gz")
     train, val, validation = _split_last(images, val_split)
-    return DataSplits(
-        train, val, PixelScaling.for_images(images), BUNDLED_SAMPLE, "bundled", validation, note=note
-    )
+    return DataSplits(train, val, PixelScaling.for_images(images), BUNDLED_SAMPLE, "bundled", validation, note=note)
 
 
 def _load_path(path: Path, val_split: float) -> DataSplits:
@@ -344,5 +345,7 @@ def _split_last(images: np.ndarray, val_split: float):
 
 def _check_splits(splits: DataSplits) -> None:
     if len(splits.train) == 0 or len(splits.val) == 0:
-        raise AekitError(f"{splits.source} gave {len(splits.train)} training and {len(splits.val)} validation images. Add images.")
+        raise AekitError(
+            f"{splits.source} gave {len(splits.train)} training and {len(splits.val)} validation images. Add images."
+        )
     PixelScaling.for_images(splits.val)  # same NaN/range checks on the held-out part

@@ -114,14 +114,10 @@ def make_placement(
             placement = Placement(strategy, "mirrored", devices, _resolve(precision, on_gpu=True))
         elif cpu_replicas > 1:
             devices = _logical_cpus(cpu_replicas)
-            strategy = tf.distribute.MirroredStrategy(
-                devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
-            )
+            strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
             placement = Placement(strategy, "mirrored", devices, _resolve(precision, on_gpu=False))
         else:
-            placement = Placement(
-                tf.distribute.get_strategy(), "default", ["/cpu:0"], _resolve(precision, on_gpu=False)
-            )
+            placement = Placement(tf.distribute.get_strategy(), "default", ["/cpu:0"], _resolve(precision, on_gpu=False))
     keras.mixed_precision.set_global_policy(placement.precision)
     return placement
 
@@ -157,7 +153,10 @@ def read_tf_config(text: str | None = None) -> tuple[dict, str, int]:
     The cluster maps roles ("chief", "worker", ...) to lists of "host:port"; the task names one of them.
     """
     text = os.environ.get("TF_CONFIG", "") if text is None else text
-    fix = 'Expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}; fix or unset it.'
+    fix = (
+        'Expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}; '
+        "fix or unset it."
+    )
     try:
         config = json.loads(text)
     except ValueError as exc:
@@ -238,7 +237,9 @@ def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str, worker_ti
     found = tf.config.list_physical_devices("GPU")
     if gpus is not None:  # honour --gpus on every worker: 0 = CPU, N = the first N GPUs
         if gpus > len(found):
-            raise AekitError(f"--gpus {gpus} asked for {gpus} GPU(s) but this worker sees {len(found)}. Pass --gpus {len(found)}.")
+            raise AekitError(
+                f"--gpus {gpus} asked for {gpus} GPU(s) but this worker sees {len(found)}. Pass --gpus {len(found)}."
+            )
         tf.config.set_visible_devices(found[:gpus], "GPU")
     # No CommunicationOptions(timeout_seconds=...): it starts a timer thread per collective op
     # (tens per step, alive for the whole timeout) and exhausted the thread limit within a
@@ -249,6 +250,4 @@ def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str, worker_ti
     is_chief = role == "chief" or (not has_chief and role == "worker" and index == 0)
     on_gpu = bool(tf.config.get_visible_devices("GPU"))
     devices = [d.name for d in tf.config.list_logical_devices("GPU" if on_gpu else "CPU")]
-    return Placement(
-        strategy, "multi_worker", devices, _resolve(precision, on_gpu), is_chief=is_chief, task=f"{role}:{index}"
-    )
+    return Placement(strategy, "multi_worker", devices, _resolve(precision, on_gpu), is_chief=is_chief, task=f"{role}:{index}")

@@ -14,7 +14,6 @@ raises (NoCudaError) unless `allow_fallback=True`; `session.provider` says what 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -106,8 +105,14 @@ class _Session:
 
     def ran_on(self) -> dict:
         """Runtime, provider and device, for reports and JSON output."""
-        return {"file": str(self.path), "runtime": self.runner.runtime, "provider": self.provider,
-                "device": self.device, "requested_device": self.requested_device, "fell_back": self.fell_back}
+        return {
+            "file": str(self.path),
+            "runtime": self.runner.runtime,
+            "provider": self.provider,
+            "device": self.device,
+            "requested_device": self.requested_device,
+            "fell_back": self.fell_back,
+        }
 
 
 class EncoderSession(_Session):
@@ -122,7 +127,9 @@ class EncoderSession(_Session):
             (latent_dim,) for one image, (N, latent_dim) for a batch; float32.
         """
         images = np.asarray(images)
-        single = images.shape == self.image_shape or (images.ndim == 2 and self.image_shape[-1] == 1 and images.shape == self.image_shape[:2])
+        single = images.shape == self.image_shape or (
+            images.ndim == 2 and self.image_shape[-1] == 1 and images.shape == self.image_shape[:2]
+        )
         batch = images.reshape(1, *self.image_shape) if single else images
         if batch.ndim == 3 and self.image_shape[-1] == 1:
             batch = batch[..., None]
@@ -157,7 +164,9 @@ class DecoderSession(_Session):
         single = latents.ndim == 1
         batch = latents[None] if single else latents
         if batch.ndim != 2 or batch.shape[1] != self.latent_dim:
-            raise AekitError(f"Expected latents of shape (N, {self.latent_dim}), received {latents.shape}. Encode with the matching encoder.")
+            raise AekitError(
+                f"Expected latents of shape (N, {self.latent_dim}), received {latents.shape}. Encode with the matching encoder."
+            )
         if not np.issubdtype(batch.dtype, np.floating):
             raise AekitError(f"Latents have dtype {batch.dtype}; dequantize int8 codes first (LatentQuantizer.dequantize).")
         images = run_batched(self.runner, batch.astype(np.float32), batch_size)
@@ -172,17 +181,21 @@ class LatentQuantizer:
     offset: np.ndarray
 
     @classmethod
-    def calibrate(cls, latents: np.ndarray) -> "LatentQuantizer":
+    def calibrate(cls, latents: np.ndarray) -> LatentQuantizer:
         low, high = latents.min(axis=0), latents.max(axis=0)
         return cls(np.maximum(high - low, 1e-8).astype(np.float32) / INT8_LEVELS, low.astype(np.float32))
 
     @classmethod
-    def from_json(cls, data: dict) -> "LatentQuantizer":
+    def from_json(cls, data: dict) -> LatentQuantizer:
         return cls(np.asarray(data["scale"], np.float32), np.asarray(data["offset"], np.float32))
 
     def to_json(self) -> dict:
-        return {"dtype": "int8", "scale": self.scale.tolist(), "offset": self.offset.tolist(),
-                "formula": "q = clip(round((z - offset) / scale) - 128, -128, 127); z = (q + 128) * scale + offset"}
+        return {
+            "dtype": "int8",
+            "scale": self.scale.tolist(),
+            "offset": self.offset.tolist(),
+            "formula": "q = clip(round((z - offset) / scale) - 128, -128, 127); z = (q + 128) * scale + offset",
+        }
 
     def quantize(self, latents: np.ndarray) -> np.ndarray:
         return np.clip(np.round((latents - self.offset) / self.scale) - 128, -128, 127).astype(np.int8)
@@ -230,8 +243,9 @@ def _save_npz(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
 
-def encode_path(encoder: EncoderSession, source: Path, output: Path, latent_dtype: str = "float32",
-                batch_size: int = 256, on_batch=None) -> dict:
+def encode_path(
+    encoder: EncoderSession, source: Path, output: Path, latent_dtype: str = "float32", batch_size: int = 256, on_batch=None
+) -> dict:
     """Encodes every image of `source` in batches into an .npz: latents, names, and int8 parameters if asked."""
     if latent_dtype not in ("float32", "int8"):
         raise AekitError(f"--latent-dtype {latent_dtype!r} is not float32 or int8.")
@@ -253,10 +267,22 @@ def encode_path(encoder: EncoderSession, source: Path, output: Path, latent_dtyp
         raise AekitError(f"{source} holds no images. Pass a non-empty image folder, array or IDX file.")
     latents = np.concatenate(chunks)
     extra = {"scale": quantizer.scale, "offset": quantizer.offset} if quantizer else {}
-    _save_npz(output, latents=latents, names=np.asarray(names), latent_dtype=np.asarray(latent_dtype),
-              source=np.asarray(str(source)), model=np.asarray(str(encoder.path)), **extra)
-    return {"images": len(latents), "latent_dim": int(latents.shape[1]), "latent_dtype": latent_dtype,
-            "bytes_per_image": int(latents.shape[1] * latents.itemsize), "output": str(output)}
+    _save_npz(
+        output,
+        latents=latents,
+        names=np.asarray(names),
+        latent_dtype=np.asarray(latent_dtype),
+        source=np.asarray(str(source)),
+        model=np.asarray(str(encoder.path)),
+        **extra,
+    )
+    return {
+        "images": len(latents),
+        "latent_dim": int(latents.shape[1]),
+        "latent_dtype": latent_dtype,
+        "bytes_per_image": int(latents.shape[1] * latents.itemsize),
+        "output": str(output),
+    }
 
 
 def load_latents(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -305,14 +331,23 @@ def png_names(names: list[str]) -> list[str]:
     files, seen = [png_name(n) for n in names], {}
     for name, file in zip(names, files):
         if file in seen:
-            raise AekitError(f"Images {seen[file]!r} and {name!r} would both be written to {file}. "
-                             "Give the source images distinct names, or decode with --format npz.")
+            raise AekitError(
+                f"Images {seen[file]!r} and {name!r} would both be written to {file}. "
+                "Give the source images distinct names, or decode with --format npz."
+            )
         seen[file] = name
     return files
 
 
-def decode_file(decoder: DecoderSession, latents_path: Path, output: Path, fmt: str = "png",
-                batch_size: int = 256, on_batch=None, overwrite: bool = False) -> dict:
+def decode_file(
+    decoder: DecoderSession,
+    latents_path: Path,
+    output: Path,
+    fmt: str = "png",
+    batch_size: int = 256,
+    on_batch=None,
+    overwrite: bool = False,
+) -> dict:
     """Decodes a latents file into PNGs in a folder (or one .npz with fmt="npz").
 
     PNGs are written into a temporary folder beside `output` and moved in at the end, so an
@@ -332,16 +367,20 @@ def decode_file(decoder: DecoderSession, latents_path: Path, output: Path, fmt: 
     files = png_names(names) if fmt == "png" else []
     clashes = [f for f in files if (output / f).exists()]
     if clashes and not overwrite:
-        raise AekitError(f"{output} already holds {len(clashes):,} of the {len(files):,} files to write (e.g. {clashes[0]}). "
-                         "Pass --overwrite to replace them, or -o a new folder.")
+        raise AekitError(
+            f"{output} already holds {len(clashes):,} of the {len(files):,} files to write (e.g. {clashes[0]}). "
+            "Pass --overwrite to replace them, or -o a new folder."
+        )
     staging = _staging_folder(output) if fmt == "png" else None
     images_out = []
     try:
         for start in range(0, len(latents), batch_size):
             images = decoder.decode(latents[start : start + batch_size], batch_size)
             if not np.isfinite(images).all():
-                raise AekitError(f"The decoder gave NaN or infinite pixels for codes {start}-{start + len(images) - 1} of "
-                                 f"{latents_path}. Check the codes file, or re-export the run.")
+                raise AekitError(
+                    f"The decoder gave NaN or infinite pixels for codes {start}-{start + len(images) - 1} of "
+                    f"{latents_path}. Check the codes file, or re-export the run."
+                )
             if fmt == "png":
                 for file, image in zip(files[start : start + batch_size], images):
                     save_png(image, staging / file)

@@ -58,7 +58,7 @@ QUANTIZATION_SCHEMES = {
         "activations": "uint8, per tensor",
         "weights": "int8, per channel, 7-bit range (reduce_range)",
         "why": "x86 CPUs without VNNI (AVX2 only) multiply u8 x s8 pairs into saturating int16 "
-               "(vpmaddubsw); 7-bit weights cannot saturate, so the file computes the same everywhere",
+        "(vpmaddubsw); 7-bit weights cannot saturate, so the file computes the same everywhere",
     },
     "tflite": {
         "scheme": "TFLiteConverter full-integer, representative training images",
@@ -66,7 +66,7 @@ QUANTIZATION_SCHEMES = {
         "weights": "int8, per channel",
         "batchnorm": "as a per-channel 1x1 depthwise convolution",
         "why": "BatchNorm after LeakyReLU cannot fold into the convolution; left as Mul/Add, its "
-               "per-channel factors get ONE int8 scale and small channels lose most of their precision",
+        "per-channel factors get ONE int8 scale and small channels lose most of their precision",
     },
 }
 INPUT_NAMES = {"encoder": "image", "decoder": "latent", "autoencoder": "image"}
@@ -163,7 +163,9 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
             zip(
                 ("encoder", "decoder", "autoencoder"),
                 build_autoencoder(
-                    model["input_shape"], model["filters"], model["latent_dim"],
+                    model["input_shape"],
+                    model["filters"],
+                    model["latent_dim"],
                     bn_momentum=recipe.get("bn_momentum", 0.99),
                 ),
             )
@@ -176,7 +178,9 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
                 trained = keras.models.load_model(path, compile=False)
             except Exception as exc:  # a damaged zip, a foreign file, a wrong model: all mean this file is unusable
                 first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-                raise AekitError(f"{path} is not a readable Keras model ({first}). Retrain the run, or restore the file.") from None
+                raise AekitError(
+                    f"{path} is not a readable Keras model ({first}). Retrain the run, or restore the file."
+                ) from None
             if [w.shape for w in trained.get_weights()] != [w.shape for w in rebuilt[role].get_weights()]:
                 raise AekitError(f"{path} does not match the model in {run_dir / runs.CONFIG}. Retrain the run.")
             rebuilt[role].set_weights(trained.get_weights())
@@ -305,8 +309,16 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
     tmp = output / f".partial-{name}"
     _remove(tmp)
     entry = FileEntry(
-        file=name, role=role, format=fmt, precision=precision, inputs=[], outputs=[], bytes=0, sha256="",
-        status="failed", opset=options.opset if fmt == "onnx" else None,
+        file=name,
+        role=role,
+        format=fmt,
+        precision=precision,
+        inputs=[],
+        outputs=[],
+        bytes=0,
+        sha256="",
+        status="failed",
+        opset=options.opset if fmt == "onnx" else None,
         quantization=QUANTIZATION_SCHEMES[fmt] if precision == "int8" else None,
     )
     try:
@@ -328,7 +340,9 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
             entry.status = "passed"
             _remove(final)
             os.replace(tmp, final)
-            entry.bytes, entry.sha256 = directory_size_and_hash(final) if final.is_dir() else (final.stat().st_size, sha256_of(final))
+            entry.bytes, entry.sha256 = (
+                directory_size_and_hash(final) if final.is_dir() else (final.stat().st_size, sha256_of(final))
+            )
     except AekitError:
         _remove(tmp)
         raise
@@ -365,12 +379,16 @@ def _parity(reference: _KerasReference, role: str, outputs: np.ndarray, min_agre
 
 def _parity_problem(parity: Parity, precision: str) -> str | None:
     if precision == "float32" and parity.max_rel_diff > FLOAT32_MAX_REL_DIFF:
-        return (f"max abs diff {parity.max_abs_diff:.2e} is {parity.max_rel_diff:.1e} of the output range, "
-                f"above {FLOAT32_MAX_REL_DIFF:g} for a float32 export")
+        return (
+            f"max abs diff {parity.max_abs_diff:.2e} is {parity.max_rel_diff:.1e} of the output range, "
+            f"above {FLOAT32_MAX_REL_DIFF:g} for a float32 export"
+        )
     if parity.agreement_db < parity.min_agreement_db:
-        return (f"its reconstructions agree with Keras' to {parity.agreement_db:.1f} dB PSNR, below the "
-                f"{parity.min_agreement_db:g} dB required (reconstruction MSE {parity.mse_keras:.5f} -> "
-                f"{parity.mse_export:.5f}, PSNR drop {parity.psnr_drop_db:.2f} dB)")
+        return (
+            f"its reconstructions agree with Keras' to {parity.agreement_db:.1f} dB PSNR, below the "
+            f"{parity.min_agreement_db:g} dB required (reconstruction MSE {parity.mse_keras:.5f} -> "
+            f"{parity.mse_export:.5f}, PSNR drop {parity.psnr_drop_db:.2f} dB)"
+        )
     return None
 
 
@@ -424,8 +442,13 @@ def _quantize_onnx(float_path: Path, path: Path, input_name: str, calib_inputs: 
     with _quiet():
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            str(prepared),
+            str(path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
             reduce_range=True,  # QUANTIZATION_SCHEMES["onnx"]: no u8s8 saturation on AVX2-only CPUs
             calibrate_method=CalibrationMethod.MinMax,
         )

@@ -132,7 +132,7 @@ class FileEntry:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "FileEntry":
+    def from_json(cls, data: dict) -> FileEntry:
         data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
         data["inputs"] = [TensorSpec(**t) for t in data.get("inputs") or []]
         data["outputs"] = [TensorSpec(**t) for t in data.get("outputs") or []]
@@ -186,7 +186,7 @@ class Manifest:
         write_json(Path(folder) / MANIFEST, self.to_json())
 
     @classmethod
-    def load(cls, folder: Path, verify: bool = True) -> "Manifest":
+    def load(cls, folder: Path, verify: bool = True) -> Manifest:
         """Reads and checks `folder`/manifest.json.
 
         Args:
@@ -206,9 +206,13 @@ class Manifest:
         check_manifest(data, Path(folder) if verify else None, where=path)
         try:
             return cls(
-                run=data["run"], model=data["model"], pixel_scaling=data["pixel_scaling"], versions=data["versions"],
+                run=data["run"],
+                model=data["model"],
+                pixel_scaling=data["pixel_scaling"],
+                versions=data["versions"],
                 files=[FileEntry.from_json(e) for e in data["files"]],
-                latent_quantization=data.get("latent_quantization"), schema_version=data["schema_version"],
+                latent_quantization=data.get("latent_quantization"),
+                schema_version=data["schema_version"],
                 run_weights_sha256=data.get("run_weights_sha256"),
             )
         except (TypeError, ValueError, KeyError) as exc:
@@ -240,8 +244,11 @@ def validate_manifest(data, folder: Path | None = None) -> list[str]:
     """Problems with a manifest dict (empty when valid). With `folder`, also checks sizes and checksums."""
     if not isinstance(data, dict):
         return [f"expected a JSON object, found {type(data).__name__}"]
-    problems = [f"missing key {key!r}" for key in ("schema_version", "run", "model", "pixel_scaling", "versions", "files")
-                if key not in data]
+    problems = [
+        f"missing key {key!r}"
+        for key in ("schema_version", "run", "model", "pixel_scaling", "versions", "files")
+        if key not in data
+    ]
     if problems:
         return problems
     if data["schema_version"] != SCHEMA_VERSION:
@@ -268,7 +275,11 @@ def validate_manifest(data, folder: Path | None = None) -> list[str]:
             tensors = entry.get(key) or []
             if entry.get("status") == "failed" and not tensors:  # a file that failed to convert has no tensors
                 continue
-            if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) and {"name", "shape", "dtype"} <= set(t) for t in tensors):
+            if (
+                not isinstance(tensors, list)
+                or not tensors
+                or not all(isinstance(t, dict) and {"name", "shape", "dtype"} <= set(t) for t in tensors)
+            ):
                 problems.append(f"{name}: {key} must list name, shape and dtype")
         if entry.get("format") == "onnx" and not entry.get("opset"):
             problems.append(f"{name}: onnx entry without opset")

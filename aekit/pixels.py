@@ -28,26 +28,20 @@ class PixelScaling:
     divide_by: float = UINT8_MAX
 
     @classmethod
-    def for_images(cls, images: np.ndarray) -> "PixelScaling":
+    def for_images(cls, images: np.ndarray) -> PixelScaling:
         """Chooses the scaling for a whole source (never per batch).
 
         Raises AekitError for NaN/inf pixels or values outside [0, 255].
         """
         if images.dtype == np.uint8:
             return cls(UINT8_MAX)
-        if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(
-            images.dtype, np.integer
-        ):
+        if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
             raise AekitError(
-                f"Images have dtype {images.dtype}; expected uint8 or float. "
-                "Convert the array to uint8 (0-255) or float32 (0-1)."
+                f"Images have dtype {images.dtype}; expected uint8 or float. Convert the array to uint8 (0-255) or float32 (0-1)."
             )
         if images.size and not np.isfinite(images).all():
             bad = int(images.size - np.isfinite(images).sum())
-            raise AekitError(
-                f"Images contain {bad} NaN or infinite pixel values. "
-                "Clean or drop those images before training."
-            )
+            raise AekitError(f"Images contain {bad} NaN or infinite pixel values. Clean or drop those images before training.")
         low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 1.0)
         if low < 0.0 or high > UINT8_MAX:
             raise AekitError(

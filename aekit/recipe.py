@@ -98,7 +98,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "TrainConfig":
+    def from_json(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values = {**RECIPE_BEFORE_FIELD, **values}  # a run recorded before a field existed keeps its old value
@@ -150,16 +150,25 @@ def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) ->
                 "a resumed run keeps its model and data. Drop that option, or train into a new --output folder."
             )
     resumed = TrainConfig(**{**asdict(stored)})
-    for name in ("epochs", "gpus", "cpu_replicas", "batch_size", "learning_rate", "warmup_steps", "data_dir", "checkpoint_steps",
-                 "worker_timeout"):
+    for name in (
+        "epochs",
+        "gpus",
+        "cpu_replicas",
+        "batch_size",
+        "learning_rate",
+        "warmup_steps",
+        "data_dir",
+        "checkpoint_steps",
+        "worker_timeout",
+    ):
         if name in explicit:
             setattr(resumed, name, getattr(requested, name))
     return resumed
 
 
-
-def plan_run(requested: TrainConfig, explicit: set[str], resume: Path | None = None, output: Path | None = None,
-             name: str | None = None) -> tuple[Path, TrainConfig]:
+def plan_run(
+    requested: TrainConfig, explicit: set[str], resume: Path | None = None, output: Path | None = None, name: str | None = None
+) -> tuple[Path, TrainConfig]:
     """Which folder a `train` call uses, and the config it trains with.
 
     Args:

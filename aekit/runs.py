@@ -147,7 +147,7 @@ class RunLock:
         self.path = Path(run_dir) / self.NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl
         import socket
 
@@ -155,7 +155,9 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise AekitError(f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder.") from None
+            raise AekitError(
+                f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -175,7 +177,7 @@ class RunLock:
             os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a new holder)
             self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -29,8 +29,10 @@ class NoCudaError(AekitError):
 
 def no_cuda_message(what: str, fix: str = "Install CUDA/cuDNN for onnxruntime-gpu") -> str:
     """The one wording for a refused --device cuda; `what` names what would run instead."""
-    return (f"--device cuda was asked for, but CUDA is not what runs ({what}). "
-            f"{fix}, or pass --device cpu, or --allow-fallback (allow_fallback=True in Python) to accept the CPU.")
+    return (
+        f"--device cuda was asked for, but CUDA is not what runs ({what}). "
+        f"{fix}, or pass --device cpu, or --allow-fallback (allow_fallback=True in Python) to accept the CPU."
+    )
 
 
 def check_device(device: str) -> str:
@@ -94,6 +96,7 @@ class OnnxRunner:
 
     def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """The file's real inputs and outputs (None for the dynamic batch)."""
+
         def spec(t):
             dtype = t.type.removeprefix("tensor(").rstrip(")").replace("float", "float32")
             return TensorSpec(t.name, [d if isinstance(d, int) else None for d in t.shape], dtype)
@@ -133,12 +136,18 @@ class TFLiteRunner:
 
     def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """The file's real inputs and outputs (None for the dynamic batch; scale/zero point when quantized)."""
+
         def spec(d):
             scale, zero_point = d["quantization"]
             shape = [None if s == -1 else int(s) for s in d["shape_signature"]]
             quantized = np.dtype(d["dtype"]) != np.float32
-            return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name,
-                              float(scale) if quantized else None, int(zero_point) if quantized else None)
+            return TensorSpec(
+                d["name"],
+                shape,
+                np.dtype(d["dtype"]).name,
+                float(scale) if quantized else None,
+                int(zero_point) if quantized else None,
+            )
 
         return [spec(self.input)], [spec(self.output)]
 
@@ -203,12 +212,17 @@ def require_device(runner, device: str, allow_fallback: bool = False) -> None:
     if check_device(device) != "cuda" or runner.device == "cuda" or allow_fallback:
         return
     if runner.runtime == "litert":
-        raise NoCudaError(no_cuda_message(f"LiteRT runs {runner.path.name} on {', '.join(runner.providers)}; it has no CUDA path",
-                                          "Use the .onnx export on the GPU"))
+        raise NoCudaError(
+            no_cuda_message(
+                f"LiteRT runs {runner.path.name} on {', '.join(runner.providers)}; it has no CUDA path",
+                "Use the .onnx export on the GPU",
+            )
+        )
     what = f"{runner.runtime} would run {runner.path.name} on {', '.join(runner.providers)}"
     if CUDA_PROVIDER not in runner.available:
-        raise NoCudaError(no_cuda_message(f"{what}; this onnxruntime is the CPU build",
-                                          "Install onnxruntime-gpu in place of onnxruntime"))
+        raise NoCudaError(
+            no_cuda_message(f"{what}; this onnxruntime is the CPU build", "Install onnxruntime-gpu in place of onnxruntime")
+        )
     raise NoCudaError(no_cuda_message(what))
 
 

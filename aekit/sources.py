@@ -139,7 +139,9 @@ def check_shape(shape: tuple[int, ...], what: str) -> tuple[int, int, int, int]:
             "Reshape the array to (N, H, W) or (N, H, W, C)."
         )
     if full[1] == 0 or full[2] == 0:
-        raise AekitError(f"{what} has shape {shape}: its images are {full[1]}x{full[2]} pixels. Save images with both sides >= 1.")
+        raise AekitError(
+            f"{what} has shape {shape}: its images are {full[1]}x{full[2]} pixels. Save images with both sides >= 1."
+        )
     return full
 
 
@@ -301,7 +303,9 @@ def _array_header(path: Path, key: str | None = None) -> tuple[tuple[int, ...], 
             members = _npz_members(path)
             key = key or _pick_npz_key(path, list(members))
             if key not in members:
-                raise AekitError(f"{path} has no array {key!r} (it holds {', '.join(members)}). Save it with numpy.savez(path, {key}=...).")
+                raise AekitError(
+                    f"{path} has no array {key!r} (it holds {', '.join(members)}). Save it with numpy.savez(path, {key}=...)."
+                )
             member, what = members[key], f"{path}:{key}"
             with zipfile.ZipFile(path) as archive:
                 info = archive.getinfo(member)
@@ -348,7 +352,9 @@ def _pick_npz_key(path: Path, keys: list[str]) -> str:
     key = next((k for k in NPZ_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if key is None:
         held = f"holds arrays {', '.join(keys)}" if keys else "holds no arrays"
-        raise AekitError(f"{path} {held}; expected one named {', '.join(NPZ_KEYS)}. Save the images with numpy.savez(path, images=...).")
+        raise AekitError(
+            f"{path} {held}; expected one named {', '.join(NPZ_KEYS)}. Save the images with numpy.savez(path, images=...)."
+        )
     return key
 
 
@@ -359,11 +365,15 @@ def _check_zip_member(info: zipfile.ZipInfo, what: str) -> None:
     elif info.compress_type == zipfile.ZIP_DEFLATED:
         ceiling = (info.compress_size + 64) * MAX_DEFLATE_RATIO
     else:
-        raise AekitError(f"{what} is compressed with zip method {info.compress_type}; expected stored or deflated. "
-                         "Save it with numpy.savez or numpy.savez_compressed.")
+        raise AekitError(
+            f"{what} is compressed with zip method {info.compress_type}; expected stored or deflated. "
+            "Save it with numpy.savez or numpy.savez_compressed."
+        )
     if info.file_size > ceiling:
-        raise AekitError(f"{what} claims {info.file_size:,} bytes from {info.compress_size:,} compressed. "
-                         "The archive is corrupt; save it again with numpy.savez.")
+        raise AekitError(
+            f"{what} claims {info.file_size:,} bytes from {info.compress_size:,} compressed. "
+            "The archive is corrupt; save it again with numpy.savez."
+        )
 
 
 # --- image folders --------------------------------------------------------------------
@@ -413,10 +423,7 @@ def iter_image_folder(folder: str | Path, batch_size: int | None = 256) -> Batch
     folder = Path(folder)
     files = image_files(folder)
     if not files:
-        raise AekitError(
-            f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. "
-            f"Pass {ACCEPTED}."
-        )
+        raise AekitError(f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. Pass {ACCEPTED}.")
     mode, first = None, None
     step = batch_size or len(files)
     for start in range(0, len(files), step):

@@ -7,8 +7,17 @@ from importlib import metadata
 
 from aekit import __version__
 
-PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "tf2onnx", "onnx", "onnxruntime-gpu", "onnxruntime",
-            "ai-edge-litert", "numpy")
+PACKAGES = (
+    "tensorflow",
+    "keras",
+    "tensorflow-datasets",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "ai-edge-litert",
+    "numpy",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -41,7 +50,9 @@ def system_info() -> dict:
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
-        gpus.append({"name": device.name, "model": details.get("device_name"), "compute_capability": details.get("compute_capability")})
+        gpus.append(
+            {"name": device.name, "model": details.get("device_name"), "compute_capability": details.get("compute_capability")}
+        )
     try:
         import onnxruntime as ort
 

@@ -30,6 +30,8 @@ from aekit.recipe import TrainConfig, prepare_resume  # noqa: F401  (prepare_res
 
 EVAL_BATCH = 512
 GRID_IMAGES = 10
+
+
 class TrainCallback:
     """What the training loop reports; the CLI renders it. All methods are optional."""
 
@@ -41,7 +43,7 @@ class TrainCallback:
 
     def on_epoch_end(self, epoch: int, row: dict) -> None: ...
 
-    def on_train_end(self, result: "TrainResult") -> None: ...
+    def on_train_end(self, result: TrainResult) -> None: ...
 
 
 @dataclass
@@ -105,7 +107,7 @@ class _Run:
     splits: DataSplits
     steps_per_epoch: int
     model: _Model
-    state: "_Checkpoints"
+    state: _Checkpoints
     callback: TrainCallback
     predict: object = None  # the compiled inference function, set when the loop starts
     grid_images: object = None  # the validation images drawn in reconstructions.png and TensorBoard
@@ -144,7 +146,10 @@ def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_p
     keras.utils.set_random_seed(config.seed)
     with placement.strategy.scope():
         encoder, decoder, autoencoder = build_autoencoder(
-            image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum,
+            image_shape,
+            config.filters,
+            config.latent_dim,
+            bn_momentum=config.bn_momentum,
             synchronized_bn=placement.num_replicas > 1,
         )
         optimizer = keras.optimizers.Adam(learning_rate=_schedule(config, steps_per_epoch), beta_2=config.adam_beta_2)
@@ -204,7 +209,9 @@ def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> 
             "Resume with the run's own settings (precision, devices), restore the checkpoint files, or train into a "
             "new --output folder; nothing was changed."
         ) from None
-    history = runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done] if (run_dir / runs.HISTORY_JSON).is_file() else []
+    history = (
+        runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done] if (run_dir / runs.HISTORY_JSON).is_file() else []
+    )
     start_epoch, start_step = progress.epochs_done, progress.steps_done
     if start_step and runs.is_run_dir(run_dir):
         stored_steps = runs.read_json(run_dir / runs.CONFIG).get("steps_per_epoch")
@@ -222,26 +229,33 @@ def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> 
 def _has_trained(run_dir: Path) -> bool:
     """Whether the folder holds training progress a restart would overwrite."""
     ckpt = run_dir / runs.CHECKPOINTS
-    return (runs.is_finished(run_dir) or (run_dir / runs.HISTORY_JSON).is_file()
-            or (ckpt.is_dir() and any(ckpt.iterdir())))
+    return runs.is_finished(run_dir) or (run_dir / runs.HISTORY_JSON).is_file() or (ckpt.is_dir() and any(ckpt.iterdir()))
 
 
-def _prepare_run_folder(run_dir: Path, config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int) -> None:
+def _prepare_run_folder(
+    run_dir: Path, config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int
+) -> None:
     runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch))
     (run_dir / runs.METRICS).unlink(missing_ok=True)  # unfinished again until this run ends
     runs.remove_partials(run_dir)  # what a killed run was writing when it died
 
 
-def _input_pipeline(config: TrainConfig, placement: Placement, splits: DataSplits, steps_per_epoch: int,
-                    start_epoch: int, start_step: int):
+def _input_pipeline(
+    config: TrainConfig, placement: Placement, splits: DataSplits, steps_per_epoch: int, start_epoch: int, start_step: int
+):
     """An endless iterator of global batches, positioned at (start_epoch, start_step)."""
 
     def dataset_fn(context):
         per_pipeline = placement.num_replicas // context.num_input_pipelines  # replicas fed by this worker
         return make_dataset(
-            splits.train, splits.scaling, context.get_per_replica_batch_size(config.batch_size),
-            steps_per_epoch * per_pipeline, seed=config.seed, start_epoch=start_epoch,
-            skip_batches=start_step * per_pipeline, num_shards=context.num_input_pipelines,
+            splits.train,
+            splits.scaling,
+            context.get_per_replica_batch_size(config.batch_size),
+            steps_per_epoch * per_pipeline,
+            seed=config.seed,
+            start_epoch=start_epoch,
+            skip_batches=start_step * per_pipeline,
+            num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
         )
 
@@ -383,8 +397,13 @@ class TensorBoardLog:
         if not self.writers:
             return
         step = row["epoch"]
-        self._scalars(self.TRAIN, step, epoch_loss=row["train_loss"], epoch_learning_rate=row["learning_rate"],
-                      epoch_samples_per_sec=row["samples_per_sec"])
+        self._scalars(
+            self.TRAIN,
+            step,
+            epoch_loss=row["train_loss"],
+            epoch_learning_rate=row["learning_rate"],
+            epoch_samples_per_sec=row["samples_per_sec"],
+        )
         self._scalars(self.VALIDATION, step, epoch_loss=row["val_mse"], epoch_psnr=row["val_psnr"])
         self._image(self.VALIDATION, step, "reconstructions", grid)
         for writer in self.writers.values():
@@ -472,7 +491,8 @@ class TrainingInterrupted(Exception):
     def __init__(self, run_dir: Path, epochs_done: int, steps_done: int):
         self.run_dir, self.epochs_done, self.steps_done = run_dir, epochs_done, steps_done
         super().__init__(
-            f"Interrupted after epoch {epochs_done}" + (f" and {steps_done} steps of the next" if steps_done else "")
+            f"Interrupted after epoch {epochs_done}"
+            + (f" and {steps_done} steps of the next" if steps_done else "")
             + f"; checkpoint saved. Resume with: aekit train --resume {run_dir}"
         )
 
@@ -538,8 +558,11 @@ def _schedule(config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     warmup = min(config.warmup_steps, total // 4)
     return keras.optimizers.schedules.CosineDecay(
-        config.learning_rate / 10 if warmup else config.learning_rate, decay_steps=total - warmup, alpha=0.01,
-        warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+        config.learning_rate / 10 if warmup else config.learning_rate,
+        decay_steps=total - warmup,
+        alpha=0.01,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
     )
 
 

@@ -48,8 +48,13 @@ PROBE = textwrap.dedent("""
 def probe(python: str, kind: str, path: Path, repeats: int = 3) -> dict:
     runs = []
     for _ in range(repeats):
-        proc = subprocess.run([python, "-c", PROBE, kind, str(path)], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        proc = subprocess.run(
+            [python, "-c", PROBE, kind, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         if proc.returncode:
             raise SystemExit(f"{kind} probe failed: {proc.stderr[-1500:]}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -64,8 +69,9 @@ def letters(count: int) -> np.ndarray:
     out = []
     for i in range(count):
         image = Image.new("L", (28, 28), 0)
-        ImageDraw.Draw(image).text((14, 14), "ABEFGHKMRWXQZ"[i % 13], fill=255, font=font, anchor="mm",
-                                   stroke_width=1, stroke_fill=255)
+        ImageDraw.Draw(image).text(
+            (14, 14), "ABEFGHKMRWXQZ"[i % 13], fill=255, font=font, anchor="mm", stroke_width=1, stroke_fill=255
+        )
         out.append(np.asarray(image))
     return np.stack(out)[..., None]
 
@@ -80,9 +86,9 @@ def main() -> None:
 
     from aekit.anomaly import roc_auc
     from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer
-    from aekit.sources import iter_images
     from aekit.export import ExportOptions, export_run
     from aekit.metrics import mse_per_image, psnr_from_mse
+    from aekit.sources import iter_images
 
     export = args.run / "export"
     if not (export / "encoder.onnx").is_file() or not (export / "encoder.tflite").is_file():
@@ -96,7 +102,9 @@ def main() -> None:
     }
     print(f"\n{'path':<20} {'import s':>9} {'import + first batch s':>23} {'peak RSS MB':>12} {'TF loaded':>10}")
     for name, r in footprint.items():
-        print(f"{name:<20} {r['import_s']:>9.2f} {r['first_batch_s']:>23.2f} {r['peak_rss_mb']:>12.0f} {str(r['tensorflow_loaded']):>10}")
+        print(
+            f"{name:<20} {r['import_s']:>9.2f} {r['first_batch_s']:>23.2f} {r['peak_rss_mb']:>12.0f} {str(r['tensorflow_loaded']):>10}"  # noqa: E501 (one table row)
+        )
 
     encoder, decoder = EncoderSession(export / "encoder.onnx"), DecoderSession(export / "decoder.onnx")
     images = np.concatenate([b for _, b in iter_images(args.data / "t10k-images-idx3-ubyte.gz", 2000)])
@@ -118,10 +126,15 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     held_out = images[-1000:]
-    groups = {"noise": rng.integers(0, 256, (1000, 28, 28, 1), dtype=np.uint8), "inverted": 255 - held_out,
-              "letters": letters(1000)}
+    groups = {
+        "noise": rng.integers(0, 256, (1000, 28, 28, 1), dtype=np.uint8),
+        "inverted": 255 - held_out,
+        "letters": letters(1000),
+    }
+
     def errors(batch):
         return mse_per_image(batch.astype(np.float32) / 255.0, decoder.decode(encoder.encode(batch)))
+
     normal = errors(held_out)
     aucs = {name: roc_auc(normal, errors(batch)) for name, batch in groups.items()}
     aucs["all"] = roc_auc(normal, np.concatenate([errors(b) for b in groups.values()]))
@@ -129,8 +142,13 @@ def main() -> None:
     for name, auc in aucs.items():
         print(f"{name:<10} {auc:.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"footprint": footprint, "codes": codes_table, "int8_psnr_drop": psnr_f32 - psnr_i8,
-                                    "auc": aucs}, indent=2, default=str))
+    args.out.write_text(
+        json.dumps(
+            {"footprint": footprint, "codes": codes_table, "int8_psnr_drop": psnr_f32 - psnr_i8, "auc": aucs},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"\nwrote {args.out}")
 
 

@@ -53,7 +53,9 @@ def machine_peak() -> dict:
                 flags = line
     ghz = (mhz or 2450.0) / 1000.0
     return {
-        "cores": cores, "ghz": ghz, "avx512f": " avx512f" in flags,
+        "cores": cores,
+        "ghz": ghz,
+        "avx512f": " avx512f" in flags,
         "gflops": cores * ghz * AVX2_FLOP_PER_CYCLE,
     }
 
@@ -115,28 +117,45 @@ def main() -> None:
         peak = machine_peak()
         limit = peak["gflops"] * 1e9 / flops
         compiled = tf.function(lambda x: encoder(x, training=False))
-        configs = [("keras predict", "float32", "-", lambda b: encoder.predict(b, batch_size=len(b), verbose=0)),
-                   ("keras tf.function", "float32", "-", lambda b: compiled(b).numpy())]
+        configs = [
+            ("keras predict", "float32", "-", lambda b: encoder.predict(b, batch_size=len(b), verbose=0)),
+            ("keras tf.function", "float32", "-", lambda b: compiled(b).numpy()),
+        ]
         for threads in (1, 2):
             for precision, suffix in (("float32", ""), ("int8", "_int8")):
                 if f"encoder{suffix}.onnx" not in failed:
-                    configs.append(("onnxruntime cpu", precision, threads, OnnxRunner(out / f"encoder{suffix}.onnx", "cpu", threads).run))
+                    configs.append(
+                        ("onnxruntime cpu", precision, threads, OnnxRunner(out / f"encoder{suffix}.onnx", "cpu", threads).run)
+                    )
                 if f"encoder{suffix}.tflite" not in failed:
                     configs.append(("litert", precision, threads, TFLiteRunner(out / f"encoder{suffix}.tflite", threads).run))
         rows = []
         for name, precision, threads, fn in configs:
             for batch in BATCHES:
                 ips, ms = time_it(fn, images[:batch], args.seconds)
-                rows.append({"runtime": name, "precision": precision, "threads": threads, "batch": batch,
-                             "images_per_sec": ips, "median_ms": ms, "pct_of_fp32_limit": 100 * ips / limit})
+                rows.append(
+                    {
+                        "runtime": name,
+                        "precision": precision,
+                        "threads": threads,
+                        "batch": batch,
+                        "images_per_sec": ips,
+                        "median_ms": ms,
+                        "pct_of_fp32_limit": 100 * ips / limit,
+                    }
+                )
 
-    print(f"\nencoder: {flops / 1e6:.2f} MFLOP/image; CPU {peak['cores']} cores x {peak['ghz']:.2f} GHz x "
-          f"{AVX2_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA) = {peak['gflops']:.0f} GFLOP/s -> float32 limit "
-          f"{limit:,.0f} images/s{' (the CPU also has AVX-512)' if peak['avx512f'] else ''}\n")
+    print(
+        f"\nencoder: {flops / 1e6:.2f} MFLOP/image; CPU {peak['cores']} cores x {peak['ghz']:.2f} GHz x "
+        f"{AVX2_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA) = {peak['gflops']:.0f} GFLOP/s -> float32 limit "
+        f"{limit:,.0f} images/s{' (the CPU also has AVX-512)' if peak['avx512f'] else ''}\n"
+    )
     print(f"{'runtime':<18} {'precision':<9} {'threads':>7} {'batch':>5} {'images/s':>10} {'median ms':>10} {'% of limit':>10}")
     for r in rows:
-        print(f"{r['runtime']:<18} {r['precision']:<9} {str(r['threads']):>7} {r['batch']:>5} "
-              f"{r['images_per_sec']:>10,.0f} {r['median_ms']:>10.3f} {r['pct_of_fp32_limit']:>9.1f}%")
+        print(
+            f"{r['runtime']:<18} {r['precision']:<9} {str(r['threads']):>7} {r['batch']:>5} "
+            f"{r['images_per_sec']:>10,.0f} {r['median_ms']:>10.3f} {r['pct_of_fp32_limit']:>9.1f}%"
+        )
     best = {}
     for precision in ("float32", "int8"):
         for batch in BATCHES:
@@ -153,17 +172,23 @@ def main() -> None:
         "int8_beats_fp32_batch64": bool(i8 and i8["images_per_sec"] > f32["images_per_sec"]),
         "failed_exports": sorted(failed),
     }
-    print(f"\nfastest float32 at batch 64: {f32['runtime']} ({f32['threads']} threads) {f32['images_per_sec']:,.0f} images/s "
-          f"= {f32['pct_of_fp32_limit']:.0f}% of the limit (target >= 75%)")
+    print(
+        f"\nfastest float32 at batch 64: {f32['runtime']} ({f32['threads']} threads) {f32['images_per_sec']:,.0f} images/s "
+        f"= {f32['pct_of_fp32_limit']:.0f}% of the limit (target >= 75%)"
+    )
     if i8:
-        print(f"fastest int8 at batch 64:    {i8['runtime']} ({i8['threads']} threads) {i8['images_per_sec']:,.0f} images/s "
-              f"({'beats' if summary['int8_beats_fp32_batch64'] else 'does not beat'} float32; target: beats)")
+        print(
+            f"fastest int8 at batch 64:    {i8['runtime']} ({i8['threads']} threads) {i8['images_per_sec']:,.0f} images/s "
+            f"({'beats' if summary['int8_beats_fp32_batch64'] else 'does not beat'} float32; target: beats)"
+        )
     else:
         print("no int8 encoder passed its parity check at export: nothing int8 to time")
     for batch in BATCHES:
         pick = max((r for r in (best[("float32", batch)], best[("int8", batch)]) if r), key=lambda r: r["images_per_sec"])
-        print(f"deploy at batch {batch}: {pick['runtime']} {pick['precision']} with {pick['threads']} thread(s) "
-              f"({pick['images_per_sec']:,.0f} images/s, {pick['median_ms']:.3f} ms per batch)")
+        print(
+            f"deploy at batch {batch}: {pick['runtime']} {pick['precision']} with {pick['threads']} thread(s) "
+            f"({pick['images_per_sec']:,.0f} images/s, {pick['median_ms']:.3f} ms per batch)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"run": str(run), "flops": flops, "peak": peak, "summary": summary, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")

@@ -41,26 +41,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for seed in range(args.runs):
             run_dir = Path(scratch) / f"seed{seed}"
-            config = TrainConfig(dataset=str(args.data), val_split=VAL_IMAGES / (TRAIN_IMAGES + VAL_IMAGES),
-                                 epochs=args.epochs, seed=seed, gpus=0)
+            config = TrainConfig(
+                dataset=str(args.data), val_split=VAL_IMAGES / (TRAIN_IMAGES + VAL_IMAGES), epochs=args.epochs, seed=seed, gpus=0
+            )
             result = train(config, run_dir)
             # A low bound keeps every file for the table; the pass/fail column applies the real default (30 dB).
             exported = export_run(run_dir, ExportOptions(formats=("onnx", "tflite"), quantize="int8", min_agreement_db=1.0))
             for entry in exported.entries:
                 p = entry.parity
-                rows.append({"seed": seed, "val_mse": result.metrics["final_val_mse"], "file": entry.file,
-                             "mse_keras": p.mse_keras, "mse_export": p.mse_export, "psnr_drop_db": p.psnr_drop_db,
-                             "agreement_db": p.agreement_db, "passes_default": p.agreement_db >= 30.0})
-                print(f"seed {seed}: {entry.file:<20} agreement {p.agreement_db:5.1f} dB  PSNR drop {p.psnr_drop_db:+.3f} dB", flush=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "val_mse": result.metrics["final_val_mse"],
+                        "file": entry.file,
+                        "mse_keras": p.mse_keras,
+                        "mse_export": p.mse_export,
+                        "psnr_drop_db": p.psnr_drop_db,
+                        "agreement_db": p.agreement_db,
+                        "passes_default": p.agreement_db >= 30.0,
+                    }
+                )
+                print(
+                    f"seed {seed}: {entry.file:<20} agreement {p.agreement_db:5.1f} dB  PSNR drop {p.psnr_drop_db:+.3f} dB",
+                    flush=True,
+                )
 
     print(f"\nint8 quality over {args.runs} runs of {args.epochs} epochs ({TRAIN_IMAGES:,}/{VAL_IMAGES:,} digits), CPU: {cpu}")
-    print(f"{'file':<20} {'agreement dB (min / mean / max)':>32} {'PSNR drop dB (max)':>19} {'MSE rise (max)':>15} {'pass 30 dB':>11}")
+    header = ("file", "agreement dB (min / mean / max)", "PSNR drop dB (max)", "MSE rise (max)", "pass 30 dB")
+    print(f"{header[0]:<20} {header[1]:>32} {header[2]:>19} {header[3]:>15} {header[4]:>11}")
     for name in sorted({r["file"] for r in rows}):
         group = [r for r in rows if r["file"] == name]
         agree = [r["agreement_db"] for r in group]
         rise = max((r["mse_export"] - r["mse_keras"]) / r["mse_keras"] for r in group)
-        print(f"{name:<20} {min(agree):>14.1f} / {sum(agree) / len(agree):5.1f} / {max(agree):5.1f} "
-              f"{max(r['psnr_drop_db'] for r in group):>19.3f} {rise:>14.1%} {sum(r['passes_default'] for r in group):>7}/{len(group)}")
+        drop, passed = max(r["psnr_drop_db"] for r in group), sum(r["passes_default"] for r in group)
+        print(
+            f"{name:<20} {min(agree):>14.1f} / {sum(agree) / len(agree):5.1f} / {max(agree):5.1f} "
+            f"{drop:>19.3f} {rise:>14.1%} {passed:>7}/{len(group)}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu, "epochs": args.epochs, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")

@@ -33,8 +33,9 @@ def free_port() -> int:
 def launch(args: list, **kw) -> subprocess.Popen:
     env = {**os.environ, "AEKIT_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_CONFIG", None)
-    return subprocess.Popen([AEKIT, "train", *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [AEKIT, "train", *map(str, args)], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 def history(run: Path) -> list:
@@ -64,16 +65,16 @@ def main() -> None:
         one = launch([*common, "--epochs", args.epochs, "-o", tmp / "one"])
         assert one.wait() == 0, one.stderr.read()
         workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-        pair = [launch([*common, "--epochs", args.epochs, "-o", tmp / "two", "--workers", workers, "--task-index", i])
-                for i in (0, 1)]
+        pair = [
+            launch([*common, "--epochs", args.epochs, "-o", tmp / "two", "--workers", workers, "--task-index", i]) for i in (0, 1)
+        ]
         assert all(p.wait() == 0 for p in pair), pair[0].stderr.read()
         per_epoch = {name: [row["seconds"] for row in history(tmp / name)] for name in ("one", "two")}
         results["seconds_per_epoch"] = {name: sum(v[1:]) / len(v[1:]) for name, v in per_epoch.items()}
         results["final_val_mse"] = {name: history(tmp / name)[-1]["val_mse"] for name in ("one", "two")}
 
         workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-        pair = [launch([*common, "--epochs", 100, "-o", tmp / "lost", "--workers", workers, "--task-index", i])
-                for i in (0, 1)]
+        pair = [launch([*common, "--epochs", 100, "-o", tmp / "lost", "--workers", workers, "--task-index", i]) for i in (0, 1)]
         wait_epochs(tmp / "lost", 1, pair)
         pair[1].send_signal(signal.SIGKILL)
         killed = time.monotonic()

@@ -63,8 +63,14 @@ def run_reference(x_train, x_val, epochs: int, seed: int) -> list[dict]:
             )
 
     autoencoder.fit(
-        x_train, x_train, epochs=epochs, batch_size=32, shuffle=True,
-        validation_data=(x_val, x_val), callbacks=[Clock()], verbose=0,
+        x_train,
+        x_train,
+        epochs=epochs,
+        batch_size=32,
+        shuffle=True,
+        validation_data=(x_val, x_val),
+        callbacks=[Clock()],
+        verbose=0,
     )
     return rows
 
@@ -115,19 +121,28 @@ def main() -> None:
         reference = json.loads(args.reference_json.read_text())["reference"]
     else:
         reference = run_reference(x_train, x_val, args.epochs, args.seed)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("learning_rate", args.learning_rate),
-                                                 ("bn_momentum", args.bn_momentum)) if v}
+    overrides = {
+        k: v
+        for k, v in (("batch_size", args.batch_size), ("learning_rate", args.learning_rate), ("bn_momentum", args.bn_momentum))
+        if v
+    }
     ours, recipe = run_aekit(args.data, args.epochs, {"seed": args.seed, **overrides})
 
     target = reference[-1]["val_mse"]
     ref_time = reference[-1]["elapsed"]
     reach_s, reach_epoch = time_to_reach(ours, target)
-    print(f"\nper epoch (train {TRAIN_IMAGES}, val {VAL_IMAGES}; aekit recipe: batch {recipe['batch_size']}, "
-          f"lr {recipe['learning_rate']} {recipe['lr_schedule']})")
-    print(f"{'epoch':>5} | {'ref s':>6} {'ref img/s':>9} {'ref val MSE':>11} | {'aekit s':>7} {'aekit img/s':>11} {'aekit val MSE':>13}")
+    print(
+        f"\nper epoch (train {TRAIN_IMAGES}, val {VAL_IMAGES}; aekit recipe: batch {recipe['batch_size']}, "
+        f"lr {recipe['learning_rate']} {recipe['lr_schedule']})"
+    )
+    print(
+        f"{'epoch':>5} | {'ref s':>6} {'ref img/s':>9} {'ref val MSE':>11} | {'aekit s':>7} {'aekit img/s':>11} {'aekit val MSE':>13}"  # noqa: E501 (one table row)
+    )
     for ref_row, our_row in zip(reference, ours):
-        print(f"{ref_row['epoch']:>5} | {ref_row['seconds']:6.2f} {ref_row['samples_per_sec']:9.0f} {ref_row['val_mse']:11.5f} | "
-              f"{our_row['seconds']:7.2f} {our_row['samples_per_sec']:11.0f} {our_row['val_mse']:13.5f}")
+        print(
+            f"{ref_row['epoch']:>5} | {ref_row['seconds']:6.2f} {ref_row['samples_per_sec']:9.0f} {ref_row['val_mse']:11.5f} | "
+            f"{our_row['seconds']:7.2f} {our_row['samples_per_sec']:11.0f} {our_row['val_mse']:13.5f}"
+        )
     summary = {
         "reference_final_val_mse": target,
         "reference_wall_seconds": ref_time,

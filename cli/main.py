@@ -44,8 +44,11 @@ class OneLineErrors(typer.core.TyperGroup):
             message = " ".join(exc.format_message().split())
             message += "" if message.endswith((".", "?", "!")) else "."
             if message != ".":  # an empty message: `aekit` alone, whose help was just shown
-                err_console.print(f"[bold red]error:[/] {escape(message)} Run '{where} --help' for the options.",
-                                  highlight=False, soft_wrap=True)
+                err_console.print(
+                    f"[bold red]error:[/] {escape(message)} Run '{where} --help' for the options.",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             code = exc.exit_code
         except typer.exceptions.Abort:
             err_console.print("[yellow]interrupted[/]")
@@ -84,6 +87,7 @@ def import_tensorflow_quietly() -> None:
         )
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
         import tensorflow  # noqa: F401  (the user asked to see its logs)
+
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -139,28 +143,89 @@ def parse_filters(text: str) -> tuple[int, ...]:
 @app.command()
 @user_errors
 def train(
-    dataset: Annotated[Optional[str], typer.Option(help="TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a folder of PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs to train (in all, counting resumed ones). (default: {RECIPE.epochs})")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"GLOBAL batch size, split evenly across replicas. (default: {RECIPE.batch_size})")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, 2x rate) up to ~1e-2. (default: {RECIPE.learning_rate:g})")] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help=f"cosine (decay to 1% over the run) or constant. (default: {RECIPE.lr_schedule})")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help=f"Cosine schedule: steps of linear warm-up from a tenth of the peak rate (at most a quarter of the run); 0 for none. (default: {RECIPE.warmup_steps})")] = None,
-    filters: Annotated[Optional[str], typer.Option(help=f"Channels of each stride-2 conv block. Image sides must divide by 2^blocks. (default: {','.join(map(str, RECIPE.filters))})")] = None,
+    dataset: Annotated[
+        Optional[str],
+        typer.Option(
+            help="TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a "
+            "folder of PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline."
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(help=f"Epochs to train (in all, counting resumed ones). (default: {RECIPE.epochs})")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option(help=f"GLOBAL batch size, split evenly across replicas. (default: {RECIPE.batch_size})")
+    ] = None,
+    learning_rate: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, "
+            f"2x rate) up to ~1e-2. (default: {RECIPE.learning_rate:g})"
+        ),
+    ] = None,
+    lr_schedule: Annotated[
+        Optional[str], typer.Option(help=f"cosine (decay to 1% over the run) or constant. (default: {RECIPE.lr_schedule})")
+    ] = None,
+    warmup_steps: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Cosine schedule: steps of linear warm-up from a tenth of the peak rate (at most a quarter of the "
+            f"run); 0 for none. (default: {RECIPE.warmup_steps})"
+        ),
+    ] = None,
+    filters: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Channels of each stride-2 conv block. Image sides must divide by 2^blocks. (default: "
+            f"{','.join(map(str, RECIPE.filters))})"
+        ),
+    ] = None,
     latent_dim: Annotated[Optional[int], typer.Option(help=f"Size of the latent code. (default: {RECIPE.latent_dim})")] = None,
-    bn_momentum: Annotated[Optional[float], typer.Option(help=f"BatchNorm moving-average momentum. (default: {RECIPE.bn_momentum})")] = None,
-    val_split: Annotated[Optional[float], typer.Option(help=f"For sources with one split: the LAST fraction held out for validation. (default: {RECIPE.val_split})")] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.")] = None,
-    cpu_replicas: Annotated[Optional[int], typer.Option(help="Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU.")] = None,
+    bn_momentum: Annotated[
+        Optional[float], typer.Option(help=f"BatchNorm moving-average momentum. (default: {RECIPE.bn_momentum})")
+    ] = None,
+    val_split: Annotated[
+        Optional[float],
+        typer.Option(
+            help=f"For sources with one split: the LAST fraction held out for validation. (default: {RECIPE.val_split})"
+        ),
+    ] = None,
+    gpus: Annotated[
+        Optional[int], typer.Option(help="0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.")
+    ] = None,
+    cpu_replicas: Annotated[
+        Optional[int],
+        typer.Option(help="Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs)."),
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(help="auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU."),
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed for weights and shuffling. (default: {RECIPE.seed})")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run folder. Default: runs/<name or timestamp>. An existing run folder is resumed.")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Run folder. Default: runs/<name or timestamp>. An existing run folder is resumed."),
+    ] = None,
     name: Annotated[Optional[str], typer.Option(help="Name of the run folder under runs/.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last finished epoch.")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="TFDS data directory (default: TFDS's own).")] = None,
-    checkpoint_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps within an epoch (default: at epoch ends only).")] = None,
-    workers: Annotated[Optional[str], typer.Option(help="Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG.")] = None,
+    checkpoint_steps: Annotated[
+        Optional[int], typer.Option(help="Also checkpoint every N steps within an epoch (default: at epoch ends only).")
+    ] = None,
+    workers: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG."
+        ),
+    ] = None,
     task_index: Annotated[Optional[int], typer.Option(help="With --workers: this worker's index.")] = None,
-    worker_timeout: Annotated[Optional[float], typer.Option(help=f"Multi-worker: seconds to wait for every peer to answer at start-up before giving up. (default: {RECIPE.worker_timeout:g})")] = None,
+    worker_timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Multi-worker: seconds to wait for every peer to answer at start-up before giving up. (default: "
+            f"{RECIPE.worker_timeout:g})"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
 ):
@@ -171,10 +236,22 @@ def train(
     from aekit.train import train as run_training
 
     given = {
-        "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "filters": parse_filters(filters) if filters is not None else None,
-        "latent_dim": latent_dim, "bn_momentum": bn_momentum, "val_split": val_split, "gpus": gpus, "cpu_replicas": cpu_replicas,
-        "precision": precision, "seed": seed, "data_dir": data_dir, "checkpoint_steps": checkpoint_steps,
+        "dataset": dataset,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "lr_schedule": lr_schedule,
+        "warmup_steps": warmup_steps,
+        "filters": parse_filters(filters) if filters is not None else None,
+        "latent_dim": latent_dim,
+        "bn_momentum": bn_momentum,
+        "val_split": val_split,
+        "gpus": gpus,
+        "cpu_replicas": cpu_replicas,
+        "precision": precision,
+        "seed": seed,
+        "data_dir": data_dir,
+        "checkpoint_steps": checkpoint_steps,
         "worker_timeout": worker_timeout,
     }
     if workers is not None or task_index is not None:
@@ -192,8 +269,17 @@ def train(
     result = run_training(config, run_dir, progress)
     if json_out:
         data = runs.read_json(result.run_dir / runs.CONFIG)["data"] if result.wrote_files else {}
-        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics, "placement": result.placement,
-                          "data_source": data.get("source"), "data_note": data.get("note")}))
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(result.run_dir),
+                    **result.metrics,
+                    "placement": result.placement,
+                    "data_source": data.get("source"),
+                    "data_note": data.get("note"),
+                }
+            )
+        )
     elif not quiet:
         render_train_summary(out_console, result)
 
@@ -201,13 +287,26 @@ def train(
 @app.command()
 @user_errors
 def export(
-    run: Annotated[Optional[Path], typer.Option(help="Run folder to export. Default: the newest finished run under runs/.")] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx, tflite, savedmodel, all, or a comma list (onnx,tflite).")] = "onnx",
-    quantize: Annotated[str, typer.Option(help="none | fp16 (tflite) | int8 (onnx, tflite; calibrated on the run's training images).")] = "none",
+    run: Annotated[
+        Optional[Path], typer.Option(help="Run folder to export. Default: the newest finished run under runs/.")
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="onnx, tflite, savedmodel, all, or a comma list (onnx,tflite).")
+    ] = "onnx",
+    quantize: Annotated[
+        str, typer.Option(help="none | fp16 (tflite) | int8 (onnx, tflite; calibrated on the run's training images).")
+    ] = "none",
     parts: Annotated[str, typer.Option(help="encoder,decoder (default) or all (adds the autoencoder).")] = "encoder,decoder",
     opset: Annotated[int, typer.Option(help="ONNX opset (13-18).")] = 17,
     calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8 ranges.")] = 512,
-    min_agreement_db: Annotated[Optional[float], typer.Option(help="A file passes when its reconstructions agree with Keras' to at least this PSNR in dB (30 dB = RMS difference 0.032 of the pixel range, about 8 grey levels). Default per precision: float32 60, fp16 40, int8 30.")] = None,
+    min_agreement_db: Annotated[
+        Optional[float],
+        typer.Option(
+            help="A file passes when its reconstructions agree with Keras' to at least this PSNR in dB (30 dB = RMS "
+            "difference 0.032 of the pixel range, about 8 grey levels). Default per precision: float32 60, fp16 "
+            "40, int8 30."
+        ),
+    ] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export folder. Default: <run>/export.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest entries as JSON on stdout.")] = False,
 ):
@@ -224,8 +323,13 @@ def export(
     if bad or not roles:
         raise AekitError(f"--parts {parts!r}: expected a comma list of encoder, decoder, autoencoder, or all.")
     options = ExportOptions(
-        formats=formats, quantize=quantize, parts=roles, opset=opset,
-        calibration_samples=calibration_samples, min_agreement_db=min_agreement_db, output=output,
+        formats=formats,
+        quantize=quantize,
+        parts=roles,
+        opset=opset,
+        calibration_samples=calibration_samples,
+        min_agreement_db=min_agreement_db,
+        output=output,
     )
     if not json_out:
         err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
@@ -242,21 +346,39 @@ def export(
 @app.command()
 @user_errors
 def bench(
-    run: Annotated[Optional[Path], typer.Option(help="Run folder. Default: the newest finished run under runs/. Exports float32 and int8 ONNX/TFLite first when nothing is exported.")] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Benchmark one exported .onnx/.tflite file instead of a run's exports.")] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Run folder. Default: the newest finished run under runs/. Exports float32 and int8 ONNX/TFLite "
+            "first when nothing is exported."
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="Benchmark one exported .onnx/.tflite file instead of a run's exports.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cuda | cpu | auto (CUDA when onnxruntime can use it).")] = "auto",
-    allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help="Accept the CPU when --device cuda cannot run on CUDA.")] = False,
+    allow_fallback: Annotated[
+        bool, typer.Option("--allow-fallback", help="Accept the CPU when --device cuda cannot run on CUDA.")
+    ] = False,
     batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8,64,256",
     seconds: Annotated[float, typer.Option(help="Timed seconds per row (after warm-up).")] = 1.0,
     runs_: Annotated[Optional[int], typer.Option("--runs", help="Timed runs per row instead of --seconds.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up runs per row.")] = 3,
     threads: Annotated[Optional[int], typer.Option(help="Threads for the CPU runtimes. Default: the physical cores.")] = None,
     parts: Annotated[str, typer.Option(help="Comma list of encoder, decoder, roundtrip.")] = "encoder,decoder,roundtrip",
-    min_psnr: Annotated[float, typer.Option(help="Rows whose round-trip PSNR is below this are marked as below the quality floor.")] = 15.0,
-    dataset: Annotated[Optional[str], typer.Option(help="Held-out images for quality (default: the run's validation split).")] = None,
-    quality_images: Annotated[Optional[int], typer.Option(help="Score only the first N held-out images (default: all of them).")] = None,
+    min_psnr: Annotated[
+        float, typer.Option(help="Rows whose round-trip PSNR is below this are marked as below the quality floor.")
+    ] = 15.0,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Held-out images for quality (default: the run's validation split).")
+    ] = None,
+    quality_images: Annotated[
+        Optional[int], typer.Option(help="Score only the first N held-out images (default: all of them).")
+    ] = None,
     no_keras: Annotated[bool, typer.Option("--no-keras", help="Skip the Keras baseline rows.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for bench.json/csv/png. Default: <run>/bench.")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Folder for bench.json/csv/png. Default: <run>/bench.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout.")] = False,
 ):
     """Measure throughput, latency and reconstruction error of every export (and Keras)."""
@@ -269,14 +391,24 @@ def bench(
     except ValueError:
         raise AekitError(f"--batch-sizes {batch_sizes!r} is not a comma list of integers, e.g. 1,8,64,256.") from None
     options = BenchOptions(
-        device=device, allow_fallback=allow_fallback, batch_sizes=sizes, seconds=seconds, runs=runs_, warmup=warmup,
-        threads=threads, parts=tuple(p.strip() for p in parts.split(",") if p.strip()), min_psnr=min_psnr,
-        quality_images=quality_images, include_keras=not no_keras,
+        device=device,
+        allow_fallback=allow_fallback,
+        batch_sizes=sizes,
+        seconds=seconds,
+        runs=runs_,
+        warmup=warmup,
+        threads=threads,
+        parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
+        min_psnr=min_psnr,
+        quality_images=quality_images,
+        include_keras=not no_keras,
     )
     run_dir = runs.require_finished_run(run) if run else (None if model else runs.newest_finished_run())
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
-    on_export = None if json_out else (lambda fmt, q: err_console.print(f"  nothing exported yet: exported {fmt} ({q})", highlight=False))
+    on_export = (
+        None if json_out else (lambda fmt, q: err_console.print(f"  nothing exported yet: exported {fmt} ({q})", highlight=False))
+    )
     with err_console.status("benchmarking...", spinner="dots") if not json_out else contextlib.nullcontext():
         result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export)
     folder = output or (Path(result.header["run"]) / "bench")
@@ -287,8 +419,10 @@ def bench(
         render_bench(out_console, result)
 
 
-EDGE_DEVICE_HELP = ("cpu | cuda (fails unless CUDA really runs; .tflite files always run on the CPU) | "
-                    "auto (CUDA when it really runs, else the CPU).")
+EDGE_DEVICE_HELP = (
+    "cpu | cuda (fails unless CUDA really runs; .tflite files always run on the CPU) | "
+    "auto (CUDA when it really runs, else the CPU)."
+)
 EDGE_FALLBACK_HELP = "With --device cuda: run on the CPU when CUDA cannot, instead of failing."
 
 
@@ -298,7 +432,9 @@ def encode(
     source: Annotated[Path, typer.Argument(help="Image folder, .npz/.npy file or *-images-idx3-ubyte[.gz] file.")],
     model: Annotated[Path, typer.Option(help="Exported encoder (.onnx or .tflite) with its manifest.json beside it.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Latents file to write (.npz).")],
-    latent_dtype: Annotated[str, typer.Option(help="float32, or int8: one byte per dimension with per-dimension scale/offset from the export.")] = "float32",
+    latent_dtype: Annotated[
+        str, typer.Option(help="float32, or int8: one byte per dimension with per-dimension scale/offset from the export.")
+    ] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images read and encoded at a time.")] = 256,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
@@ -314,7 +450,9 @@ def encode(
         summary = encode_path(encoder, source, output, latent_dtype, _positive(batch_size, "--batch-size"), advance)
     out_console.print(
         f"Encoded {summary['images']:,} images → {summary['output']} ({summary['latent_dim']} × {summary['latent_dtype']} "
-        f"= {summary['bytes_per_image']} bytes per image){_ran_on(encoder)}", highlight=False, soft_wrap=True,
+        f"= {summary['bytes_per_image']} bytes per image){_ran_on(encoder)}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -338,7 +476,9 @@ def decode(
     decoder = DecoderSession(model, device, threads, allow_fallback)
     with counting_progress(err_console, "decoding", None) as advance:
         summary = decode_file(decoder, latents, output, format, _positive(batch_size, "--batch-size"), advance, overwrite)
-    out_console.print(f"Decoded {summary['images']:,} images → {summary['output']}{_ran_on(decoder)}", highlight=False, soft_wrap=True)
+    out_console.print(
+        f"Decoded {summary['images']:,} images → {summary['output']}{_ran_on(decoder)}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
@@ -366,17 +506,26 @@ def reconstruct(
     written = ", ".join([str(result.csv), *([result.grid.name] if result.grid else [])])
     out_console.print(
         f"{len(scores):,} images: mean MSE {scores.mean_mse:.5f}, mean PSNR {scores.mean_psnr:.2f} dB "
-        f"(worst {worst}: MSE {worst_mse:.5f}) → {written}{_ran_on(enc, dec)}", highlight=False, soft_wrap=True,
+        f"(worst {worst}: MSE {worst_mse:.5f}) → {written}{_ran_on(enc, dec)}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
 @app.command()
 @edge_errors
 def score(
-    source: Annotated[Optional[Path], typer.Argument(help="Images to score (folder, .npz/.npy or IDX). Optional with --calibrate.")] = None,
+    source: Annotated[
+        Optional[Path], typer.Argument(help="Images to score (folder, .npz/.npy or IDX). Optional with --calibrate.")
+    ] = None,
     encoder: Annotated[Path, typer.Option(help="Exported encoder file.")] = ...,
     decoder: Annotated[Path, typer.Option(help="Exported decoder file.")] = ...,
-    calibrate: Annotated[Optional[Path], typer.Option(help="Normal images: set the threshold at their --quantile of reconstruction MSE and save it to --threshold.")] = None,
+    calibrate: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Normal images: set the threshold at their --quantile of reconstruction MSE and save it to --threshold."
+        ),
+    ] = None,
     quantile: Annotated[float, typer.Option(help="Quantile of normal scores used as the threshold.")] = 0.99,
     threshold: Annotated[Path, typer.Option(help="Threshold JSON to write (with --calibrate) or read.")] = Path("threshold.json"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV of per-image scores and flags.")] = None,
@@ -401,8 +550,13 @@ def score(
             limit = anomaly.calibrate(enc, dec, calibrate, quantile, threshold, batch_size, advance)
         report["calibration"] = limit.to_json()
         if not json_out:
-            out_console.print(f"Threshold MSE {limit.mse:.5f} = quantile {limit.quantile:g} of {limit.calibration_images:,} normal images → {threshold}"
-                              f"{_ran_on(enc, dec)}", highlight=False, soft_wrap=True)
+            out_console.print(
+                f"Threshold MSE {limit.mse:.5f} = quantile {limit.quantile:g} of {limit.calibration_images:,} normal "
+                f"images → {threshold}"
+                f"{_ran_on(enc, dec)}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if source is not None:
         with counting_progress(err_console, "scoring", count_images(source)) as advance:
             result = anomaly.score(enc, dec, source, limit, output, batch_size, advance)
@@ -411,7 +565,8 @@ def score(
             out_console.print(
                 f"{len(result.scores):,} images scored: {result.anomalies:,} anomalies, {result.normal:,} normal "
                 f"(threshold MSE {limit.mse:.5f})" + (f" → {output}" if output else "") + _ran_on(enc, dec),
-                highlight=False, soft_wrap=True,
+                highlight=False,
+                soft_wrap=True,
             )
     if json_out:
         print(json.dumps(report))
@@ -439,8 +594,8 @@ def _ran_on(*sessions) -> str:
 @user_errors
 def info(json_out: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False):
     """Versions of aekit's engines, visible GPUs and onnxruntime's execution providers."""
-    from aekit.system import system_info
     from aekit.cli.render import render_info
+    from aekit.system import system_info
 
     facts = system_info()
     if json_out:

@@ -44,7 +44,9 @@ class TrainProgress(TrainCallback):
         if placement["kind"] == "multi_worker":
             role = "chief (writes the run folder)" if info["is_chief"] else "worker (the chief writes the run folder)"
             self.console.print(f"[bold]{placement['task']}[/]: {role}", highlight=False)
-        self.console.print(f"{verb} run [bold]{info['run_dir']}[/]" + (f" from epoch {info['start_epoch'] + 1}" if info["start_epoch"] else ""))
+        self.console.print(
+            f"{verb} run [bold]{info['run_dir']}[/]" + (f" from epoch {info['start_epoch'] + 1}" if info["start_epoch"] else "")
+        )
         self.console.print(
             f"  data: {data['source']} — {data['train_images']:,} train / {data['val_images']:,} val images "
             f"{'x'.join(map(str, data['image_shape']))} {data['stored_dtype']}; validation = {data['validation']}",
@@ -59,9 +61,7 @@ class TrainProgress(TrainCallback):
             highlight=False,
         )
         self.progress.start()
-        self.epoch_task = self.progress.add_task(
-            "epochs", total=info["epochs"], completed=info["start_epoch"], stats=""
-        )
+        self.epoch_task = self.progress.add_task("epochs", total=info["epochs"], completed=info["start_epoch"], stats="")
 
     def on_epoch_begin(self, epoch: int, steps: int) -> None:
         if self.step_task is not None:
@@ -96,7 +96,10 @@ def render_train_summary(console: Console, result: TrainResult) -> None:
     table.add_row("best val MSE", f"{m['best_val_mse']:.5f}")
     table.add_row("mean samples/s", f"{m['mean_samples_per_sec']:,.0f}")
     table.add_row("training time", f"{m['train_seconds']:.1f} s")
-    table.add_row("parameters", f"{m['params']['encoder']:,} encoder / {m['params']['decoder']:,} decoder / {m['params']['autoencoder']:,} total")
+    table.add_row(
+        "parameters",
+        f"{m['params']['encoder']:,} encoder / {m['params']['decoder']:,} decoder / {m['params']['autoencoder']:,} total",
+    )
     console.print(table)
     if result.wrote_files:
         run = shlex.quote(str(result.run_dir))
@@ -108,8 +111,12 @@ def render_train_summary(console: Console, result: TrainResult) -> None:
             (f"tensorboard --logdir {run}/{runs.TENSORBOARD}", "needs: pip install tensorboard"),
         )
         width = max(len(command) for command, _ in steps)
-        console.print("Next:\n" + "\n".join(f"  {command:<{width}}  # {why}" for command, why in steps),
-                      highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            "Next:\n" + "\n".join(f"  {command:<{width}}  # {why}" for command, why in steps),
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     else:
         console.print("This worker is not the chief; the chief wrote the run folder.")
 
@@ -148,15 +155,26 @@ def _wide(console: Console) -> Console:
 def render_export(console: Console, result) -> None:
     console = _wide(console)
     table = Table(title=f"Export of {result.run_dir} → {result.output}", title_justify="left")
-    for column, justify in (("file", "left"), ("format", "left"), ("precision", "left"), ("size", "right"),
-                            ("max abs diff", "right"), ("MSE Keras → export", "right"), ("PSNR drop", "right"),
-                            ("agreement", "right"), ("status", "left")):
+    for column, justify in (
+        ("file", "left"),
+        ("format", "left"),
+        ("precision", "left"),
+        ("size", "right"),
+        ("max abs diff", "right"),
+        ("MSE Keras → export", "right"),
+        ("PSNR drop", "right"),
+        ("agreement", "right"),
+        ("status", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=column != "status")
     for e in result.entries:
         p = e.parity
         status = "[green]passed[/]" if e.status == "passed" else f"[red]failed[/]: {escape(e.reason or '')}"
         table.add_row(
-            e.file, e.format, e.precision, _size(e.bytes) if e.bytes else "-",
+            e.file,
+            e.format,
+            e.precision,
+            _size(e.bytes) if e.bytes else "-",
             f"{p.max_abs_diff:.1e}" if p else "-",
             f"{p.mse_keras:.5f} → {p.mse_export:.5f}" if p else "-",
             f"{p.psnr_drop_db:+.2f} dB" if p else "-",
@@ -165,8 +183,12 @@ def render_export(console: Console, result) -> None:
         )
     console.print(table)
     console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)
-    console.print("agreement = PSNR of the file's reconstructions against Keras' (what the export adds); "
-                  "PSNR drop = against the original images.", style="dim", highlight=False)
+    console.print(
+        "agreement = PSNR of the file's reconstructions against Keras' (what the export adds); "
+        "PSNR drop = against the original images.",
+        style="dim",
+        highlight=False,
+    )
 
 
 def render_bench(console: Console, result) -> None:
@@ -182,10 +204,22 @@ def render_bench(console: Console, result) -> None:
     )
     console = _wide(console)
     table = Table(title_justify="left")
-    for column, justify in (("part", "left"), ("runtime", "left"), ("precision", "left"), ("ran on", "left"),
-                            ("batch", "right"), ("images/s", "right"), ("p50 ms", "right"), ("p90 ms", "right"),
-                            ("p99 ms", "right"), ("size", "right"), ("MSE", "right"), ("PSNR", "right"),
-                            ("SSIM", "right"), ("status", "left")):
+    for column, justify in (
+        ("part", "left"),
+        ("runtime", "left"),
+        ("precision", "left"),
+        ("ran on", "left"),
+        ("batch", "right"),
+        ("images/s", "right"),
+        ("p50 ms", "right"),
+        ("p90 ms", "right"),
+        ("p99 ms", "right"),
+        ("size", "right"),
+        ("MSE", "right"),
+        ("PSNR", "right"),
+        ("SSIM", "right"),
+        ("status", "left"),
+    ):
         table.add_column(column, justify=justify, no_wrap=column not in ("status",))
     last_part = None
     for r in result.rows:
@@ -193,23 +227,36 @@ def render_bench(console: Console, result) -> None:
             table.add_section()
         last_part = r.part
         ok = r.images_per_sec is not None
-        status = {"passed": "[green]passed[/]", "failed": f"[red]failed[/]: {escape(r.reason or '')}"}.get(r.status, f"[yellow]{r.status}[/]")
+        status = {"passed": "[green]passed[/]", "failed": f"[red]failed[/]: {escape(r.reason or '')}"}.get(
+            r.status, f"[yellow]{r.status}[/]"
+        )
         table.add_row(
-            r.part, r.runtime, r.precision, r.provider.removesuffix("ExecutionProvider"), str(r.batch_size),
+            r.part,
+            r.runtime,
+            r.precision,
+            r.provider.removesuffix("ExecutionProvider"),
+            str(r.batch_size),
             f"{r.images_per_sec:,.0f}" if ok else "-",
-            f"{r.latency_ms_p50:.3f}" if ok else "-", f"{r.latency_ms_p90:.3f}" if ok else "-",
+            f"{r.latency_ms_p50:.3f}" if ok else "-",
+            f"{r.latency_ms_p90:.3f}" if ok else "-",
             f"{r.latency_ms_p99:.3f}" if ok else "-",
             _size(r.file_bytes) if r.file_bytes else "-",
-            f"{r.mse:.5f}" if r.mse is not None else "-", f"{r.psnr:.2f}" if r.psnr is not None else "-",
-            f"{r.ssim:.4f}" if r.ssim is not None else "-", status,
+            f"{r.mse:.5f}" if r.mse is not None else "-",
+            f"{r.psnr:.2f}" if r.psnr is not None else "-",
+            f"{r.ssim:.4f}" if r.ssim is not None else "-",
+            status,
         )
     console.print(table)
-    best = max((r for r in result.rows if r.part == "encoder" and r.status == "passed" and r.images_per_sec),
-               key=lambda r: r.images_per_sec, default=None)
+    best = max(
+        (r for r in result.rows if r.part == "encoder" and r.status == "passed" and r.images_per_sec),
+        key=lambda r: r.images_per_sec,
+        default=None,
+    )
     if best:
         console.print(
             f"Fastest encoder: {best.runtime} {best.precision} on {best.provider} at batch {best.batch_size}, "
-            f"{best.images_per_sec:,.0f} images/s (PSNR {best.psnr:.2f} dB).", highlight=False,
+            f"{best.images_per_sec:,.0f} images/s (PSNR {best.psnr:.2f} dB).",
+            highlight=False,
         )
     if result.output:
         console.print(f"Wrote {result.output}/bench.json, bench.csv, bench.png", highlight=False)
@@ -219,8 +266,13 @@ def render_bench(console: Console, result) -> None:
 def counting_progress(console: Console, label: str, total: int | None):
     """A progress bar over images; yields a function to call with each batch's image count."""
     with Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)

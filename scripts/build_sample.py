@@ -26,9 +26,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def write_idx(path: Path, magic: int, array: np.ndarray) -> None:
     header = np.array([magic, *array.shape], dtype=">i4").tobytes()
-    with open(path, "wb") as raw, gzip.GzipFile(
-        fileobj=raw, mode="wb", compresslevel=9, mtime=0
-    ) as out:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as out:
         out.write(header + array.tobytes())
 
 

@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 
 from aekit import AekitError
 from aekit.anomaly import (
-    Scores, Threshold, calibrate, calibrate_threshold, open_sessions, reconstruct, reconstruction_errors, roc_auc, score,
+    Scores,
+    Threshold,
+    calibrate,
+    calibrate_threshold,
+    open_sessions,
+    reconstruct,
+    reconstruction_errors,
+    roc_auc,
+    score,
 )
 from aekit.cli.main import app
 from aekit.manifest import MANIFEST, SCHEMA_VERSION, Parity, sha256_of
@@ -36,11 +44,16 @@ def _onnx(path, weight: np.ndarray, role: str) -> None:
         inits = [numpy_helper.from_array(np.array([-1, SIDE * SIDE], np.int64), "flat")]
     else:
         inputs, outputs = [LATENT], [SIDE, SIDE, 1]
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Sigmoid", ["h"], ["s"]),
-                 helper.make_node("Reshape", ["s", "shape"], ["y"])]
+        nodes = [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Sigmoid", ["h"], ["s"]),
+            helper.make_node("Reshape", ["s", "shape"], ["y"]),
+        ]
         inits = [numpy_helper.from_array(np.array([-1, SIDE, SIDE, 1], np.int64), "shape")]
     graph = helper.make_graph(
-        nodes, role, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *inputs])],
+        nodes,
+        role,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *inputs])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *outputs])],
         [numpy_helper.from_array(weight.astype(np.float32), "w"), *inits],
     )
@@ -56,14 +69,31 @@ def make_export(folder, run="/runs/a", encoder_weight=0.0, decoder_weight=0.0, f
     _onnx(folder / "decoder.onnx", np.full((LATENT, SIDE * SIDE), decoder_weight), "decoder")
     parity = {f.name: 0.0 for f in fields(Parity)} | {"images": 1, "runtime": "onnxruntime"}
     image, code = [None, SIDE, SIDE, 1], [None, LATENT]
-    files = [{"file": f"{role}.onnx", "role": role, "format": "onnx", "precision": "float32", "opset": 13,
-              "inputs": [{"name": "x", "shape": i, "dtype": "float32"}], "outputs": [{"name": "y", "shape": o, "dtype": "float32"}],
-              "bytes": (folder / f"{role}.onnx").stat().st_size, "sha256": sha256_of(folder / f"{role}.onnx"),
-              "status": "passed", "parity": parity}
-             for role, i, o in (("encoder", image, code), ("decoder", code, image))]
-    manifest = {"schema_version": SCHEMA_VERSION, "run": run, "versions": {},
-                "model": {"input_shape": [SIDE, SIDE, 1], "latent_dim": LATENT, "filters": list(filters)},
-                "pixel_scaling": {"divide_by": 255.0}, "latent_quantization": None, "files": files}
+    files = [
+        {
+            "file": f"{role}.onnx",
+            "role": role,
+            "format": "onnx",
+            "precision": "float32",
+            "opset": 13,
+            "inputs": [{"name": "x", "shape": i, "dtype": "float32"}],
+            "outputs": [{"name": "y", "shape": o, "dtype": "float32"}],
+            "bytes": (folder / f"{role}.onnx").stat().st_size,
+            "sha256": sha256_of(folder / f"{role}.onnx"),
+            "status": "passed",
+            "parity": parity,
+        }
+        for role, i, o in (("encoder", image, code), ("decoder", code, image))
+    ]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "run": run,
+        "versions": {},
+        "model": {"input_shape": [SIDE, SIDE, 1], "latent_dim": LATENT, "filters": list(filters)},
+        "pixel_scaling": {"divide_by": 255.0},
+        "latent_quantization": None,
+        "files": files,
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder / "encoder.onnx", folder / "decoder.onnx"
 
@@ -123,19 +153,28 @@ def test_threshold_json_round_trips_through_a_file(tmp_path):
     assert Threshold.from_json(old) == Threshold(0.0123456789, 0.99, 2000, "normal.npy")  # optional keys default
 
 
-@pytest.mark.parametrize("text, words", [
-    ('{"threshold": NaN, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold nan; expected a finite MSE"),
-    ('{"threshold": Infinity, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold inf"),
-    ('{"threshold": -1, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold -1"),
-    ('{"threshold": "0.1", "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold '0.1'"),
-    ('{"threshold": true, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold True"),
-    ('{"threshold": 0.1, "quantile": 1.5, "calibration_images": 10, "calibration_source": "n"}', "quantile 1.5"),
-    ('{"threshold": 0.1, "quantile": 0.9, "calibration_images": 0, "calibration_source": "n"}', "calibration_images 0"),
-    ('[0.1, 0.99]', "holds a JSON list, not a threshold object"),
-    ('{"threshold": 0.1}', "has no quantile, calibration_images, calibration_source"),
-    ('{"threshold": 0.1, "quantile": 0.9, "calibration_images": 1, "calibration_source": "n", "metric": "ssim"}', "a threshold on 'ssim'"),
-    ("not json", "is not a threshold file"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (
+            '{"threshold": NaN, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}',
+            "threshold nan; expected a finite MSE",
+        ),
+        ('{"threshold": Infinity, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold inf"),
+        ('{"threshold": -1, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold -1"),
+        ('{"threshold": "0.1", "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold '0.1'"),
+        ('{"threshold": true, "quantile": 0.99, "calibration_images": 10, "calibration_source": "n"}', "threshold True"),
+        ('{"threshold": 0.1, "quantile": 1.5, "calibration_images": 10, "calibration_source": "n"}', "quantile 1.5"),
+        ('{"threshold": 0.1, "quantile": 0.9, "calibration_images": 0, "calibration_source": "n"}', "calibration_images 0"),
+        ("[0.1, 0.99]", "holds a JSON list, not a threshold object"),
+        ('{"threshold": 0.1}', "has no quantile, calibration_images, calibration_source"),
+        (
+            '{"threshold": 0.1, "quantile": 0.9, "calibration_images": 1, "calibration_source": "n", "metric": "ssim"}',
+            "a threshold on 'ssim'",
+        ),
+        ("not json", "is not a threshold file"),
+    ],
+)
 def test_threshold_files_that_are_not_valid_thresholds_are_one_line_errors(tmp_path, text, words):
     path = tmp_path / "t.json"
     path.write_text(text)
@@ -169,8 +208,13 @@ def test_calibrate_then_score_return_the_known_values(export, tmp_path):
     np.testing.assert_allclose(result.scores.mse, [0, 0.0016, 0.01, 0.04, 0.25], rtol=1e-4, atol=1e-12)
     assert result.flags.tolist() == [False, False, True, True, True]
     assert (result.anomalies, result.normal, result.scores.names) == (3, 2, ["0", "1", "2", "3", "4"])
-    assert result.to_json() == {"images": 5, "anomalies": 3, "normal": 2, "threshold": limit.mse,
-                                "mean_mse": pytest.approx(0.3016 / 5, rel=1e-4)}
+    assert result.to_json() == {
+        "images": 5,
+        "anomalies": 3,
+        "normal": 2,
+        "threshold": limit.mse,
+        "mean_mse": pytest.approx(0.3016 / 5, rel=1e-4),
+    }
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert rows[0] == "name,mse,psnr,anomaly" and rows[3] == "2,0.01,20.0000,1" and rows[1].endswith(",100.0000,0")
 
@@ -203,10 +247,14 @@ def test_nan_pixels_latents_and_reconstructions_are_refused_naming_the_image(tmp
         reconstruction_errors(encoder, decoder, images)
 
     normal = constant_images(tmp_path / "normal.npy", [0.5, 0.4])
-    broken = {"encoder": make_export(tmp_path / "nan-encoder", encoder_weight=np.nan),
-              "decoder": make_export(tmp_path / "inf-decoder", decoder_weight=np.inf)}
-    wording = {"encoder": "encoder.onnx turned image '0' into NaN or infinite latents",
-               "decoder": "decoder.onnx turned the latents of image '0' into NaN or infinite pixels"}
+    broken = {
+        "encoder": make_export(tmp_path / "nan-encoder", encoder_weight=np.nan),
+        "decoder": make_export(tmp_path / "inf-decoder", decoder_weight=np.inf),
+    }
+    wording = {
+        "encoder": "encoder.onnx turned image '0' into NaN or infinite latents",
+        "decoder": "decoder.onnx turned the latents of image '0' into NaN or infinite pixels",
+    }
     for part, files in broken.items():
         encoder, decoder = open_sessions(*files)
         with pytest.raises(AekitError, match=wording[part]):
@@ -218,15 +266,31 @@ def test_nan_pixels_latents_and_reconstructions_are_refused_naming_the_image(tmp
     with pytest.raises(AekitError, match=r"Image '2' of .*nan.npy has NaN or infinite pixels"):
         score(*open_sessions(*make_export(tmp_path / "ok")), tmp_path / "nan.npy", Threshold(0.01, 0.5, 2, "n"))
     # the CLI: one line, exit 2, and no JSON claiming "0 anomalies"
-    result = CliRunner().invoke(app, ["score", "--encoder", str(broken["decoder"][0]), "--decoder", str(broken["decoder"][1]),
-                                      "--calibrate", str(normal), "--threshold", str(tmp_path / "t.json"), str(normal), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "--encoder",
+            str(broken["decoder"][0]),
+            "--decoder",
+            str(broken["decoder"][1]),
+            "--calibrate",
+            str(normal),
+            "--threshold",
+            str(tmp_path / "t.json"),
+            str(normal),
+            "--json",
+        ],
+    )
     assert result.exit_code == 2 and result.stdout == "" and not (tmp_path / "t.json").exists()
-    assert result.output.strip().splitlines() == [f"error: {wording['decoder']}, so the file is broken. Re-export the run "
-                                                  "(aekit export), after checking that its training loss was finite."]
+    assert result.output.strip().splitlines() == [
+        f"error: {wording['decoder']}, so the file is broken. Re-export the run "
+        "(aekit export), after checking that its training loss was finite."
+    ]
 
 
 def test_an_encoder_and_a_decoder_from_different_runs_are_refused(tmp_path):
-    (enc_a, dec_a), (enc_b, dec_b) = make_export(tmp_path / "a", run="/runs/a"), make_export(tmp_path / "b", run="/runs/b")
+    (enc_a, _), (_, dec_b) = make_export(tmp_path / "a", run="/runs/a"), make_export(tmp_path / "b", run="/runs/b")
     with pytest.raises(AekitError, match=r"from run /runs/a but .*decoder.onnx from run /runs/b; a decoder cannot read"):
         open_sessions(enc_a, dec_b)
     _, dec_c = make_export(tmp_path / "c", run="/runs/a", filters=(16,))
@@ -234,10 +298,15 @@ def test_an_encoder_and_a_decoder_from_different_runs_are_refused(tmp_path):
         open_sessions(enc_a, dec_c)
     source = constant_images(tmp_path / "x.npy", [0.5])
     runner = CliRunner()
-    for command in (["reconstruct", source, "-o", tmp_path / "rec"], ["score", "--calibrate", source, "--threshold", tmp_path / "t.json"]):
+    for command in (
+        ["reconstruct", source, "-o", tmp_path / "rec"],
+        ["score", "--calibrate", source, "--threshold", tmp_path / "t.json"],
+    ):
         result = runner.invoke(app, [*map(str, command), "--encoder", str(enc_a), "--decoder", str(dec_b)])
         lines = result.output.strip().splitlines()
-        assert result.exit_code == 2 and len(lines) == 1 and "Pass an encoder and a decoder exported from the same run" in lines[0]
+        assert (
+            result.exit_code == 2 and len(lines) == 1 and "Pass an encoder and a decoder exported from the same run" in lines[0]
+        )
     assert not (tmp_path / "rec").exists() and not (tmp_path / "t.json").exists()
 
 
@@ -249,8 +318,19 @@ def test_score_refuses_a_threshold_calibrated_for_another_run(tmp_path):
 
 def test_cli_score_names_a_threshold_file_of_the_wrong_shape(export, tmp_path):
     (tmp_path / "t.json").write_text("[0.1]")
-    result = CliRunner().invoke(app, ["score", "--encoder", str(export[0]), "--decoder", str(export[1]),
-                                      "--threshold", str(tmp_path / "t.json"), str(constant_images(tmp_path / "x.npy", [0.5]))])
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "--encoder",
+            str(export[0]),
+            "--decoder",
+            str(export[1]),
+            "--threshold",
+            str(tmp_path / "t.json"),
+            str(constant_images(tmp_path / "x.npy", [0.5])),
+        ],
+    )
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1
     assert lines[0].startswith(f"error: {tmp_path / 't.json'} holds a JSON list") and "Calibrate again" in lines[0]

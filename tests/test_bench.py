@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from aekit import AekitError, runs
 from aekit.bench import BenchOptions, Target, bench_run, run_bench, write_outputs
-from aekit.export import ExportOptions, export_run
 from aekit.cli.main import app
+from aekit.export import ExportOptions, export_run
 
 FAST = dict(batch_sizes=(1, 8), runs=4, warmup=1, min_psnr=5.0)  # the small model reaches ~15 dB
 
@@ -17,16 +17,26 @@ FAST = dict(batch_sizes=(1, 8), runs=4, warmup=1, min_psnr=5.0)  # the small mod
 def export_failure_of(row) -> bool:
     """An int8 decoder of these small models may fail its parity check on some CPUs (22-39 dB measured against
     the 30 dB bound, see test_export.py); bench must then show failed rows that say so, and still run the rest."""
-    return (row.precision == "int8" and row.part in ("decoder", "roundtrip") and row.status == "failed"
-            and "decoder_int8" in row.reason and "failed at export" in row.reason)
+    return (
+        row.precision == "int8"
+        and row.part in ("decoder", "roundtrip")
+        and row.status == "failed"
+        and "decoder_int8" in row.reason
+        and "failed at export" in row.reason
+    )
 
 
 def test_bench_exports_what_it_needs_and_every_figure_is_sane(run_copy):
     result = bench_run(run_copy, BenchOptions(**FAST))
     assert result.header["exported_now"] == ["onnx:none", "tflite:none", "onnx:int8", "tflite:int8"]
     kinds = {(r.runtime, r.precision) for r in result.rows}
-    assert kinds == {("keras", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8"),
-                     ("litert", "float32"), ("litert", "int8")}
+    assert kinds == {
+        ("keras", "float32"),
+        ("onnxruntime", "float32"),
+        ("onnxruntime", "int8"),
+        ("litert", "float32"),
+        ("litert", "int8"),
+    }
     assert len(result.rows) == 5 * 3 * 2
     for row in result.rows:
         if export_failure_of(row):
@@ -76,7 +86,10 @@ def test_a_broken_model_is_a_failed_row_not_a_crash(run_copy, tmp_path):
     (run_copy / "export" / "decoder_int8.tflite").write_bytes(b"tampered")
     again = bench_run(run_copy, BenchOptions(**{**FAST, "batch_sizes": (1,)}, parts=("encoder", "roundtrip")))
     failed = {(r.runtime, r.precision, r.part): r.reason for r in again.rows if r.status == "failed" and not export_failure_of(r)}
-    assert list(failed) == [("litert", "int8", "roundtrip")] and "decoder_int8.tflite changed since export" in failed[("litert", "int8", "roundtrip")]
+    assert (
+        list(failed) == [("litert", "int8", "roundtrip")]
+        and "decoder_int8.tflite changed since export" in failed[("litert", "int8", "roundtrip")]
+    )
     assert [r.status for r in again.rows if (r.runtime, r.precision, r.part) == ("litert", "int8", "encoder")] == ["passed"]
     assert sum(r.status == "passed" for r in again.rows) >= 8
 
@@ -89,8 +102,11 @@ def test_a_file_that_failed_its_export_is_a_named_failed_row_and_the_rest_is_mea
     export_run(run_copy, ExportOptions(formats=("onnx",)))
     result = bench_run(run_copy, BenchOptions(**{**FAST, "batch_sizes": (1,)}))
     rows = {(r.runtime, r.precision, r.part): r for r in result.rows}
-    assert set(rows) == {(rt, p, part) for rt, p in (("keras", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8"))
-                         for part in ("encoder", "decoder", "roundtrip")}
+    assert set(rows) == {
+        (rt, p, part)
+        for rt, p in (("keras", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8"))
+        for part in ("encoder", "decoder", "roundtrip")
+    }
     for part in ("decoder", "roundtrip"):
         row = rows[("onnxruntime", "int8", part)]
         assert row.status == "failed" and row.images_per_sec is None
@@ -108,8 +124,21 @@ def test_quality_floor_marks_rows_without_failing_them(run_copy):
 
 
 def test_device_cuda_without_cuda_is_refused_unless_fallback_is_allowed(run_copy):
-    base = ["bench", "--run", str(run_copy), "--batch-sizes", "1", "--runs", "2", "--warmup", "1",
-            "--parts", "encoder", "--quality-images", "32"]
+    base = [
+        "bench",
+        "--run",
+        str(run_copy),
+        "--batch-sizes",
+        "1",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--parts",
+        "encoder",
+        "--quality-images",
+        "32",
+    ]
     result = CliRunner().invoke(app, [*base, "--device", "cuda"])
     assert result.exit_code == 2
     assert "CUDA is not what runs" in result.output and "--allow-fallback" in result.output
@@ -123,13 +152,30 @@ def test_device_cuda_without_cuda_is_refused_unless_fallback_is_allowed(run_copy
 
 def test_bench_one_model_file(run_copy):
     bench_run(run_copy, BenchOptions(**{**FAST, "batch_sizes": (1,)}, parts=("encoder",)))
-    result = CliRunner().invoke(app, ["bench", "--model", str(run_copy / "export" / "encoder_int8.tflite"),
-                                      "--batch-sizes", "1,4", "--runs", "2", "--quality-images", "32", "--min-psnr", "5", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            str(run_copy / "export" / "encoder_int8.tflite"),
+            "--batch-sizes",
+            "1,4",
+            "--runs",
+            "2",
+            "--quality-images",
+            "32",
+            "--min-psnr",
+            "5",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
     # only the file's own part is timed; quality uses the run's Keras decoder as its partner
     assert {(r["runtime"], r["precision"], r["part"], r["batch_size"]) for r in rows} == {
-        ("litert", "int8", "encoder", 1), ("litert", "int8", "encoder", 4)}
+        ("litert", "int8", "encoder", 1),
+        ("litert", "int8", "encoder", 4),
+    }
     assert all(r["status"] == "passed" and r["psnr"] > 5 for r in rows)
 
 

@@ -23,7 +23,9 @@ def test_entry_point_installed_and_cli_not_a_top_level_package(tmp_path):
     assert AEKIT.is_file()
     probe = subprocess.run(
         [sys.executable, "-c", "import aekit.cli.main, importlib.util as u; print(u.find_spec('cli'))"],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert probe.returncode == 0 and probe.stdout.strip() == "None", probe.stderr
 
@@ -103,7 +105,9 @@ def test_wheel_installs_the_cli_as_aekit_cli_with_the_sample(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(repo)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("aekit-*.whl")
@@ -124,9 +128,24 @@ def test_tf_config_selects_multi_worker_strategy_with_the_same_loop(tmp_path, sm
     tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
     env = {**os.environ, "AEKIT_OFFLINE": "1", "TF_CONFIG": json.dumps(tf_config)}
     proc = subprocess.run(
-        [str(AEKIT), "train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "2", "--batch-size", "64",
-         "-o", str(tmp_path / "run"), "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            str(AEKIT),
+            "train",
+            "--dataset",
+            str(small_npz),
+            *TINY_ARGS,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "-o",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["epochs"] == 2

@@ -4,11 +4,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import read_mnist
 from PIL import Image
 
 from aekit import AekitError, data
 from aekit.data import load_data, make_dataset, network_reachable
-from conftest import read_mnist
 
 
 def test_idx_folder_takes_the_last_fraction_as_validation(mnist_dir):
@@ -173,8 +173,7 @@ def batches_of_ids(ds, n):
 
 def test_each_example_once_per_epoch_across_worker_shards():
     images, scaling = ids_dataset(100)
-    per_worker = [batches_of_ids(make_dataset(images, scaling, 10, 5, seed=3, num_shards=2, shard_index=i), 10)
-                  for i in range(2)]
+    per_worker = [batches_of_ids(make_dataset(images, scaling, 10, 5, seed=3, num_shards=2, shard_index=i), 10) for i in range(2)]
     for epoch in range(2):
         seen = np.concatenate([b for worker in per_worker for b in worker[epoch * 5 : (epoch + 1) * 5]])
         assert sorted(seen.tolist()) == list(range(100))  # every example exactly once, split between workers

@@ -32,7 +32,11 @@ def test_runs_volume_is_shared_by_every_worker():
     assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     for name in ("tfjob.yaml", "indexed-job.yaml"):
         pod = next(d for d in documents(name) if d["kind"] in ("TFJob", "Job"))
-        spec = pod["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"] if pod["kind"] == "TFJob" else pod["spec"]["template"]["spec"]
+        spec = (
+            pod["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+            if pod["kind"] == "TFJob"
+            else pod["spec"]["template"]["spec"]
+        )
         (volume,) = spec["volumes"]
         assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
         (mount,) = spec["containers"][0]["volumeMounts"]

@@ -5,18 +5,18 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import MNIST_DIR, read_mnist
 from PIL import Image, ImageDraw, ImageFont
 from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.cli.main import app
 from aekit.anomaly import roc_auc
+from aekit.cli.main import app
 from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer, load_latents
 from aekit.export import ExportOptions, export_run, load_run
-from aekit.metrics import psnr_from_mse, mse_per_image
+from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.runtimes import NoCudaError
 from aekit.sources import iter_images
-from conftest import MNIST_DIR, read_mnist
 
 IDX = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 
@@ -28,8 +28,9 @@ def decent_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("edge-run")
     np.savez(folder / "digits.npz", images=read_mnist(3000))
-    config = TrainConfig(dataset=str(folder / "digits.npz"), epochs=8, batch_size=32, learning_rate=2e-3, gpus=0,
-                         filters=(16, 32), latent_dim=16)
+    config = TrainConfig(
+        dataset=str(folder / "digits.npz"), epochs=8, batch_size=32, learning_rate=2e-3, gpus=0, filters=(16, 32), latent_dim=16
+    )
     train(config, folder / "run")
     return folder / "run"
 
@@ -91,11 +92,11 @@ def test_the_edge_side_runs_where_tensorflow_cannot_be_imported(exported, tmp_pa
             pass
         import numpy as np
         from aekit.edge import EncoderSession
-        codes = EncoderSession({str(exported / 'encoder.tflite')!r}).encode(np.zeros((3, 28, 28, 1), np.uint8))
+        codes = EncoderSession({str(exported / "encoder.tflite")!r}).encode(np.zeros((3, 28, 28, 1), np.uint8))
         assert codes.shape == (3, 16)
         from aekit.cli.main import app
         try:
-            app(["encode", "--model", {str(exported / 'encoder.onnx')!r}, {str(IDX)!r}, "-o", {str(tmp_path / 'z.npz')!r}])
+            app(["encode", "--model", {str(exported / "encoder.onnx")!r}, {str(IDX)!r}, "-o", {str(tmp_path / "z.npz")!r}])
         except SystemExit as exit:
             assert exit.code in (0, None), exit.code
         try:
@@ -133,7 +134,9 @@ def test_encode_decode_cli_and_int8_codes_are_one_byte_per_dimension(exported, t
     assert len(pngs) == 10_000
     with Image.open(tmp_path / "png" / "0.png") as image:
         assert image.size == (28, 28) and image.mode == "L"
-    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "f32.npz"), "-o", str(tmp_path / "d.npz"), "--format", "npz"])
+    result = runner.invoke(
+        app, ["decode", "--model", decoder, str(tmp_path / "f32.npz"), "-o", str(tmp_path / "d.npz"), "--format", "npz"]
+    )
     assert result.exit_code == 0
     images = np.load(tmp_path / "d.npz")["images"]
     originals = read_mnist()[..., None] / np.float32(255)
@@ -169,8 +172,9 @@ def letters(count: int) -> np.ndarray:
     out = []
     for i in range(count):
         image = Image.new("L", (28, 28), 0)
-        ImageDraw.Draw(image).text((14, 14), "ABEFGHKMRWXQZ"[i % 13], fill=255, font=font, anchor="mm",
-                                   stroke_width=1, stroke_fill=255)
+        ImageDraw.Draw(image).text(
+            (14, 14), "ABEFGHKMRWXQZ"[i % 13], fill=255, font=font, anchor="mm", stroke_width=1, stroke_fill=255
+        )
         out.append(np.asarray(image))
     return np.stack(out)
 
@@ -179,18 +183,37 @@ def test_score_separates_digits_from_non_digits(exported, tmp_path):
     digits = read_mnist()
     normal, held_out = digits[:2000], digits[-300:]
     rng = np.random.default_rng(0)
-    outliers = np.concatenate([
-        rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),  # noise
-        255 - held_out[:100],  # inverted digits
-        letters(100),  # letters rendered with Pillow
-    ])
+    outliers = np.concatenate(
+        [
+            rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),  # noise
+            255 - held_out[:100],  # inverted digits
+            letters(100),  # letters rendered with Pillow
+        ]
+    )
     np.save(tmp_path / "normal.npy", normal)
     np.save(tmp_path / "test.npy", np.concatenate([held_out, outliers]))
     enc, dec = str(exported / "encoder.onnx"), str(exported / "decoder.onnx")
     threshold = tmp_path / "threshold.json"
-    result = CliRunner().invoke(app, ["score", "--encoder", enc, "--decoder", dec, "--calibrate", str(tmp_path / "normal.npy"),
-                                      "--quantile", "0.99", "--threshold", str(threshold), str(tmp_path / "test.npy"),
-                                      "-o", str(tmp_path / "scores.csv"), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "--encoder",
+            enc,
+            "--decoder",
+            dec,
+            "--calibrate",
+            str(tmp_path / "normal.npy"),
+            "--quantile",
+            "0.99",
+            "--threshold",
+            str(threshold),
+            str(tmp_path / "test.npy"),
+            "-o",
+            str(tmp_path / "scores.csv"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     counts = json.loads(result.stdout)
     assert counts["images"] == 600 and counts["anomalies"] + counts["normal"] == 600
@@ -205,14 +228,26 @@ def test_score_separates_digits_from_non_digits(exported, tmp_path):
     flagged = np.array([int(line.split(",")[3]) for line in rows[1:]])
     assert flagged[300:500].mean() > 0.95 and flagged[:300].mean() < 0.1  # nominal 1%; a small model on 300 digits
     # a second call reads the saved threshold
-    again = CliRunner().invoke(app, ["score", "--encoder", enc, "--decoder", dec, "--threshold", str(threshold),
-                                     str(tmp_path / "test.npy"), "--json"])
+    again = CliRunner().invoke(
+        app, ["score", "--encoder", enc, "--decoder", dec, "--threshold", str(threshold), str(tmp_path / "test.npy"), "--json"]
+    )
     assert json.loads(again.stdout)["anomalies"] == counts["anomalies"]
 
 
 def test_reconstruct_writes_scores_and_the_grid(exported, tmp_path):
-    result = CliRunner().invoke(app, ["reconstruct", "--encoder", str(exported / "encoder.tflite"),
-                                      "--decoder", str(exported / "decoder.tflite"), str(IDX), "-o", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "reconstruct",
+            "--encoder",
+            str(exported / "encoder.tflite"),
+            "--decoder",
+            str(exported / "decoder.tflite"),
+            str(IDX),
+            "-o",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "reconstruction.csv").read_text().splitlines()
     assert lines[0] == "name,mse,psnr" and len(lines) == 10_001
@@ -230,10 +265,16 @@ def test_edge_commands_refuse_empty_inputs_and_bad_outputs_up_front(exported, tm
         (["encode", "--model", enc, str(IDX), "-o", str(tmp_path / "z.txt")], "must end in .npz"),
         (["decode", "--model", dec, str(tmp_path / "empty.npy"), "-o", str(tmp_path / "out")], "not a latents file"),
         (["decode", "--model", dec, str(tmp_path / "z.npz"), "-o", str(tmp_path / "notes.txt")], "is a file"),
-        (["reconstruct", "--encoder", enc, "--decoder", dec, str(tmp_path / "empty.npy"), "-o", str(tmp_path / "r")], "holds no images"),
+        (
+            ["reconstruct", "--encoder", enc, "--decoder", dec, str(tmp_path / "empty.npy"), "-o", str(tmp_path / "r")],
+            "holds no images",
+        ),
         (["reconstruct", "--encoder", enc, "--decoder", dec, str(IDX), "-o", str(tmp_path / "notes.txt")], "is a file"),
         (["score", "--encoder", enc, "--decoder", dec, "--calibrate", str(IDX), "--quantile", "1.5"], "--quantile"),
-        (["score", "--encoder", enc, "--decoder", dec, "--threshold", str(tmp_path / "notes.txt"), str(IDX)], "not a threshold file"),
+        (
+            ["score", "--encoder", enc, "--decoder", dec, "--threshold", str(tmp_path / "notes.txt"), str(IDX)],
+            "not a threshold file",
+        ),
         (["encode", "--model", str(tmp_path / "gone.onnx"), str(IDX), "-o", str(tmp_path / "z.npz")], "does not exist"),
     ]
     for args, words in cases:
@@ -268,14 +309,21 @@ def test_sessions_refuse_device_cuda_without_cuda_naming_what_would_run(exported
 
             fallback = session_type(path, device="cuda", allow_fallback=True)
             assert (fallback.provider, fallback.device, fallback.fell_back) == (provider, "cpu", True)
-            assert fallback.ran_on() == {"file": str(path), "runtime": "onnxruntime" if suffix == "onnx" else "litert",
-                                         "provider": provider, "device": "cpu", "requested_device": "cuda", "fell_back": True}
+            assert fallback.ran_on() == {
+                "file": str(path),
+                "runtime": "onnxruntime" if suffix == "onnx" else "litert",
+                "provider": provider,
+                "device": "cpu",
+                "requested_device": "cuda",
+                "fell_back": True,
+            }
             auto = session_type(path, device="auto")  # auto: the CPU, silently
             assert (auto.provider, auto.device, auto.fell_back) == (provider, "cpu", False)
         # the fallback session computes what a CPU session does
         cpu_codes = EncoderSession(exported / f"encoder.{suffix}").encode(digits)
         np.testing.assert_array_equal(
-            EncoderSession(exported / f"encoder.{suffix}", device="cuda", allow_fallback=True).encode(digits), cpu_codes)
+            EncoderSession(exported / f"encoder.{suffix}", device="cuda", allow_fallback=True).encode(digits), cpu_codes
+        )
 
 
 def test_a_cpu_build_of_onnxruntime_is_named_in_the_refusal_without_its_own_warning(exported, monkeypatch):
@@ -289,8 +337,11 @@ def test_a_cpu_build_of_onnxruntime_is_named_in_the_refusal_without_its_own_warn
         monkeypatch.setattr(module, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(NoCudaError, match=r"would run encoder\.onnx on CPUExecutionProvider; this onnxruntime is the CPU build\)\. "
-                                              r"Install onnxruntime-gpu"):
+        with pytest.raises(
+            NoCudaError,
+            match=r"would run encoder\.onnx on CPUExecutionProvider; this onnxruntime is the CPU build\)\. "
+            r"Install onnxruntime-gpu",
+        ):
             EncoderSession(exported / "encoder.onnx", device="cuda")
         session = EncoderSession(exported / "encoder.onnx", device="cuda", allow_fallback=True)
     assert session.provider == "CPUExecutionProvider" and session.fell_back
@@ -308,15 +359,29 @@ def _edge_commands(exported, tmp_path, encoder="onnx", decoder="onnx"):
     """encode/decode/reconstruct/score on 64 digits, each as (name, args, what it writes)."""
     np.save(tmp_path / "digits.npy", read_mnist(64))
     digits, enc, dec = str(tmp_path / "digits.npy"), str(exported / f"encoder.{encoder}"), str(exported / f"decoder.{decoder}")
-    np.savez(tmp_path / "codes.npz", latents=EncoderSession(enc).encode(read_mnist(64)), names=np.arange(64).astype(str),
-             latent_dtype=np.asarray("float32"))
+    np.savez(
+        tmp_path / "codes.npz",
+        latents=EncoderSession(enc).encode(read_mnist(64)),
+        names=np.arange(64).astype(str),
+        latent_dtype=np.asarray("float32"),
+    )
     return [
         ("encode", ["encode", "--model", enc, digits, "-o", str(tmp_path / "z.npz")], tmp_path / "z.npz"),
-        ("decode", ["decode", "--model", dec, str(tmp_path / "codes.npz"), "-o", str(tmp_path / "d.npz"), "--format", "npz"],
-         tmp_path / "d.npz"),
-        ("reconstruct", ["reconstruct", "--encoder", enc, "--decoder", dec, digits, "-o", str(tmp_path / "rec")], tmp_path / "rec"),
-        ("score", ["score", "--encoder", enc, "--decoder", dec, "--calibrate", digits,
-                   "--threshold", str(tmp_path / "t.json"), digits], tmp_path / "t.json"),
+        (
+            "decode",
+            ["decode", "--model", dec, str(tmp_path / "codes.npz"), "-o", str(tmp_path / "d.npz"), "--format", "npz"],
+            tmp_path / "d.npz",
+        ),
+        (
+            "reconstruct",
+            ["reconstruct", "--encoder", enc, "--decoder", dec, digits, "-o", str(tmp_path / "rec")],
+            tmp_path / "rec",
+        ),
+        (
+            "score",
+            ["score", "--encoder", enc, "--decoder", dec, "--calibrate", digits, "--threshold", str(tmp_path / "t.json"), digits],
+            tmp_path / "t.json",
+        ),
     ]
 
 
@@ -333,7 +398,10 @@ def test_edge_commands_with_device_cuda_fail_in_one_line_unless_fallback_is_allo
         ran = runner.invoke(app, [*args, "--device", "cuda", "--allow-fallback"])
         assert ran.exit_code == 0, (name, ran.output)
         summary = ran.stdout.strip().splitlines()[-1]
-        assert summary.endswith(" on CPUExecutionProvider; --device cuda fell back to the CPU (--allow-fallback)"), (name, summary)
+        assert summary.endswith(" on CPUExecutionProvider; --device cuda fell back to the CPU (--allow-fallback)"), (
+            name,
+            summary,
+        )
     assert np.load(tmp_path / "z.npz")["latents"].shape == (64, 16)
     assert np.load(tmp_path / "d.npz")["images"].shape == (64, 28, 28, 1)
     assert len((tmp_path / "rec" / "reconstruction.csv").read_text().splitlines()) == 65
@@ -353,10 +421,13 @@ def test_edge_commands_say_which_provider_ran(exported, tmp_path):
     assert scored.exit_code == 0, scored.output
     result = json.loads(scored.stdout)
     assert result["images"] == 64 and result["calibration"]["calibration_images"] == 64
-    assert {part: (r["runtime"], r["provider"], r["device"], r["requested_device"], r["fell_back"])
-            for part, r in result["ran_on"].items()} == {
+    assert {
+        part: (r["runtime"], r["provider"], r["device"], r["requested_device"], r["fell_back"])
+        for part, r in result["ran_on"].items()
+    } == {
         "encoder": ("onnxruntime", "CPUExecutionProvider", "cpu", "cuda", True),
-        "decoder": ("litert", "XNNPACK/CPU", "cpu", "cuda", True)}
+        "decoder": ("litert", "XNNPACK/CPU", "cpu", "cuda", True),
+    }
     # LiteRT never runs on CUDA: refused, naming what would run
     refused = runner.invoke(app, [*commands["decode"], "--device", "cuda"])
     assert refused.exit_code == 2 and "LiteRT runs decoder.tflite on XNNPACK/CPU" in refused.output
@@ -368,7 +439,8 @@ def test_edge_commands_refuse_unknown_devices_in_one_line(exported, tmp_path):
     for name, args, written in _edge_commands(exported, tmp_path):
         result = runner.invoke(app, [*args, "--device", "gpu"])
         assert result.exit_code == 2 and result.output.strip().splitlines() == [
-            "error: --device 'gpu' is not one of cpu, cuda, auto. Pass --device cpu, or cuda on a GPU machine."], (name, result.output)
+            "error: --device 'gpu' is not one of cpu, cuda, auto. Pass --device cpu, or cuda on a GPU machine."
+        ], (name, result.output)
         assert not written.exists(), name
 
 
@@ -381,20 +453,26 @@ def test_decode_never_overwrites_or_merges_and_leaves_nothing_half_written(expor
     result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "clash.npz"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and "would both be written to a.png" in result.output and not (tmp_path / "out").exists()
     # decoding into a folder that holds files of those names (say, the source images) is refused
-    np.savez(tmp_path / "ok.npz", latents=codes, names=np.asarray(["x.png", "../../y", ".hidden"]), latent_dtype=np.asarray("float32"))
+    np.savez(
+        tmp_path / "ok.npz", latents=codes, names=np.asarray(["x.png", "../../y", ".hidden"]), latent_dtype=np.asarray("float32")
+    )
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "x.png").write_bytes(b"the user's original")
     result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos")])
     assert result.exit_code == 2 and "already holds 1 of the 3 files" in result.output and "--overwrite" in result.output
     assert (tmp_path / "photos" / "x.png").read_bytes() == b"the user's original"
-    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos"), "--overwrite"])
+    result = runner.invoke(
+        app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos"), "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
     # names become safe file names inside the folder; no staging folder is left behind
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["_.._y.png", "hidden.png", "x.png"]
     assert not list(tmp_path.glob(".partial-*"))
     # an existing npz is not replaced unless asked
     (tmp_path / "images.npz").write_bytes(b"keep me")
-    result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "images.npz"), "--format", "npz"])
+    result = runner.invoke(
+        app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "images.npz"), "--format", "npz"]
+    )
     assert result.exit_code == 2 and (tmp_path / "images.npz").read_bytes() == b"keep me"
 
 

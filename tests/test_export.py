@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 from aekit import AekitError, runs
@@ -12,7 +13,6 @@ from aekit.export import ExportOptions, export_run, load_run
 from aekit.manifest import MANIFEST, check_manifest, validate_manifest
 from aekit.runtimes import OnnxRunner, TFLiteRunner, open_runner
 from aekit.train import TrainConfig, train
-from conftest import TINY
 
 
 def manifest_of(folder):
@@ -40,7 +40,13 @@ def test_onnx_float32_files_match_keras_with_a_dynamic_batch(run_copy):
 
     data = manifest_of(result.output)
     entry = {e["file"]: e for e in data["files"]}["encoder.onnx"]
-    assert entry["inputs"][0] == {"name": "image", "shape": [None, 28, 28, 1], "dtype": "float32", "scale": None, "zero_point": None}
+    assert entry["inputs"][0] == {
+        "name": "image",
+        "shape": [None, 28, 28, 1],
+        "dtype": "float32",
+        "scale": None,
+        "zero_point": None,
+    }
     assert entry["outputs"][0]["shape"] == [None, 8] and entry["opset"] == 17 and entry["status"] == "passed"
     assert entry["parity"]["images"] == 200 and entry["parity"]["max_rel_diff"] < 1e-5
     # float32 agrees to rounding: ~1e-6 differences are 100+ dB, far above the 60 dB bound on any CPU
@@ -98,18 +104,31 @@ def test_int8_tflite_quantizes_batchnorm_per_channel(run_copy):
         original = np.asarray(loaded.models[role](inputs, training=False))
         twin = np.asarray(_batchnorm_as_depthwise(loaded.models[role])(inputs, training=False))
         assert np.abs(twin - original).max() <= 1e-5 * max(1.0, np.abs(original).max())  # the same function
-    export_run(run_copy, ExportOptions(formats=("tflite",), quantize="int8", parts=("encoder",), min_agreement_db=STRUCTURE_ONLY_DB))
+    export_run(
+        run_copy, ExportOptions(formats=("tflite",), quantize="int8", parts=("encoder",), min_agreement_db=STRUCTURE_ONLY_DB)
+    )
     tensors = Interpreter(model_path=str(run_copy / "export" / "encoder_int8.tflite")).get_tensor_details()
-    batchnorm = [t for t in tensors if "batch_normalization" in t["name"] and t["dtype"] == np.int8 and len(t["shape"]) == 4
-                 and t["shape"][0] == 1 and t["shape"][1] == 1]  # the depthwise kernels (1, 1, 1, C)
+    batchnorm = [
+        t
+        for t in tensors
+        if "batch_normalization" in t["name"]
+        and t["dtype"] == np.int8
+        and len(t["shape"]) == 4
+        and t["shape"][0] == 1
+        and t["shape"][1] == 1
+    ]  # the depthwise kernels (1, 1, 1, C)
     assert len(batchnorm) == 2
     for kernel in batchnorm:
         assert len(kernel["quantization_parameters"]["scales"]) == kernel["shape"][-1]  # one scale per channel
 
 
 def test_onnx_int8_is_qdq_with_float_inputs_and_outputs(run_copy):
-    result = export_run(run_copy, ExportOptions(formats=("onnx",), quantize="int8", parts=("encoder", "decoder", "autoencoder"),
-                                                min_agreement_db=STRUCTURE_ONLY_DB))
+    result = export_run(
+        run_copy,
+        ExportOptions(
+            formats=("onnx",), quantize="int8", parts=("encoder", "decoder", "autoencoder"), min_agreement_db=STRUCTURE_ONLY_DB
+        ),
+    )
     assert not result.failed and [e.file for e in result.entries][0] == "encoder_int8.onnx"
     graph = onnx.load(result.output / "decoder_int8.onnx")
     ops = {node.op_type for node in graph.graph.node}
@@ -179,7 +198,9 @@ def test_a_mixed_precision_run_exports_a_pure_float32_graph(tmp_path, small_npz)
         assert not [i.name for i in graph.initializer if i.data_type in half]
         casts = [n for n in graph.node if n.op_type == "Cast"]
         assert not [n.name for n in casts for a in n.attribute if a.name == "to" and a.i in half]
-        assert OnnxRunner(result.output / entry.file).run(np.zeros((2, *entry.inputs[0].shape[1:]), np.float32)).dtype == np.float32
+        assert (
+            OnnxRunner(result.output / entry.file).run(np.zeros((2, *entry.inputs[0].shape[1:]), np.float32)).dtype == np.float32
+        )
 
 
 def test_a_failed_parity_check_exits_1_removes_the_file_and_marks_the_manifest(run_copy):
@@ -288,7 +309,9 @@ def test_one_export_folder_holds_one_run(run_copy, tmp_path):
     shutil.copytree(run_copy, other, ignore=shutil.ignore_patterns("export"))
     before = {p.name: p.stat().st_mtime_ns for p in shared.iterdir()}
     result = CliRunner().invoke(app, ["export", "--run", str(other), "--output", str(shared)])
-    assert result.exit_code == 2 and "holds the export of another run" in result.output and "--output a new folder" in result.output
+    assert (
+        result.exit_code == 2 and "holds the export of another run" in result.output and "--output a new folder" in result.output
+    )
     assert {p.name: p.stat().st_mtime_ns for p in shared.iterdir()} == before
 
 

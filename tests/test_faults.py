@@ -29,8 +29,15 @@ def free_port() -> int:
 def start(args, cwd, **popen):
     env = {**os.environ, "AEKIT_OFFLINE": "1"}
     env.pop("TF_CONFIG", None)
-    return subprocess.Popen([str(AEKIT), "train", *map(str, args)], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [str(AEKIT), "train", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def finish(proc, timeout=240):
@@ -75,8 +82,19 @@ def assert_nothing_truncated(run_dir: Path):
 
 def two_workers(small_npz, tmp_path, epochs, extra=()):
     workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-    args = ["--dataset", small_npz, *TINY_ARGS, "--epochs", epochs, "-o", tmp_path / "run", "--json",
-            "--workers", workers, *extra]
+    args = [
+        "--dataset",
+        small_npz,
+        *TINY_ARGS,
+        "--epochs",
+        epochs,
+        "-o",
+        tmp_path / "run",
+        "--json",
+        "--workers",
+        workers,
+        *extra,
+    ]
     return [start([*args, "--task-index", i], tmp_path) for i in (0, 1)]
 
 
@@ -90,7 +108,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, small_n
     scratch_before = worker_scratch()
     procs = two_workers(small_npz, tmp_path, 2)
     results = [finish(p) for p in procs]
-    for code, out, err in results:
+    for code, _out, err in results:
         assert code == 0, err[-2000:]
     chief, worker = (json.loads(out) for _, out, _ in results)
     assert chief["placement"]["replicas"] == worker["placement"]["replicas"] == 2
@@ -191,8 +209,13 @@ def test_workers_with_different_data_stop_with_a_clear_error(tmp_path, small_npz
     other = tmp_path / "other.npz"
     np.savez(other, images=np.load(small_npz)["images"][:320])
     workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
-    procs = [start(["--dataset", data, *TINY_ARGS, "--epochs", 2, "-o", tmp_path / "run", "--workers", workers,
-                    "--task-index", i], tmp_path) for i, data in enumerate((small_npz, other))]
+    procs = [
+        start(
+            ["--dataset", data, *TINY_ARGS, "--epochs", 2, "-o", tmp_path / "run", "--workers", workers, "--task-index", i],
+            tmp_path,
+        )
+        for i, data in enumerate((small_npz, other))
+    ]
     results = [finish(p, timeout=120) for p in procs]
     for code, _, err in results:
         assert code == 2 and "The workers disagree on training images" in err, err[-1500:]

@@ -26,14 +26,18 @@ def world(trained_run, tmp_path_factory):
     digits = gzip.compress(struct.pack(">iiii", 2051, 3, 28, 28) + bytes(3 * 784))
     (bad / "truncated-images-idx3-ubyte.gz").write_bytes(digits[: len(digits) // 2])
     (bad / "liar-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 2**31 - 1, 28, 28) + bytes(784))
-    (bad / "liar-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">iiii", 2051, 2**31 - 1, 2**15, 2**15) + bytes(784)))
+    (bad / "liar-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">iiii", 2051, 2**31 - 1, 2**15, 2**15) + bytes(784))
+    )
     (bad / "zero-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 2, 0, 0))
     np.save(bad / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(bad / "nan.npy", np.full((2, 28, 28), np.nan, np.float32))
     (bad / "codes.npz").write_bytes(b"not an npz")
     (bad / "threshold-list.json").write_text("[1, 2]")
-    (bad / "threshold-nan.json").write_text('{"metric": "reconstruction_mse", "threshold": NaN, "quantile": 0.99, '
-                                            '"calibration_images": 10, "calibration_source": "x"}')
+    (bad / "threshold-nan.json").write_text(
+        '{"metric": "reconstruction_mse", "threshold": NaN, "quantile": 0.99, '
+        '"calibration_images": 10, "calibration_source": "x"}'
+    )
     listed = root / "list-export"
     shutil.copytree(run / "export", listed)
     (listed / MANIFEST).write_text("[]")
@@ -60,21 +64,54 @@ def _cases():
         ("bad device", ["encode", "--model", enc, "{bad}/nan.npy", "-o", "{root}/z.npz", "--device", "tpu"], "--device 'tpu'"),
         ("zero batch", ["bench", "--run", "{run}", "--batch-sizes", "0"], "--batch-sizes"),
         # corrupt and lying files
-        ("truncated gzip", ["encode", "--model", enc, "{bad}/truncated-images-idx3-ubyte.gz", "-o", "{root}/z.npz"], "truncated-images"),
-        ("IDX header claims 2^31 images", ["encode", "--model", enc, "{bad}/liar-images-idx3-ubyte", "-o", "{root}/z.npz"], "liar-images"),
-        ("gzip IDX header claims 2^61 pixels", ["encode", "--model", enc, "{bad}/liar-images-idx3-ubyte.gz", "-o", "{root}/z.npz"], "liar-images"),
+        (
+            "truncated gzip",
+            ["encode", "--model", enc, "{bad}/truncated-images-idx3-ubyte.gz", "-o", "{root}/z.npz"],
+            "truncated-images",
+        ),
+        (
+            "IDX header claims 2^31 images",
+            ["encode", "--model", enc, "{bad}/liar-images-idx3-ubyte", "-o", "{root}/z.npz"],
+            "liar-images",
+        ),
+        (
+            "gzip IDX header claims 2^61 pixels",
+            ["encode", "--model", enc, "{bad}/liar-images-idx3-ubyte.gz", "-o", "{root}/z.npz"],
+            "liar-images",
+        ),
         ("0x0 images", ["encode", "--model", enc, "{bad}/zero-images-idx3-ubyte", "-o", "{root}/z.npz"], "zero-images"),
         ("pickled object array", ["encode", "--model", enc, "{bad}/objects.npy", "-o", "{root}/z.npz"], "objects.npy"),
-        ("NaN pixels", ["score", "--encoder", enc, "--decoder", dec, "--calibrate", "{bad}/nan.npy",
-                        "--threshold", "{root}/t.json"], "NaN"),
+        (
+            "NaN pixels",
+            ["score", "--encoder", enc, "--decoder", dec, "--calibrate", "{bad}/nan.npy", "--threshold", "{root}/t.json"],
+            "NaN",
+        ),
         ("not a latents file", ["decode", "--model", dec, "{bad}/codes.npz", "-o", "{root}/out"], "codes.npz"),
-        ("threshold file is a list", ["score", "--encoder", enc, "--decoder", dec, "--threshold", "{bad}/threshold-list.json",
-                                      "{bad}/nan.npy"], "threshold-list.json"),
-        ("threshold is NaN", ["score", "--encoder", enc, "--decoder", dec, "--threshold", "{bad}/threshold-nan.json",
-                              "{bad}/nan.npy"], "threshold-nan.json"),
-        ("manifest is a list", ["encode", "--model", "{listed}/encoder.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"], "expected a JSON object"),
-        ("manifest misses a key", ["encode", "--model", "{missing_key}/encoder.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"], "missing key 'model'"),
-        ("model file missing", ["encode", "--model", "{root}/nope.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"], "does not exist"),
+        (
+            "threshold file is a list",
+            ["score", "--encoder", enc, "--decoder", dec, "--threshold", "{bad}/threshold-list.json", "{bad}/nan.npy"],
+            "threshold-list.json",
+        ),
+        (
+            "threshold is NaN",
+            ["score", "--encoder", enc, "--decoder", dec, "--threshold", "{bad}/threshold-nan.json", "{bad}/nan.npy"],
+            "threshold-nan.json",
+        ),
+        (
+            "manifest is a list",
+            ["encode", "--model", "{listed}/encoder.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"],
+            "expected a JSON object",
+        ),
+        (
+            "manifest misses a key",
+            ["encode", "--model", "{missing_key}/encoder.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"],
+            "missing key 'model'",
+        ),
+        (
+            "model file missing",
+            ["encode", "--model", "{root}/nope.onnx", "{bad}/nan.npy", "-o", "{root}/z.npz"],
+            "does not exist",
+        ),
         ("run folder is a file", ["export", "--run", "{bad}/nan.npy"], "is a file"),
         ("output under a file", ["export", "--run", "{run}", "--output", "{bad}/nan.npy/sub"], "nan.npy"),
     ]

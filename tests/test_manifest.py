@@ -100,7 +100,9 @@ def test_the_edge_side_refuses_a_swapped_file(export_copy, trained_run, tmp_path
 
     entry["bytes"], entry["sha256"] = (export_copy / "encoder.onnx").stat().st_size, sha256_of(export_copy / "encoder.onnx")
     (export_copy / MANIFEST).write_text(json.dumps(data))
-    with pytest.raises(AekitError, match=r"maps \(8,\) to \(28, 28, 1\), but its manifest says an encoder of \(28, 28, 1\) to \(8,\)"):
+    with pytest.raises(
+        AekitError, match=r"maps \(8,\) to \(28, 28, 1\), but its manifest says an encoder of \(28, 28, 1\) to \(8,\)"
+    ):
         EncoderSession(export_copy / "encoder.onnx")
 
 

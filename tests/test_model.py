@@ -17,13 +17,33 @@ def test_reference_model_has_the_reference_parameter_counts():
 def test_reference_layers_in_order():
     encoder, decoder, _ = build_autoencoder((28, 28, 1))
     kinds = [type(layer).__name__ for layer in encoder.layers]
-    assert kinds == ["InputLayer", "Conv2D", "LeakyReLU", "BatchNormalization", "Conv2D", "LeakyReLU",
-                     "BatchNormalization", "Flatten", "Dense"]
+    assert kinds == [
+        "InputLayer",
+        "Conv2D",
+        "LeakyReLU",
+        "BatchNormalization",
+        "Conv2D",
+        "LeakyReLU",
+        "BatchNormalization",
+        "Flatten",
+        "Dense",
+    ]
     assert encoder.layers[1].strides == (2, 2) and encoder.layers[1].kernel_size == (3, 3)
     assert encoder.layers[2].negative_slope == pytest.approx(0.2)
     kinds = [type(layer).__name__ for layer in decoder.layers]
-    assert kinds == ["InputLayer", "Dense", "Reshape", "Conv2DTranspose", "LeakyReLU", "BatchNormalization",
-                     "Conv2DTranspose", "LeakyReLU", "BatchNormalization", "Conv2DTranspose", "Activation"]
+    assert kinds == [
+        "InputLayer",
+        "Dense",
+        "Reshape",
+        "Conv2DTranspose",
+        "LeakyReLU",
+        "BatchNormalization",
+        "Conv2DTranspose",
+        "LeakyReLU",
+        "BatchNormalization",
+        "Conv2DTranspose",
+        "Activation",
+    ]
     assert decoder.layers[2].output.shape[1:] == (7, 7, 64)
 
 

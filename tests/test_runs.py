@@ -21,7 +21,10 @@ TINY_ARGS = ["--filters", "8,16", "--latent-dim", "4", "--gpus", "0", "--batch-s
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
-    code = f"from aekit.runs import RunLock\nimport time\nRunLock({str(folder)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)"
+    code = (
+        f"from aekit.runs import RunLock\nimport time\nRunLock({str(folder)!r}).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -44,7 +47,9 @@ def test_train_into_a_folder_in_use_fails_at_once(tmp_path, small_npz):
     holder = _hold_lock(tmp_path / "run")
     try:
         started = time.perf_counter()
-        result = CliRunner().invoke(app, ["train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "1", "-o", str(tmp_path / "run")])
+        result = CliRunner().invoke(
+            app, ["train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "1", "-o", str(tmp_path / "run")]
+        )
         assert result.exit_code == 2 and f"in use by pid {holder.pid}" in result.output
         assert time.perf_counter() - started < 30
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written
@@ -53,16 +58,29 @@ def test_train_into_a_folder_in_use_fails_at_once(tmp_path, small_npz):
         holder.wait()
 
 
-@pytest.mark.parametrize("option, value", [("--learning-rate", "inf"), ("--learning-rate", "nan"), ("--val-split", "1.5"),
-                                           ("--epochs", "0"), ("--worker-timeout", "-3"), ("--bn-momentum", "1")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--learning-rate", "inf"),
+        ("--learning-rate", "nan"),
+        ("--val-split", "1.5"),
+        ("--epochs", "0"),
+        ("--worker-timeout", "-3"),
+        ("--bn-momentum", "1"),
+    ],
+)
 def test_every_option_is_checked_before_a_folder_exists(tmp_path, small_npz, option, value):
-    result = CliRunner().invoke(app, ["train", "--dataset", str(small_npz), *TINY_ARGS, option, value, "-o", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app, ["train", "--dataset", str(small_npz), *TINY_ARGS, option, value, "-o", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and option in result.output
     assert not (tmp_path / "run").exists()
 
 
 def test_a_run_refused_for_its_data_leaves_no_folder(tmp_path):
-    result = CliRunner().invoke(app, ["train", "--dataset", str(tmp_path / "missing.npz"), *TINY_ARGS, "-o", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app, ["train", "--dataset", str(tmp_path / "missing.npz"), *TINY_ARGS, "-o", str(tmp_path / "run")]
+    )
     assert result.exit_code == 2 and not (tmp_path / "run").exists()
 
 
@@ -70,13 +88,16 @@ def test_a_corrupt_checkpoint_stops_resume_and_changes_nothing(trained_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     (run / runs.CHECKPOINTS / "checkpoint").write_text("garbage {{{")
+
     def files():  # the run's own files (.lock is the lock's, rewritten by every holder)
         return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
 
     before = files()
     result = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "9"])
     assert result.exit_code == 2, result.output
-    assert "cannot be read" in result.output and "checkpoints/checkpoint" in result.output and "nothing was changed" in result.output
+    assert (
+        "cannot be read" in result.output and "checkpoints/checkpoint" in result.output and "nothing was changed" in result.output
+    )
     assert files() == before
 
 
@@ -89,8 +110,9 @@ def test_a_missing_checkpoint_data_file_stops_resume(trained_run, tmp_path):
     assert result.exit_code == 2 and "cannot be restored" in result.output
 
 
-@pytest.mark.parametrize("content, words", [("[]", "expected a JSON object"), ('{"recipe": 3}', "no recipe object"),
-                                            ("{not json", "is unreadable")])
+@pytest.mark.parametrize(
+    "content, words", [("[]", "expected a JSON object"), ('{"recipe": 3}', "no recipe object"), ("{not json", "is unreadable")]
+)
 def test_a_malformed_config_json_is_one_line(trained_run, tmp_path, content, words):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -109,11 +131,32 @@ def test_plan_run_resumes_a_run_folder_with_its_stored_recipe(trained_run):
 
 
 def test_a_peer_that_never_starts_is_named_after_the_timeout(tmp_path, small_npz):
-    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:29871", "127.0.0.1:29872"]},
-                                                  "task": {"type": "worker", "index": 0}})}
+    env = {
+        **os.environ,
+        "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": ["127.0.0.1:29871", "127.0.0.1:29872"]}, "task": {"type": "worker", "index": 0}}
+        ),
+    }
     started = time.perf_counter()
-    proc = subprocess.run([str(AEKIT), "train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "1",
-                           "--worker-timeout", "3", "-o", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(AEKIT),
+            "train",
+            "--dataset",
+            str(small_npz),
+            *TINY_ARGS,
+            "--epochs",
+            "1",
+            "--worker-timeout",
+            "3",
+            "-o",
+            str(tmp_path / "run"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Could not reach 127.0.0.1:29872 within 3 s" in proc.stderr and "Traceback" not in proc.stderr
     assert time.perf_counter() - started < 60
@@ -121,6 +164,11 @@ def test_a_peer_that_never_starts_is_named_after_the_timeout(tmp_path, small_npz
 
 def test_a_malformed_tf_config_is_one_line(tmp_path, small_npz):
     env = {**os.environ, "TF_CONFIG": "[]"}
-    proc = subprocess.run([str(AEKIT), "train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "1", "-o", str(tmp_path / "run")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(AEKIT), "train", "--dataset", str(small_npz), *TINY_ARGS, "--epochs", "1", "-o", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "TF_CONFIG must be an object" in proc.stderr and "Traceback" not in proc.stderr

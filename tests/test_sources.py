@@ -9,19 +9,22 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import MNIST_DIR, read_mnist
 from PIL import Image
 
 from aekit import AekitError
 from aekit.data import load_data
 from aekit.sources import count_images, iter_images, read_array, read_idx, read_image, read_images
-from conftest import MNIST_DIR, read_mnist
 
 IDX_GZ = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 
 
 def idx_bytes(images: np.ndarray, count: int | None = None, rows: int | None = None, cols: int | None = None) -> bytes:
     n, h, w = images.shape
-    return struct.pack(">IIII", 2051, n if count is None else count, h if rows is None else rows, w if cols is None else cols) + images.tobytes()
+    return (
+        struct.pack(">IIII", 2051, n if count is None else count, h if rows is None else rows, w if cols is None else cols)
+        + images.tobytes()
+    )
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import TINY
 from PIL import Image
 
 from aekit import AekitError, runs
 from aekit.train import TensorBoardLog, TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train
-from conftest import TINY
 
 
 def tiny(small_npz, **overrides) -> TrainConfig:
@@ -33,8 +33,15 @@ def test_train_writes_a_complete_run_folder(tmp_path, small_npz):
     recorder = Recorder()
     result = train(tiny(small_npz), tmp_path / "run", recorder)
     run = result.run_dir
-    for name in (runs.CONFIG, runs.HISTORY_JSON, runs.HISTORY_CSV, runs.METRICS, runs.LOSS_PLOT,
-                 runs.RECONSTRUCTIONS, *runs.MODEL_FILES.values()):
+    for name in (
+        runs.CONFIG,
+        runs.HISTORY_JSON,
+        runs.HISTORY_CSV,
+        runs.METRICS,
+        runs.LOSS_PLOT,
+        runs.RECONSTRUCTIONS,
+        *runs.MODEL_FILES.values(),
+    ):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     assert not list(run.glob(".partial-*"))
 
@@ -125,7 +132,9 @@ def test_interrupted_run_is_not_finished_and_resumes(tmp_path, small_npz):
                 raise KeyboardInterrupt
 
     run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match=f"after epoch 2; checkpoint saved. Resume with: aekit train --resume {run_dir}"):
+    with pytest.raises(
+        TrainingInterrupted, match=f"after epoch 2; checkpoint saved. Resume with: aekit train --resume {run_dir}"
+    ):
         train(tiny(small_npz, epochs=3), run_dir, Stop())
     assert not runs.is_finished(run_dir) and runs.is_run_dir(run_dir)
     assert [row["epoch"] for row in json.loads((run_dir / runs.HISTORY_JSON).read_text())] == [1, 2]
@@ -234,9 +243,11 @@ def test_tensorboard_holds_each_epoch_and_a_resumed_run_appends(tmp_path, small_
     written = {part: read_event_files(board / part) for part in ("train", "validation")}
 
     expected = {
-        ("train", "epoch_loss"): "train_loss", ("train", "epoch_learning_rate"): "learning_rate",
+        ("train", "epoch_loss"): "train_loss",
+        ("train", "epoch_learning_rate"): "learning_rate",
         ("train", "epoch_samples_per_sec"): "samples_per_sec",
-        ("validation", "epoch_loss"): "val_mse", ("validation", "epoch_psnr"): "val_psnr",
+        ("validation", "epoch_loss"): "val_mse",
+        ("validation", "epoch_psnr"): "val_psnr",
     }
     for (part, tag), field_name in expected.items():
         steps = written[part][tag]
