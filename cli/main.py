@@ -140,92 +140,86 @@ def parse_filters(text: str) -> tuple[int, ...]:
     return filters
 
 
+# Help texts of the train options; options that set the recipe add "(default: ...)" from TrainConfig.
+TRAIN_HELP = {
+    "dataset": "TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a folder of "
+    "PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline.",
+    "epochs": "Epochs to train (in all, counting resumed ones).",
+    "batch_size": "GLOBAL batch size, split evenly across replicas.",
+    "learning_rate": "Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, "
+    "2x rate) up to ~1e-2.",
+    "lr_schedule": "cosine (decay to 1% over the run) or constant.",
+    "warmup_steps": "Cosine schedule: steps of linear warm-up from a tenth of the peak rate (at most a quarter of the run); "
+    "0 for none.",
+    "filters": "Channels of each stride-2 conv block. Image sides must divide by 2^blocks.",
+    "latent_dim": "Size of the latent code.",
+    "bn_momentum": "BatchNorm moving-average momentum.",
+    "val_split": "For sources with one split: the LAST fraction held out for validation.",
+    "gpus": "0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.",
+    "cpu_replicas": "Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs).",
+    "precision": "auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU.",
+    "seed": "Random seed for weights and shuffling.",
+    "output": "Run folder. Default: runs/<name or timestamp>. An existing run folder is resumed.",
+    "name": "Name of the run folder under runs/.",
+    "resume": "Continue the run in this folder from its last finished epoch.",
+    "data_dir": "TFDS data directory (default: TFDS's own).",
+    "checkpoint_steps": "Also checkpoint every N steps within an epoch (default: at epoch ends only).",
+    "workers": "Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG.",
+    "task_index": "With --workers: this worker's index.",
+    "worker_timeout": "Multi-worker: seconds to wait for every peer to answer at start-up before giving up.",
+}
+RECIPE_DEFAULTS = {
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "filters",
+    "latent_dim",
+    "bn_momentum",
+    "val_split",
+    "seed",
+    "worker_timeout",
+}
+
+
+def train_option(name: str, *flags: str):
+    """The typer.Option of a train setting: its help text, with the default recipe's value where it has one."""
+    text = TRAIN_HELP[name]
+    if name in RECIPE_DEFAULTS:
+        value = getattr(RECIPE, name)
+        shown = (
+            ",".join(map(str, value)) if isinstance(value, tuple) else format(value, "g") if isinstance(value, float) else value
+        )
+        text += f" (default: {shown})"
+    return typer.Option(*flags, help=text)
+
+
 @app.command()
 @user_errors
 def train(
-    dataset: Annotated[
-        Optional[str],
-        typer.Option(
-            help="TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a "
-            "folder of PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline."
-        ),
-    ] = None,
-    epochs: Annotated[
-        Optional[int], typer.Option(help=f"Epochs to train (in all, counting resumed ones). (default: {RECIPE.epochs})")
-    ] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option(help=f"GLOBAL batch size, split evenly across replicas. (default: {RECIPE.batch_size})")
-    ] = None,
-    learning_rate: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, "
-            f"2x rate) up to ~1e-2. (default: {RECIPE.learning_rate:g})"
-        ),
-    ] = None,
-    lr_schedule: Annotated[
-        Optional[str], typer.Option(help=f"cosine (decay to 1% over the run) or constant. (default: {RECIPE.lr_schedule})")
-    ] = None,
-    warmup_steps: Annotated[
-        Optional[int],
-        typer.Option(
-            help="Cosine schedule: steps of linear warm-up from a tenth of the peak rate (at most a quarter of the "
-            f"run); 0 for none. (default: {RECIPE.warmup_steps})"
-        ),
-    ] = None,
-    filters: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Channels of each stride-2 conv block. Image sides must divide by 2^blocks. (default: "
-            f"{','.join(map(str, RECIPE.filters))})"
-        ),
-    ] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(help=f"Size of the latent code. (default: {RECIPE.latent_dim})")] = None,
-    bn_momentum: Annotated[
-        Optional[float], typer.Option(help=f"BatchNorm moving-average momentum. (default: {RECIPE.bn_momentum})")
-    ] = None,
-    val_split: Annotated[
-        Optional[float],
-        typer.Option(
-            help=f"For sources with one split: the LAST fraction held out for validation. (default: {RECIPE.val_split})"
-        ),
-    ] = None,
-    gpus: Annotated[
-        Optional[int], typer.Option(help="0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.")
-    ] = None,
-    cpu_replicas: Annotated[
-        Optional[int],
-        typer.Option(help="Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs)."),
-    ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(help="auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU."),
-    ] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Random seed for weights and shuffling. (default: {RECIPE.seed})")] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option("--output", "-o", help="Run folder. Default: runs/<name or timestamp>. An existing run folder is resumed."),
-    ] = None,
-    name: Annotated[Optional[str], typer.Option(help="Name of the run folder under runs/.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its last finished epoch.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="TFDS data directory (default: TFDS's own).")] = None,
-    checkpoint_steps: Annotated[
-        Optional[int], typer.Option(help="Also checkpoint every N steps within an epoch (default: at epoch ends only).")
-    ] = None,
-    workers: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG."
-        ),
-    ] = None,
-    task_index: Annotated[Optional[int], typer.Option(help="With --workers: this worker's index.")] = None,
-    worker_timeout: Annotated[
-        Optional[float],
-        typer.Option(
-            help="Multi-worker: seconds to wait for every peer to answer at start-up before giving up. (default: "
-            f"{RECIPE.worker_timeout:g})"
-        ),
-    ] = None,
+    dataset: Annotated[Optional[str], train_option("dataset")] = None,
+    epochs: Annotated[Optional[int], train_option("epochs")] = None,
+    batch_size: Annotated[Optional[int], train_option("batch_size")] = None,
+    learning_rate: Annotated[Optional[float], train_option("learning_rate")] = None,
+    lr_schedule: Annotated[Optional[str], train_option("lr_schedule")] = None,
+    warmup_steps: Annotated[Optional[int], train_option("warmup_steps")] = None,
+    filters: Annotated[Optional[str], train_option("filters")] = None,
+    latent_dim: Annotated[Optional[int], train_option("latent_dim")] = None,
+    bn_momentum: Annotated[Optional[float], train_option("bn_momentum")] = None,
+    val_split: Annotated[Optional[float], train_option("val_split")] = None,
+    gpus: Annotated[Optional[int], train_option("gpus")] = None,
+    cpu_replicas: Annotated[Optional[int], train_option("cpu_replicas")] = None,
+    precision: Annotated[Optional[str], train_option("precision")] = None,
+    seed: Annotated[Optional[int], train_option("seed")] = None,
+    output: Annotated[Optional[Path], train_option("output", "--output", "-o")] = None,
+    name: Annotated[Optional[str], train_option("name")] = None,
+    resume: Annotated[Optional[Path], train_option("resume")] = None,
+    data_dir: Annotated[Optional[str], train_option("data_dir")] = None,
+    checkpoint_steps: Annotated[Optional[int], train_option("checkpoint_steps")] = None,
+    workers: Annotated[Optional[str], train_option("workers")] = None,
+    task_index: Annotated[Optional[int], train_option("task_index")] = None,
+    worker_timeout: Annotated[Optional[float], train_option("worker_timeout")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
 ):
