@@ -232,7 +232,7 @@ def _failed_part_reason(target: Target, part: str) -> str | None:
 # --- sessions --------------------------------------------------------------
 
 
-class _Session:
+class _OpenTarget:
     """Open runners for one target's encoder and decoder, with what it cost to open them."""
 
     def __init__(self, target: Target):
@@ -265,9 +265,9 @@ def _rss_mb() -> float | None:
         return None
 
 
-def _open(target: Target, options: BenchOptions, threads: int) -> _Session:
+def _open(target: Target, options: BenchOptions, threads: int) -> _OpenTarget:
     """Opens a runner per part: a file by its runtime, or a Keras model (baseline, or a file's missing partner)."""
-    session = _Session(target)
+    session = _OpenTarget(target)
     before, started = _rss_mb(), time.perf_counter()
     try:
         if target.error:
@@ -323,7 +323,7 @@ def _batch_of(images: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([images] * reps)[:size] if reps > 1 else images[:size]
 
 
-def _time_row(row: Row, session: _Session, part: str, images: np.ndarray, batch: int, options: BenchOptions) -> None:
+def _time_row(row: Row, session: _OpenTarget, part: str, images: np.ndarray, batch: int, options: BenchOptions) -> None:
     data = _batch_of(images, batch)
     if part == "decoder":
         try:
@@ -355,7 +355,7 @@ def _time_row(row: Row, session: _Session, part: str, images: np.ndarray, batch:
     row.latency_ms_p50, row.latency_ms_p90, row.latency_ms_p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
 
 
-def _quality(session: _Session, images: np.ndarray) -> tuple[float, float, float] | None:
+def _quality(session: _OpenTarget, images: np.ndarray) -> tuple[float, float, float] | None:
     try:
         recon = np.concatenate([session.run("roundtrip", images[i : i + 256]) for i in range(0, len(images), 256)])
     except Exception as exc:

@@ -33,6 +33,7 @@ from aekit.manifest import (
 )
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.quiet import quiet_native_output as _quiet
+from aekit.recipe import TrainConfig, read_config
 from aekit.runtimes import open_runner, run_batched
 
 QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
@@ -149,7 +150,7 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
     from aekit.model import build_autoencoder
 
     run_dir = runs.require_finished_run(run_dir)
-    config = runs.read_json(run_dir / runs.CONFIG)
+    config = read_config(run_dir)  # checked for shape; the recipe's own defaults fill older records
     try:
         model = config["model"]
         recipe = config.get("recipe", {})
@@ -166,7 +167,7 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
                     model["input_shape"],
                     model["filters"],
                     model["latent_dim"],
-                    bn_momentum=recipe.get("bn_momentum", 0.99),
+                    bn_momentum=TrainConfig.from_json(recipe).bn_momentum,
                 ),
             )
         )
@@ -233,7 +234,7 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     manifest = Manifest(
         run=str(Path(run_dir).resolve()),
         latent_quantization={**codes.to_json(), "calibration_images": len(train_images)},
-        model={**loaded.config["model"], "bn_momentum": loaded.config.get("recipe", {}).get("bn_momentum")},
+        model={**loaded.config["model"], "bn_momentum": TrainConfig.from_json(loaded.config["recipe"]).bn_momentum},
         pixel_scaling=loaded.scaling.to_json(),
         versions=_versions(),
         files=_merge_with_previous(output, entries, weights),

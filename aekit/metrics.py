@@ -19,10 +19,5 @@ def mse_per_image(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndar
     return np.mean(diff.reshape(len(diff), -1) ** 2, axis=1)
 
 
-def psnr_per_image(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """Peak signal-to-noise ratio of each image in dB, for pixels in [0, 1], shape (N,)."""
-    return psnr_from_mse(mse_per_image(originals, reconstructions))
-
-
 def psnr_from_mse(mse: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(MAX_PIXEL**2 / np.maximum(np.asarray(mse, np.float64), MSE_FLOOR))

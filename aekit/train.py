@@ -26,7 +26,7 @@ from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.plots import reconstruction_grid
-from aekit.recipe import TrainConfig, prepare_resume  # noqa: F401  (prepare_resume: aekit.train's public name)
+from aekit.recipe import TrainConfig, prepare_resume, read_config  # noqa: F401  (prepare_resume: aekit.train's public name)
 
 EVAL_BATCH = 512
 GRID_IMAGES = 10
@@ -214,7 +214,7 @@ def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> 
     )
     start_epoch, start_step = progress.epochs_done, progress.steps_done
     if start_step and runs.is_run_dir(run_dir):
-        stored_steps = runs.read_json(run_dir / runs.CONFIG).get("steps_per_epoch")
+        stored_steps = read_config(run_dir).get("steps_per_epoch")
         if stored_steps != steps_per_epoch:  # another batch size: the saved position means other batches
             progress.start_epoch()
             start_step = 0

@@ -5,7 +5,6 @@ the mirrored (2-replica) training path runs in-process. No test touches the
 network: AEKIT_OFFLINE makes the default dataset fall back at once.
 """
 
-import gzip
 import os
 from pathlib import Path
 
@@ -21,19 +20,7 @@ import tensorflow as tf  # noqa: E402
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("AEKIT_TEST_MNIST", REPO.parent / "shared" / "data" / "mnist"))
-TINY = {"filters": (8, 16), "latent_dim": 4}
-# The shared trained run: small, but trained to a meaningful quality (val MSE ~0.03, against ~0.067
-# for predicting the mean digit), so quality bounds on its exports judge the export, not the training.
-FIXTURE = {"filters": (8, 16), "latent_dim": 8}
-FIXTURE_IMAGES, FIXTURE_EPOCHS = 2000, 6
-
-
-def read_mnist(count: int | None = None) -> np.ndarray:
-    raw = gzip.decompress((MNIST_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
-    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
-    return images if count is None else images[:count]
+from support import FIXTURE, FIXTURE_EPOCHS, FIXTURE_IMAGES, MNIST_DIR, read_mnist  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import read_mnist
 from PIL import Image
+from support import read_mnist
 
 from aekit import AekitError, data
 from aekit.data import load_data, make_dataset, network_reachable

@@ -5,8 +5,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR, read_mnist
 from PIL import Image, ImageDraw, ImageFont
+from support import MNIST_DIR, read_mnist
 from typer.testing import CliRunner
 
 from aekit import AekitError

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from conftest import TINY
+from support import TINY
 from typer.testing import CliRunner
 
 from aekit import AekitError, runs

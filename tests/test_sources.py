@@ -9,8 +9,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR, read_mnist
 from PIL import Image
+from support import MNIST_DIR, read_mnist
 
 from aekit import AekitError
 from aekit.data import load_data

@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TINY
 from PIL import Image
+from support import TINY
 
 from aekit import AekitError, runs
 from aekit.train import TensorBoardLog, TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train

@@ -1,0 +1,21 @@
+"""Test data and small model sizes shared by the test files (fixtures live in conftest.py)."""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("AEKIT_TEST_MNIST", REPO.parent / "shared" / "data" / "mnist"))
+TINY = {"filters": (8, 16), "latent_dim": 4}
+# The shared trained run: small, but trained to a meaningful quality (val MSE ~0.03, against ~0.067
+# for predicting the mean digit), so quality bounds on its exports judge the export, not the training.
+FIXTURE = {"filters": (8, 16), "latent_dim": 8}
+FIXTURE_IMAGES, FIXTURE_EPOCHS = 2000, 6
+
+
+def read_mnist(count: int | None = None) -> np.ndarray:
+    raw = gzip.decompress((MNIST_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+    return images if count is None else images[:count]
