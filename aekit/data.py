@@ -321,8 +321,12 @@ def _load_idx(files: list[Path], val_split: float, origin: Path) -> DataSplits:
         val = read_idx(by_split["test"])
         validation = f"IDX file {by_split['test'].name}"
     else:
-        images = np.concatenate([read_idx(f) for f in files])
-        train, val, validation = _split_last(images, val_split)
+        parts = [read_idx(f) for f in files]
+        shapes = {f.name: part.shape[1:] for f, part in zip(files, parts)}
+        if len(set(shapes.values())) > 1:
+            listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+            raise AekitError(f"The IDX files in {origin} hold images of different sizes ({listed}). Keep one size per folder.")
+        train, val, validation = _split_last(np.concatenate(parts), val_split)
     return DataSplits(train, val, PixelScaling.for_images(train), str(origin), "idx", validation)
 
 
@@ -348,4 +352,15 @@ def _check_splits(splits: DataSplits) -> None:
         raise AekitError(
             f"{splits.source} gave {len(splits.train)} training and {len(splits.val)} validation images. Add images."
         )
-    PixelScaling.for_images(splits.val)  # same NaN/range checks on the held-out part
+    if splits.train.shape[1:] != splits.val.shape[1:]:
+        raise AekitError(
+            f"{splits.source}: training images are {splits.train.shape[1:]} but validation images are "
+            f"{splits.val.shape[1:]}. Give both splits one image size."
+        )
+    val_scaling = PixelScaling.for_images(splits.val)  # same NaN/range checks on the held-out part
+    if val_scaling != splits.scaling or splits.train.dtype.kind != splits.val.dtype.kind:
+        raise AekitError(
+            f"{splits.source}: training images are {splits.train.dtype} scaled by 1/{splits.scaling.divide_by:g} but "
+            f"validation images are {splits.val.dtype} scaled by 1/{val_scaling.divide_by:g}. Store both splits alike "
+            "(uint8 0-255, or float 0-1)."
+        )

@@ -129,3 +129,22 @@ def test_bad_input_is_one_line_and_exit_2(world, name, args, words):
     assert len(errors) == 1 and lines[-1] == errors[0], (name, result.output)
     assert words in errors[0], (name, errors[0])
     assert sorted(p.name for p in world["export"].iterdir()) == before  # nothing of the export touched
+
+
+def test_splits_that_disagree_are_refused(tmp_path):
+    from aekit import AekitError
+    from aekit.data import load_data
+
+    np.savez(
+        tmp_path / "mixed.npz",
+        x_train=np.random.default_rng(0).random((20, 8, 8), dtype=np.float32),
+        x_test=np.full((5, 8, 8), 200, np.uint8),
+    )
+    with pytest.raises(AekitError, match="training images are float32 scaled by 1/1 but validation images are uint8"):
+        load_data(str(tmp_path / "mixed.npz"))
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "a-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 4, 28, 28) + bytes(4 * 784))
+    (folder / "b-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 4, 32, 32) + bytes(4 * 1024))
+    with pytest.raises(AekitError, match="hold images of different sizes"):
+        load_data(str(folder))
