@@ -45,6 +45,29 @@ class BenchOptions:
     quality_images: int | None = None  # None: the whole held-out split
     include_keras: bool = True
 
+    @classmethod
+    def from_text(
+        cls,
+        batch_sizes: str,
+        parts: str,
+        device: str = "auto",
+        allow_fallback: bool = False,
+        seconds: float = 1.0,
+        runs: int | None = None,
+        warmup: int = 3,
+        threads: int | None = None,
+        min_psnr: float = 15.0,
+        quality_images: int | None = None,
+        include_keras: bool = True,
+    ) -> BenchOptions:
+        """Options from the command line's comma lists: batch sizes "1,8,64", parts "encoder,roundtrip"."""
+        try:
+            sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+        except ValueError:
+            raise AekitError(f"--batch-sizes {batch_sizes!r} is not a comma list of integers, e.g. 1,8,64,256.") from None
+        chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+        return cls(device, allow_fallback, sizes, seconds, runs, warmup, threads, chosen, min_psnr, quality_images, include_keras)
+
     def validate(self) -> None:
         if self.device not in DEVICES:
             raise AekitError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}.")

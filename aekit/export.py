@@ -23,6 +23,7 @@ from aekit.manifest import (
     EXPORT_FORMATS,
     FORMATS,
     MANIFEST,
+    ROLES,
     FileEntry,
     Manifest,
     Parity,
@@ -86,6 +87,25 @@ class ExportOptions:
     parity_samples: int = 1000
     min_agreement_db: float | None = None  # None: DEFAULT_MIN_AGREEMENT_DB per precision
     output: Path | None = None
+
+    @classmethod
+    def from_text(
+        cls,
+        formats: str = "onnx",
+        parts: str = "encoder,decoder",
+        quantize: str = "none",
+        opset: int = DEFAULT_OPSET,
+        calibration_samples: int = 512,
+        min_agreement_db: float | None = None,
+        output: Path | None = None,
+    ) -> ExportOptions:
+        """Options from the command line's comma lists: formats "onnx,tflite" or "all", parts "encoder,decoder" or "all"."""
+        chosen = FORMATS if formats.strip() == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
+        roles = ROLES if parts.strip() == "all" else tuple(p.strip() for p in parts.split(",") if p.strip())
+        bad = [r for r in roles if r not in ROLES]
+        if bad or not roles:
+            raise AekitError(f"--parts {parts!r}: expected a comma list of {', '.join(ROLES)}, or all.")
+        return cls(chosen, quantize, roles, opset, calibration_samples, min_agreement_db=min_agreement_db, output=output)
 
     def plan(self) -> list[tuple[str, str, str]]:
         """(role, format, precision) for every file, or AekitError for impossible combinations."""

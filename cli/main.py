@@ -308,23 +308,9 @@ def export(
     from aekit import runs
     from aekit.cli.render import render_export
     from aekit.export import ExportOptions, export_run
-    from aekit.manifest import FORMATS
 
     run_dir = runs.require_finished_run(run) if run else runs.newest_finished_run()
-    formats = FORMATS if format == "all" else tuple(f.strip() for f in format.split(",") if f.strip())
-    roles = ("encoder", "decoder", "autoencoder") if parts == "all" else tuple(p.strip() for p in parts.split(","))
-    bad = [r for r in roles if r not in ("encoder", "decoder", "autoencoder")]
-    if bad or not roles:
-        raise AekitError(f"--parts {parts!r}: expected a comma list of encoder, decoder, autoencoder, or all.")
-    options = ExportOptions(
-        formats=formats,
-        quantize=quantize,
-        parts=roles,
-        opset=opset,
-        calibration_samples=calibration_samples,
-        min_agreement_db=min_agreement_db,
-        output=output,
-    )
+    options = ExportOptions.from_text(format, parts, quantize, opset, calibration_samples, min_agreement_db, output)
     if not json_out:
         err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
     with err_console.status("converting and checking parity...", spinner="dots") if not json_out else contextlib.nullcontext():
@@ -380,22 +366,8 @@ def bench(
     from aekit.bench import BenchOptions, bench_run, write_outputs
     from aekit.cli.render import render_bench
 
-    try:
-        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
-    except ValueError:
-        raise AekitError(f"--batch-sizes {batch_sizes!r} is not a comma list of integers, e.g. 1,8,64,256.") from None
-    options = BenchOptions(
-        device=device,
-        allow_fallback=allow_fallback,
-        batch_sizes=sizes,
-        seconds=seconds,
-        runs=runs_,
-        warmup=warmup,
-        threads=threads,
-        parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
-        min_psnr=min_psnr,
-        quality_images=quality_images,
-        include_keras=not no_keras,
+    options = BenchOptions.from_text(
+        batch_sizes, parts, device, allow_fallback, seconds, runs_, warmup, threads, min_psnr, quality_images, not no_keras
     )
     run_dir = runs.require_finished_run(run) if run else (None if model else runs.newest_finished_run())
     if run_dir and not json_out:
