@@ -30,6 +30,10 @@ class Placement:
     task: str = "chief"
 
     @property
+    def on_gpu(self) -> bool:
+        return any("gpu" in d.lower() for d in self.devices)
+
+    @property
     def num_replicas(self) -> int:
         return int(self.strategy.num_replicas_in_sync)
 

@@ -62,6 +62,7 @@ class TrainConfig:
     data_dir: str | None = None
     checkpoint_steps: int = 0  # also checkpoint every N steps within an epoch (0: at epoch ends only)
     worker_timeout: float = 300.0  # multi-worker: seconds to wait for every peer at start-up
+    steps_per_execution: int = 0  # training steps per tf.function call (0: auto, ~10 ms of device work per call)
 
     # Settings that define the model or the data; a resumed run must keep them.
     FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
@@ -89,6 +90,8 @@ class TrainConfig:
             raise AekitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}.")
         if self.warmup_steps < 0:
             raise AekitError(f"--warmup-steps must be 0 (no warm-up) or more, got {self.warmup_steps}.")
+        if self.steps_per_execution < 0:
+            raise AekitError(f"--steps-per-execution must be 0 (auto) or more, got {self.steps_per_execution}.")
         if self.checkpoint_steps < 0:
             raise AekitError(f"--checkpoint-steps must be 0 (epoch ends only) or more, got {self.checkpoint_steps}.")
 
@@ -160,6 +163,7 @@ def prepare_resume(run_dir: Path, requested: TrainConfig, explicit: set[str]) ->
         "data_dir",
         "checkpoint_steps",
         "worker_timeout",
+        "steps_per_execution",
     ):
         if name in explicit:
             setattr(resumed, name, getattr(requested, name))

@@ -110,6 +110,7 @@ class _Run:
     state: _Checkpoints
     callback: TrainCallback
     predict: object = None  # the compiled inference function, set when the loop starts
+    steps_per_call: int = 1  # K: training steps per tf.function call
     grid_images: object = None  # the validation images drawn in reconstructions.png and TensorBoard
 
 
@@ -269,7 +270,9 @@ def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, st
 
     config, placement, model, state, callback = run.config, run.placement, run.model, run.state, run.callback
     progress, steps_per_epoch = state.progress, run.steps_per_epoch
-    train_step = _make_train_step(placement.strategy, model.autoencoder, model.optimizer, config.batch_size, placement.precision)
+    train_steps = _make_train_step(placement.strategy, model.autoencoder, model.optimizer, config.batch_size, placement.precision)
+    step_macs = 3 * model_macs(model.autoencoder) * config.batch_size  # forward + backward, the global batch
+    run.steps_per_call = steps_per_call(config.steps_per_execution, step_macs, placement.on_gpu, steps_per_epoch)
     val_images = run.splits.scaling.to_model_numpy(run.splits.val)
     grid_images = val_images[:GRID_IMAGES]  # the same digits in reconstructions.png and TensorBoard
     predict = tf.function(lambda x: model.autoencoder(x, training=False))
@@ -277,6 +280,7 @@ def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, st
 
     callback.on_train_begin(
         {
+            "steps_per_call": run.steps_per_call,
             "run_dir": str(run.run_dir),
             "start_epoch": start_epoch,
             "start_step": start_step,
@@ -301,16 +305,20 @@ def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, st
             if first == 1:
                 progress.start_epoch()
             earlier, started = progress.seconds, time.perf_counter()  # earlier: time spent before a resume
-            for step in range(first, steps_per_epoch + 1):
-                loss = float(train_step(iterator))
-                if not math.isfinite(loss):
+            step = first - 1
+            while step < steps_per_epoch:  # one call runs k steps; a call never crosses an epoch end or a checkpoint
+                k = _call_length(run.steps_per_call, step, steps_per_epoch, config.checkpoint_steps)
+                losses = train_steps(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64)
+                if not np.isfinite(losses).all():
+                    bad = int(np.argmin(np.isfinite(losses)))
                     raise AekitError(
-                        f"Training diverged: loss is {loss} at epoch {epoch}, step {step}. "
+                        f"Training diverged: loss is {losses[bad]} at epoch {epoch}, step {step + bad + 1}. "
                         "Lower --learning-rate (or use --precision float32) and train into a new folder."
                     )
+                step += k
                 elapsed = time.perf_counter() - started
-                progress.step_done(step, loss, earlier + elapsed)
-                callback.on_step_end(epoch, step, loss, (step - first + 1) * config.batch_size / max(elapsed, 1e-9))
+                progress.step_done(step, float(losses.sum()), earlier + elapsed)
+                callback.on_step_end(epoch, step, float(losses[-1]), (step - first + 1) * config.batch_size / max(elapsed, 1e-9))
                 if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step < steps_per_epoch:
                     state.save()
                 stop.check()
@@ -349,6 +357,14 @@ def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, st
         tensorboard.close()
         state.close()
     return history
+
+
+def _call_length(per_call: int, done: int, steps_per_epoch: int, checkpoint_steps: int) -> int:
+    """Steps in the next call: K, cut at the epoch's end and at the next step checkpoint."""
+    k = min(per_call, steps_per_epoch - done)
+    if checkpoint_steps:
+        k = min(k, checkpoint_steps - done % checkpoint_steps)
+    return k
 
 
 def _finish(run: _Run, history: list[dict]) -> TrainResult:
@@ -522,9 +538,10 @@ class _Progress:
         for name in ("steps_done", "epoch_loss_sum", "epoch_seconds"):
             self.variables[name].assign(0)
 
-    def step_done(self, step: int, loss: float, elapsed: float) -> None:
+    def step_done(self, step: int, loss_sum: float, elapsed: float) -> None:
+        """`step` steps of the epoch are done; `loss_sum` is the sum of the losses since the last call."""
         self.variables["steps_done"].assign(step)
-        self.variables["epoch_loss_sum"].assign_add(loss)
+        self.variables["epoch_loss_sum"].assign_add(loss_sum)
         self.variables["epoch_seconds"].assign(elapsed)
 
     def epoch_done(self, epoch: int) -> None:
@@ -583,11 +600,46 @@ def _make_train_step(strategy, model, optimizer, global_batch_size: int, precisi
         return loss
 
     @tf.function
-    def train_step(iterator):
-        per_replica = strategy.run(replica_step, args=(next(iterator),))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def train_steps(iterator, steps):
+        """`steps` training steps in one call (an in-graph loop): their losses, read by the host once."""
+        losses = tf.TensorArray(tf.float32, size=steps)
+        for i in tf.range(steps):
+            per_replica = strategy.run(replica_step, args=(next(iterator),))
+            losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+        return losses.stack()
 
-    return train_step
+    return train_steps
+
+
+def steps_per_call(requested: int, step_macs: float, on_gpu: bool, steps_per_epoch: int) -> int:
+    """K, the training steps one call runs: `requested`, or (0 = auto) enough for ~10 ms of device work.
+
+    A call costs a Python round trip and a device-to-host read; a step of this model is tens of
+    microseconds on a GPU, so there the loop would wait on the host. The estimate uses the step's
+    multiply-adds and a conservative sustained rate (25 TFLOP/s on a GPU, 50 GFLOP/s on a CPU core pair).
+    """
+    if requested:
+        return max(1, min(requested, steps_per_epoch))
+    rate = 25e12 if on_gpu else 50e9
+    seconds_per_step = 2 * step_macs / rate
+    return max(1, min(steps_per_epoch, 1000, math.ceil(0.010 / max(seconds_per_step, 1e-9))))
+
+
+def model_macs(model) -> int:
+    """Multiply-adds of one forward pass of one image through a chain of Conv2D/Conv2DTranspose/Dense layers."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += model_macs(layer)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            kernel = layer.kernel.shape  # (kh, kw, in, out) or (kh, kw, out, in) for transposed
+            spatial = layer.output.shape[1] * layer.output.shape[2]
+            total += int(spatial * kernel[0] * kernel[1] * kernel[2] * kernel[3])
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(layer.kernel.shape[0] * layer.kernel.shape[1])
+    return total
 
 
 def _predict_numpy(predict, images: np.ndarray) -> np.ndarray:

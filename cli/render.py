@@ -57,7 +57,7 @@ class TrainProgress(TrainCallback):
         self.console.print(
             f"  devices: {placement['strategy']} × {placement['replicas']} replica(s) {placement['devices']}, "
             f"precision {placement['precision']}; global batch {info['global_batch_size']}, "
-            f"{info['steps_per_epoch']} steps/epoch; {info['params']:,} parameters",
+            f"{info['steps_per_epoch']} steps/epoch, {info['steps_per_call']} per call; {info['params']:,} parameters",
             highlight=False,
         )
         self.progress.start()
@@ -69,7 +69,7 @@ class TrainProgress(TrainCallback):
         self.step_task = self.progress.add_task(f"epoch {epoch}", total=steps, stats="")
 
     def on_step_end(self, epoch: int, step: int, loss: float, samples_per_sec: float) -> None:
-        self.progress.update(self.step_task, advance=1, stats=f"loss {loss:.5f}  {samples_per_sec:,.0f} samples/s")
+        self.progress.update(self.step_task, completed=step, stats=f"loss {loss:.5f}  {samples_per_sec:,.0f} samples/s")
 
     def on_epoch_end(self, epoch: int, row: dict) -> None:
         self.progress.advance(self.epoch_task)

@@ -261,3 +261,58 @@ def test_tensorboard_holds_each_epoch_and_a_resumed_run_appends(tmp_path, small_
     # workers other than the chief write nothing
     TensorBoardLog(tmp_path / "worker", enabled=False).write_epoch(history[0], np.zeros((56, 280, 1), np.float32))
     assert not (tmp_path / "worker").exists()
+
+
+def _weights(run_dir):
+    import keras
+
+    return keras.models.load_model(run_dir / runs.MODEL_FILES["autoencoder"], compile=False).get_weights()
+
+
+def test_k_steps_per_call_give_the_weights_of_one_step_per_call(tmp_path, small_npz):
+    """Float32, one device, same seed: 9 steps per epoch as 9 calls of 1 step, or 3 calls of 4, 4 and 1 steps."""
+    one = train(tiny(small_npz, steps_per_execution=1), tmp_path / "k1")
+    recorder = Recorder()
+    four = train(tiny(small_npz, steps_per_execution=4), tmp_path / "k4", recorder)
+    assert recorder.info["steps_per_call"] == 4
+    assert [s[:2] for s in recorder.steps] == [(1, 4), (1, 8), (1, 9), (2, 4), (2, 8), (2, 9)]  # a call never crosses an epoch
+    for a, b in zip(_weights(tmp_path / "k1"), _weights(tmp_path / "k4")):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # the same arithmetic, rounding aside
+    for row_one, row_four in zip(one.history, four.history):
+        assert row_four["train_loss"] == pytest.approx(row_one["train_loss"], rel=1e-4)
+        assert row_four["val_mse"] == pytest.approx(row_one["val_mse"], rel=1e-4)
+
+
+def test_resume_at_a_call_boundary_is_exact(tmp_path, small_npz):
+    whole = train(tiny(small_npz, epochs=2, steps_per_execution=3, checkpoint_steps=3), tmp_path / "whole")
+
+    class StopAfterSix(TrainCallback):
+        def on_step_end(self, epoch, step, loss, samples_per_sec):
+            if (epoch, step) == (2, 6):
+                raise KeyboardInterrupt  # as Ctrl-C at a call boundary
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny(small_npz, epochs=2, steps_per_execution=3, checkpoint_steps=3), tmp_path / "cut", StopAfterSix())
+    resumed = train(prepare_resume(tmp_path / "cut", tiny(small_npz, epochs=2), {"epochs"}), tmp_path / "cut")
+    assert resumed.history[-1]["train_loss"] == pytest.approx(whole.history[-1]["train_loss"], rel=1e-5)
+    for a, b in zip(_weights(tmp_path / "whole"), _weights(tmp_path / "cut")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("overrides", [{"precision": "mixed_float16"}, {"cpu_replicas": 2}], ids=["mixed_float16", "2-replicas"])
+def test_k_steps_per_call_train_under_loss_scaling_and_replicas(tmp_path, small_npz, overrides):
+    recorder = Recorder()
+    result = train(tiny(small_npz, epochs=3, learning_rate=5e-3, steps_per_execution=3, **overrides), tmp_path / "run", recorder)
+    assert recorder.info["steps_per_call"] == 3 and len(recorder.steps) == 9
+    losses = [row["train_loss"] for row in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_auto_steps_per_call_fill_about_ten_milliseconds():
+    from aekit.train import steps_per_call
+
+    step_macs = 3 * 6.7e6 * 64  # the reference model, batch 64
+    assert steps_per_call(0, step_macs, on_gpu=False, steps_per_epoch=125) == 1  # a CPU step is ~50 ms already
+    assert steps_per_call(0, step_macs, on_gpu=True, steps_per_epoch=937) == 98  # ~103 us per step on a GPU
+    assert steps_per_call(0, step_macs, on_gpu=True, steps_per_epoch=60) == 60  # never past an epoch
+    assert steps_per_call(7, step_macs, on_gpu=True, steps_per_epoch=60) == 7
