@@ -214,12 +214,30 @@ def check_output_file(path: Path, suffix: str) -> None:
         raise AekitError(f"-o {path}: the output file must end in {suffix}.")
     if path.is_dir():
         raise AekitError(f"-o {path} is a folder; pass a file name ending in {suffix}.")
+    check_writable(path.parent)
 
 
 def check_output_folder(path: Path) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise AekitError(f"-o {path} is a file; pass a folder for the images.")
+    check_writable(path)
+
+
+def check_writable(folder: Path) -> None:
+    """AekitError unless files can be created in `folder` (or in the nearest existing folder above it)."""
+    import tempfile
+
+    target = Path(folder)
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise AekitError(f"Cannot write under {folder}: {target} is a file, not a folder. Pass -o a path in a folder.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".partial-probe-"):
+            pass
+    except OSError as exc:
+        raise AekitError(f"Cannot write in {target}: {exc.strerror}. Pass -o a folder you can write to.") from None
 
 
 def _staging_folder(output: Path) -> Path:

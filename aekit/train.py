@@ -612,16 +612,18 @@ def _make_train_step(strategy, model, optimizer, global_batch_size: int, precisi
 
 
 def steps_per_call(requested: int, step_macs: float, on_gpu: bool, steps_per_epoch: int) -> int:
-    """K, the training steps one call runs: `requested`, or (0 = auto) enough for ~10 ms of device work.
+    """K, the training steps one call runs: `requested`, or (0 = auto) enough for ~10 ms of GPU work.
 
     A call costs a Python round trip and a device-to-host read; a step of this model is tens of
-    microseconds on a GPU, so there the loop would wait on the host. The estimate uses the step's
-    multiply-adds and a conservative sustained rate (25 TFLOP/s on a GPU, 50 GFLOP/s on a CPU core pair).
+    microseconds on a GPU, so there the loop would wait on the host; the estimate uses the step's
+    multiply-adds at a conservative 25 TFLOP/s. On a CPU a step already costs milliseconds and an
+    in-graph loop gained little (benchmarks/loop_overhead.py), so auto is 1 step per call there.
     """
     if requested:
         return max(1, min(requested, steps_per_epoch))
-    rate = 25e12 if on_gpu else 50e9
-    seconds_per_step = 2 * step_macs / rate
+    if not on_gpu:
+        return 1
+    seconds_per_step = 2 * step_macs / 25e12
     return max(1, min(steps_per_epoch, 1000, math.ceil(0.010 / max(seconds_per_step, 1e-9))))
 
 
@@ -634,9 +636,10 @@ def model_macs(model) -> int:
         if isinstance(layer, keras.Model):
             total += model_macs(layer)
         elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
-            kernel = layer.kernel.shape  # (kh, kw, in, out) or (kh, kw, out, in) for transposed
-            spatial = layer.output.shape[1] * layer.output.shape[2]
-            total += int(spatial * kernel[0] * kernel[1] * kernel[2] * kernel[3])
+            kernel = layer.kernel.shape  # (kh, kw, in, out); (kh, kw, out, in) for transposed
+            # A convolution computes each output pixel; a transposed one scatters each input pixel.
+            where = layer.input if isinstance(layer, keras.layers.Conv2DTranspose) else layer.output
+            total += int(where.shape[1] * where.shape[2] * kernel[0] * kernel[1] * kernel[2] * kernel[3])
         elif isinstance(layer, keras.layers.Dense):
             total += int(layer.kernel.shape[0] * layer.kernel.shape[1])
     return total

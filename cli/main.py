@@ -8,6 +8,7 @@ can fix (AekitError) become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib.util
 import json
@@ -31,6 +32,7 @@ from aekit.train import TrainConfig, TrainingInterrupted  # noqa: E402
 
 RECIPE = TrainConfig()  # the default recipe; help texts quote it rather than repeat it
 EXIT_USAGE = 2
+WRITE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -121,6 +123,17 @@ def user_errors(command, needs_tensorflow: bool = True):
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+        except OSError as exc:  # a full disk, a file-size limit, a folder that became read-only mid-way
+            if exc.errno not in WRITE_ERRORS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] Could not write{escape(where)}: {exc.strerror}. Free space, or pass an output "
+                "on another disk; files are written under temporary names, so none is left looking finished.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
 

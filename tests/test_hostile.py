@@ -148,3 +148,37 @@ def test_splits_that_disagree_are_refused(tmp_path):
     (folder / "b-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 4, 32, 32) + bytes(4 * 1024))
     with pytest.raises(AekitError, match="hold images of different sizes"):
         load_data(str(folder))
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(world, tmp_path, monkeypatch):
+    import tempfile
+
+    enc = str(world["export"] / "encoder.onnx")
+    digits = "../shared/data/mnist/t10k-images-idx3-ubyte.gz"
+    result = CliRunner().invoke(app, ["encode", "--model", enc, digits, "-o", str(world["bad"] / "nan.npy" / "codes.npz")])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.output
+
+    def read_only(*args, **kwargs):  # a read-only folder (permissions do not stop root, so the refusal is simulated)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    result = CliRunner().invoke(app, ["encode", "--model", enc, digits, "-o", str(tmp_path / "codes.npz")])
+    assert result.exit_code == 2 and "Cannot write in" in result.output and "Permission denied" in result.output
+    assert not (tmp_path / "codes.npz").exists()
+
+
+def test_a_write_that_fails_midway_is_one_line(world, tmp_path, monkeypatch):
+    import errno
+
+    import aekit.edge as edge
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "codes.npz"))
+
+    monkeypatch.setattr(edge, "_save_npz", disk_full)
+    digits = "../shared/data/mnist/t10k-images-idx3-ubyte.gz"
+    result = CliRunner().invoke(
+        app, ["encode", "--model", str(world["export"] / "encoder.onnx"), digits, "-o", str(tmp_path / "codes.npz")]
+    )
+    assert result.exit_code == 2 and "Could not write" in result.output and "No space left on device" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "codes.npz").exists()

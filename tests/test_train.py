@@ -309,7 +309,11 @@ def test_k_steps_per_call_train_under_loss_scaling_and_replicas(tmp_path, small_
 
 
 def test_auto_steps_per_call_fill_about_ten_milliseconds():
-    from aekit.train import steps_per_call
+    from aekit.model import build_autoencoder
+    from aekit.train import model_macs, steps_per_call
+
+    encoder, decoder, autoencoder = build_autoencoder()
+    assert model_macs(encoder) == 1_009_792 and model_macs(autoencoder) == 6_704_768  # DESIGN.md: ~1.0 M and ~6.7 M
 
     step_macs = 3 * 6.7e6 * 64  # the reference model, batch 64
     assert steps_per_call(0, step_macs, on_gpu=False, steps_per_epoch=125) == 1  # a CPU step is ~50 ms already

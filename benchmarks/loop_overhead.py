@@ -1,0 +1,111 @@
+"""The fixed cost of a training step: what is left when the arithmetic is gone, the proxy for a GPU.
+
+Side by side in one run, on this machine's CPU: ms per step of a model so small that its arithmetic
+is negligible (--filters 1,1 --latent-dim 1) and of the reference model, each with K = 1 step per
+tf.function call and with K = 32 (aekit's --steps-per-execution), on one device and on 2 logical CPU
+replicas (MirroredStrategy); next to a large float32 matmul on the same threads, which gives the
+machine's arithmetic rate. Prints a table and writes JSON.
+
+    .venv/bin/python benchmarks/loop_overhead.py --steps 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def matmul_gflops(seconds: float = 2.0, n: int = 2048) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.linalg.matmul(a, b).numpy()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        tf.linalg.matmul(a, b).numpy()
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def time_steps(strategy, filters, latent, batch: int, k: int, steps: int) -> tuple[float, float]:
+    """(ms per step, MFLOP per step) of aekit's training step, K steps per call."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from aekit.model import build_autoencoder
+    from aekit.train import _make_train_step, model_macs
+
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        _, _, model = build_autoencoder(
+            (28, 28, 1), filters, latent, bn_momentum=0.9, synchronized_bn=strategy.num_replicas_in_sync > 1
+        )
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(model.trainable_variables)
+    images = np.random.default_rng(0).random((batch * 8, 28, 28, 1), dtype=np.float32)
+    data = tf.data.Dataset.from_tensor_slices(images).repeat().batch(batch, drop_remainder=True)
+    iterator = iter(strategy.experimental_distribute_dataset(data))
+    train_steps = _make_train_step(strategy, model, optimizer, batch, "float32")
+    warm = tf.constant(k, tf.int32)
+    train_steps(iterator, warm).numpy()
+    train_steps(iterator, warm).numpy()
+    calls = max(1, steps // k)
+    started = time.perf_counter()
+    for _ in range(calls):
+        train_steps(iterator, warm).numpy()
+    seconds = time.perf_counter() - started
+    return 1000 * seconds / (calls * k), 3 * 2 * model_macs(model) * batch / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loop_overhead.json"))
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    gflops = matmul_gflops()
+    strategies = {
+        "1 device": tf.distribute.get_strategy(),
+        "2 CPU replicas": tf.distribute.MirroredStrategy(
+            ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+        ),
+    }
+    rows = []
+    for placement, strategy in strategies.items():
+        for model, (filters, latent) in (("tiny (1,1 / 1)", ((1, 1), 1)), ("reference (32,64 / 16)", ((32, 64), 16))):
+            for k in (1, 32):
+                ms, mflop = time_steps(strategy, filters, latent, args.batch, k, args.steps)
+                rows.append(
+                    {
+                        "placement": placement,
+                        "model": model,
+                        "k": k,
+                        "ms_per_step": ms,
+                        "mflop_per_step": mflop,
+                        "pct_of_matmul_rate": 100 * mflop / 1e3 / (ms / 1e3) / gflops,
+                    }
+                )
+                print(f"{placement:<15} {model:<24} K={k:<3} {ms:8.2f} ms/step  {mflop:8.1f} MFLOP/step", flush=True)
+    print(f"\nfloat32 matmul 2048x2048 on these threads: {gflops:.1f} GFLOP/s; batch {args.batch}")
+    print(f"{'placement':<15} {'model':<24} {'K':>3} {'ms/step':>8} {'% of matmul rate':>17}")
+    for r in rows:
+        print(f"{r['placement']:<15} {r['model']:<24} {r['k']:>3} {r['ms_per_step']:>8.2f} {r['pct_of_matmul_rate']:>16.1f}%")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"matmul_gflops": gflops, "batch": args.batch, "rows": rows}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
