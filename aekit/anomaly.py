@@ -43,16 +43,12 @@ def open_sessions(
     return pair
 
 
-def _run_and_model(session) -> tuple:
-    return session.manifest.run, session.manifest.model
-
-
 def check_same_run(encoder: EncoderSession, decoder: DecoderSession) -> None:
     """Refuses an encoder and a decoder from two runs: one run's latent codes mean nothing to another's decoder.
 
     Compares the "run" and "model" sections of the manifest.json beside each file.
     """
-    (enc_run, enc_model), (dec_run, dec_model) = _run_and_model(encoder), _run_and_model(decoder)
+    (enc_run, enc_model), (dec_run, dec_model) = ((s.manifest.run, s.manifest.model) for s in (encoder, decoder))
     if enc_run != dec_run:
         raise AekitError(
             f"{encoder.path} was exported from run {enc_run} but {decoder.path} from run {dec_run}; a decoder cannot read "
@@ -377,7 +373,7 @@ def calibrate(
         check_output_file(Path(threshold_file), ".json")
     check_same_run(encoder, decoder)
     scores = score_path(encoder, decoder, source, batch_size, on_batch)
-    run, _ = _run_and_model(encoder)
+    run = encoder.manifest.run
     limit = calibrate_threshold(scores.mse, quantile, str(source), str(encoder.path), str(decoder.path), str(run or ""))
     if threshold_file is not None:
         from aekit.runs import write_json
@@ -428,7 +424,7 @@ def score(
     if not np.isfinite(threshold.mse):
         raise AekitError(f"The threshold MSE is {threshold.mse}; expected a finite number. Calibrate again: {CALIBRATE_HINT}.")
     check_same_run(encoder, decoder)
-    run, _ = _run_and_model(encoder)
+    run = encoder.manifest.run
     if threshold.run and run and threshold.run != run:
         raise AekitError(
             f"The threshold was calibrated for run {threshold.run}, but {encoder.path} comes from run {run}. "

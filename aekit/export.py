@@ -161,6 +161,11 @@ class LoadedRun:
     def scaling(self):
         return self.splits.scaling
 
+    @property
+    def recipe(self) -> TrainConfig:
+        """The recipe the run trained with (older records filled with the defaults they trained under)."""
+        return TrainConfig.from_json(self.config["recipe"])
+
 
 def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
     """Loads a finished run and rebuilds encoder/decoder/autoencoder under the float32 policy."""
@@ -170,12 +175,8 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
     from aekit.model import build_autoencoder
 
     run_dir = runs.require_finished_run(run_dir)
-    config = read_config(run_dir)  # checked for shape; the recipe's own defaults fill older records
-    try:
-        model = config["model"]
-        recipe = config.get("recipe", {})
-    except KeyError:
-        raise AekitError(f"{run_dir / runs.CONFIG} has no model section. Retrain the run with this aekit.") from None
+    config = read_config(run_dir)  # checked for shape: it has model, recipe and data sections
+    model, recipe = config["model"], TrainConfig.from_json(config["recipe"])
 
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -187,7 +188,7 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
                     model["input_shape"],
                     model["filters"],
                     model["latent_dim"],
-                    bn_momentum=TrainConfig.from_json(recipe).bn_momentum,
+                    bn_momentum=recipe.bn_momentum,
                 ),
             )
         )
@@ -207,7 +208,7 @@ def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
             rebuilt[role].set_weights(trained.get_weights())
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    splits = reload_data(config["data"], data_dir or recipe.get("data_dir"))
+    splits = reload_data(config["data"], data_dir or recipe.data_dir)
     return LoadedRun(run_dir, config, rebuilt, splits)
 
 
@@ -225,7 +226,8 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     plan = options.plan()
     run_dir = runs.require_finished_run(run_dir)
     output = Path(options.output) if options.output else Path(run_dir) / "export"
-    weights = _check_output_holds_this_run(output, run_dir)
+    previous = _previous_export(output, run_dir)
+    weights = runs.read_json(run_dir / runs.METRICS).get("weights_sha256")
     loaded = load_run(run_dir, data_dir)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -254,10 +256,10 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     manifest = Manifest(
         run=str(Path(run_dir).resolve()),
         latent_quantization={**codes.to_json(), "calibration_images": len(train_images)},
-        model={**loaded.config["model"], "bn_momentum": TrainConfig.from_json(loaded.config["recipe"]).bn_momentum},
+        model={**loaded.config["model"], "bn_momentum": loaded.recipe.bn_momentum},
         pixel_scaling=loaded.scaling.to_json(),
         versions=_versions(),
-        files=_merge_with_previous(output, entries, weights),
+        files=_merge_with_previous(output, previous, entries, weights),
         run_weights_sha256=weights,
     )
     manifest.write(output)
@@ -265,23 +267,22 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     return ExportResult(output, entries, Path(run_dir))
 
 
-def _check_output_holds_this_run(output: Path, run_dir: Path) -> str | None:
-    """The run's weights digest; AekitError if `output` already holds another run's export (one folder, one run)."""
-    weights = runs.read_json(Path(run_dir) / runs.METRICS).get("weights_sha256") if runs.is_finished(run_dir) else None
+def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
+    """The manifest already in `output` (None if none, or unreadable); AekitError if it is another run's export."""
     if output.exists() and not output.is_dir():
         raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
     if not (output / MANIFEST).is_file():
-        return weights
+        return None
     try:
         previous = Manifest.load(output, verify=False)
     except AekitError:
-        return weights  # an unreadable manifest vouches for nothing; this export replaces it
+        return None  # an unreadable manifest vouches for nothing; this export replaces it
     if Path(previous.run).resolve() != Path(run_dir).resolve():
         raise AekitError(
             f"{output} holds the export of another run ({previous.run}); one export folder holds one run. "
             f"Pass --output a new folder, or delete {output} first."
         )
-    return weights
+    return previous
 
 
 # --- internals -------------------------------------------------------------
@@ -567,21 +568,20 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _merge_with_previous(output: Path, entries: list[FileEntry], weights: str | None) -> list[FileEntry]:
+def _merge_with_previous(
+    output: Path, previous: Manifest | None, entries: list[FileEntry], weights: str | None
+) -> list[FileEntry]:
     """Keeps earlier entries whose files are still there untouched, and earlier failures; new entries replace same-named ones.
 
     Entries made from other weights (the run was trained further since) are dropped: they no longer describe it.
     """
     merged: dict[str, FileEntry] = {}
-    try:
-        previous = Manifest.load(output, verify=False) if (output / MANIFEST).is_file() else None
-    except AekitError:  # an unreadable old manifest vouches for nothing
-        previous = None
     if previous and previous.run_weights_sha256 == weights:
         for old in previous.files:
-            problem = old.problem(output)
-            if (old.status == "failed" and not (output / old.file).exists()) or (old.status == "passed" and problem is None):
-                merged[old.file] = old  # a file still as exported, or the record of why one is not there
+            if old.status == "failed" and not (output / old.file).exists():
+                merged[old.file] = old  # the record of why a file is not there
+            elif old.status == "passed" and old.problem(output) is None:
+                merged[old.file] = old  # a file still as exported
     for entry in entries:
         merged[entry.file] = entry
     return list(merged.values())

@@ -91,15 +91,10 @@ def import_tensorflow_quietly() -> None:
         import tensorflow  # noqa: F401  (the user asked to see its logs)
 
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    from aekit.quiet import quiet_native_output
+
+    with quiet_native_output():
+        import tensorflow  # noqa: F401
     import absl.logging  # TFDS and checkpoint restore log warnings that are aekit's to report
 
     absl.logging.set_verbosity(absl.logging.ERROR)
