@@ -1,8 +1,8 @@
-"""Training data: TFDS names and local files, split into train/validation, and the tf.data pipeline.
+"""Training data: TFDS names and local files, split into train/validation, held on the training devices.
 
 `load_data` turns a `--dataset` string into in-memory train/validation arrays
 (N, H, W, C) in their stored dtype plus the `PixelScaling` that maps them to
-[0, 1]; `make_dataset` builds the tf.data pipeline the training loop consumes.
+[0, 1]; `DeviceImages` holds them where the training steps run.
 Files (IDX, .npz/.npy, image folders) are read by `aekit.sources`, the same
 reader the edge side uses.
 """
@@ -139,59 +139,68 @@ def check_divisible(image_shape: tuple[int, ...], depth: int) -> None:
         )
 
 
-def make_dataset(
-    images: np.ndarray,
-    scaling: PixelScaling,
-    batch_size: int,
-    steps_per_epoch: int,
-    *,
-    seed: int = 0,
-    start_epoch: int = 0,
-    skip_batches: int = 0,
-    num_shards: int = 1,
-    shard_index: int = 0,
-):
-    """The training stream: scale once, cache, then per epoch a seeded shuffle, shard, batch, prefetch.
+class DeviceImages:
+    """The in-memory training images, held where the steps run: each step gathers and scales its batch there.
 
-    Epoch e's order depends only on (seed, e), so a run resumed at epoch e (and
-    `skip_batches` into it) sees exactly the batches an uninterrupted run would.
-    Every shard (one per worker) takes a disjoint stride of the same permutation,
-    so across workers each example is seen at most once per epoch; each epoch is
-    exactly `steps_per_epoch` batches of `batch_size` on every shard, so all
-    workers run the same number of steps and finish together. Endless.
+    Epoch e's order is a seeded permutation that depends only on (seed, e). Global batch s of
+    the epoch is `order[s*B : (s+1)*B]`, and replica r of R (over every worker) takes the r-th
+    slice of it, so each image is seen at most once per epoch across replicas and workers, and a
+    run resumed at (e, s) sees exactly the batches an uninterrupted run would. The host's only
+    per-step work is the call itself; per epoch it computes the order (a few microseconds per image).
+
+    On GPUs every replica gets its own copy, in float16 for uint8 images (0-255 are exact in
+    float16, and TensorFlow's GPU gather kernels are registered for floating types; 2 bytes a
+    pixel). On CPUs one copy in the stored dtype serves every replica.
 
     Args:
         images: (N, H, W, C) stored images.
-        scaling: the source's PixelScaling.
-        batch_size: images per batch from this shard (a per-replica batch).
-        steps_per_epoch: batches per epoch from this shard.
-        num_shards, shard_index: the input pipelines (workers) and this one's index.
+        scaling: the source's PixelScaling (applied in the step, on the device).
+        strategy: the tf.distribute strategy the steps run under.
+        global_batch: images per step over all replicas.
+        seed: the run's seed.
+        on_gpu: whether the replicas are GPUs.
 
-    Yields:
-        float32 (batch_size, H, W, C) batches in [0, 1].
+    Example:
+        >>> images = DeviceImages(splits.train, splits.scaling, strategy, 64, seed=0, on_gpu=False)
+        >>> order = images.epoch_order(1)
+        >>> per_replica = strategy.run(images.fetch, args=images.args(order, step=0))
     """
-    import tensorflow as tf
 
-    if (len(images) // num_shards) < steps_per_epoch * batch_size:
-        raise AekitError(
-            f"{len(images)} images over {num_shards} shard(s) cannot fill {steps_per_epoch} batches of {batch_size}. "
-            "Lower --batch-size or add data."
-        )
-    count = len(images)
-    # The images stay in memory once, in their stored dtype (uint8: 4x smaller than float32);
-    # batches are gathered by index and scaled as a whole, which is what makes the order
-    # a pure function of (seed, epoch) and so resumable mid-run.
-    table = tf.constant(images)
+    def __init__(self, images: np.ndarray, scaling: PixelScaling, strategy, global_batch: int, seed: int, on_gpu: bool):
+        import tensorflow as tf
 
-    def epoch(index):
-        permutation = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=[seed, index])
-        order = tf.data.Dataset.from_tensor_slices(permutation)
-        order = order.shard(num_shards, shard_index).take(steps_per_epoch * batch_size)
-        return order.batch(batch_size, drop_remainder=True)
+        if len(images) < global_batch:
+            raise AekitError(f"{len(images)} images cannot fill a batch of {global_batch}. Lower --batch-size or add data.")
+        self.count, self.scaling, self.global_batch, self.seed = len(images), scaling, global_batch, seed
+        self.per_replica = global_batch // strategy.num_replicas_in_sync
+        self.shared = None
+        self.tables = ()
+        if on_gpu:
+            table = images.astype(np.float16) if images.dtype == np.uint8 else images
+            self.tables = (strategy.experimental_distribute_values_from_function(lambda context: tf.constant(table)),)
+        else:
+            self.shared = tf.constant(images)
 
-    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch).skip(skip_batches)
-    ds = ds.map(lambda ids: scaling.to_model_tf(tf.gather(table, ids)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    def epoch_order(self, epoch: int):
+        """The permutation of image indices for `epoch` (int32), a function of (seed, epoch) alone."""
+        import tensorflow as tf
+
+        indices = tf.range(self.count, dtype=tf.int32)
+        return tf.random.experimental.stateless_shuffle(indices, seed=tf.constant([self.seed, epoch], tf.int64))
+
+    def args(self, order, step):
+        """What `strategy.run(self.fetch, args=...)` takes for global batch `step` of the epoch ordered by `order`."""
+        return (*self.tables, order[step * self.global_batch : (step + 1) * self.global_batch])
+
+    def fetch(self, *args):
+        """In replica context: this replica's slice of the global batch, gathered and scaled to float32 [0, 1]."""
+        import tensorflow as tf
+
+        *table, ids = args
+        table = table[0] if table else self.shared
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        mine = ids[replica * self.per_replica : (replica + 1) * self.per_replica]
+        return self.scaling.to_model_tf(tf.gather(table, mine))
 
 
 def network_reachable(address: tuple[str, int] = TFDS_DOWNLOAD_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:

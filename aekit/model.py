@@ -22,6 +22,7 @@ def build_autoencoder(
     latent_dim: int = 16,
     bn_momentum: float = 0.99,
     synchronized_bn: bool = False,
+    fused_bn: bool = False,
 ):
     """Builds (encoder, decoder, autoencoder) under the current Keras dtype policy.
 
@@ -48,6 +49,10 @@ def build_autoencoder(
     import keras
     from keras import layers
 
+    norm = layers.BatchNormalization
+    if fused_bn and not synchronized_bn:
+        from aekit.kernels import FusedBatchNorm as norm
+
     height, width, channels = (int(d) for d in input_shape)
     filters = [int(f) for f in filters]
     if not filters or min(filters) < 1 or latent_dim < 1:
@@ -59,7 +64,7 @@ def build_autoencoder(
     for f in filters:
         x = layers.Conv2D(f, KERNEL, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE)(x)
-        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=synchronized_bn)(x)
+        x = norm(momentum=bn_momentum, synchronized=synchronized_bn)(x)
     volume = tuple(int(d) for d in x.shape[1:])
     x = layers.Flatten()(x)
     latent = layers.Dense(latent_dim, name="latent")(x)
@@ -71,7 +76,7 @@ def build_autoencoder(
     for f in reversed(filters):
         x = layers.Conv2DTranspose(f, KERNEL, strides=2, padding="same")(x)
         x = layers.LeakyReLU(negative_slope=LEAKY_SLOPE)(x)
-        x = layers.BatchNormalization(momentum=bn_momentum, synchronized=synchronized_bn)(x)
+        x = norm(momentum=bn_momentum, synchronized=synchronized_bn)(x)
     x = layers.Conv2DTranspose(channels, KERNEL, strides=1, padding="same")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="reconstruction")(x)
     decoder = keras.Model(latent_in, outputs, name="decoder")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit import __version__, runs
-from aekit.data import DataSplits, check_divisible, load_data, make_dataset
+from aekit.data import DataSplits, DeviceImages, check_divisible, load_data
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
@@ -76,6 +76,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
     if run_dir.exists() and not run_dir.is_dir():
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
     placement = make_placement(config.gpus, config.cpu_replicas, config.precision, config.worker_timeout)
+    config = config.resolve(gpus=placement.num_replicas if placement.on_gpu else 0)  # the batch, rate and warm-up used
     with _claim(run_dir, placement):
         splits, steps_per_epoch = _load_data(config, placement)
         model = _build_model(config, placement, splits.image_shape, steps_per_epoch)
@@ -83,9 +84,9 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         history, start_epoch, start_step = _restore(state, config, steps_per_epoch)
         if placement.is_chief:
             _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch)
-        iterator = _input_pipeline(config, placement, splits, steps_per_epoch, start_epoch, start_step)
+        batches = DeviceImages(splits.train, splits.scaling, placement.strategy, config.batch_size, config.seed, placement.on_gpu)
         run = _Run(config, placement, run_dir, splits, steps_per_epoch, model, state, callback)
-        history = _train_epochs(run, iterator, history, start_epoch, start_step)
+        history = _train_epochs(run, batches, history, start_epoch, start_step)
         return _finish(run, history)
 
 
@@ -142,6 +143,7 @@ def _load_data(config: TrainConfig, placement: Placement) -> tuple[DataSplits, i
 def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_per_epoch: int) -> _Model:
     import keras
 
+    from aekit.kernels import FusedAdam
     from aekit.model import build_autoencoder
 
     keras.utils.set_random_seed(config.seed)
@@ -152,8 +154,9 @@ def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_p
             config.latent_dim,
             bn_momentum=config.bn_momentum,
             synchronized_bn=placement.num_replicas > 1,
+            fused_bn=True,
         )
-        optimizer = keras.optimizers.Adam(learning_rate=_schedule(config, steps_per_epoch), beta_2=config.adam_beta_2)
+        optimizer = FusedAdam(learning_rate=_schedule(config, steps_per_epoch), beta_2=config.adam_beta_2)
         if placement.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(autoencoder.trainable_variables)
@@ -241,36 +244,14 @@ def _prepare_run_folder(
     runs.remove_partials(run_dir)  # what a killed run was writing when it died
 
 
-def _input_pipeline(
-    config: TrainConfig, placement: Placement, splits: DataSplits, steps_per_epoch: int, start_epoch: int, start_step: int
-):
-    """An endless iterator of global batches, positioned at (start_epoch, start_step)."""
-
-    def dataset_fn(context):
-        per_pipeline = placement.num_replicas // context.num_input_pipelines  # replicas fed by this worker
-        return make_dataset(
-            splits.train,
-            splits.scaling,
-            context.get_per_replica_batch_size(config.batch_size),
-            steps_per_epoch * per_pipeline,
-            seed=config.seed,
-            start_epoch=start_epoch,
-            skip_batches=start_step * per_pipeline,
-            num_shards=context.num_input_pipelines,
-            shard_index=context.input_pipeline_id,
-        )
-
-    return iter(placement.strategy.distribute_datasets_from_function(dataset_fn))
-
-
-def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, start_step: int) -> list[dict]:
+def _train_epochs(run: _Run, batches: DeviceImages, history: list[dict], start_epoch: int, start_step: int) -> list[dict]:
     """The loop: steps, the divergence check, step checkpoints, Ctrl-C at step boundaries, one row per epoch."""
     import keras
     import tensorflow as tf
 
     config, placement, model, state, callback = run.config, run.placement, run.model, run.state, run.callback
     progress, steps_per_epoch = state.progress, run.steps_per_epoch
-    train_steps = _make_train_step(placement.strategy, model.autoencoder, model.optimizer, config.batch_size, placement.precision)
+    train_steps = make_train_steps(placement.strategy, model.autoencoder, model.optimizer, batches, placement.precision)
     step_macs = 3 * model_macs(model.autoencoder) * config.batch_size  # forward + backward, the global batch
     run.steps_per_call = steps_per_call(config.steps_per_execution, step_macs, placement.on_gpu, steps_per_epoch)
     val_images = run.splits.scaling.to_model_numpy(run.splits.val)
@@ -304,11 +285,12 @@ def _train_epochs(run: _Run, iterator, history: list[dict], start_epoch: int, st
             first = start_step + 1 if epoch == start_epoch + 1 else 1
             if first == 1:
                 progress.start_epoch()
+            order = batches.epoch_order(epoch)
             earlier, started = progress.seconds, time.perf_counter()  # earlier: time spent before a resume
             step = first - 1
             while step < steps_per_epoch:  # one call runs k steps; a call never crosses an epoch end or a checkpoint
                 k = _call_length(run.steps_per_call, step, steps_per_epoch, config.checkpoint_steps)
-                losses = train_steps(iterator, tf.constant(k, tf.int32)).numpy().astype(np.float64)
+                losses = train_steps(order, tf.constant(step, tf.int32), tf.constant(k, tf.int32)).numpy().astype(np.float64)
                 if not np.isfinite(losses).all():
                     bad = int(np.argmin(np.isfinite(losses)))
                     raise AekitError(
@@ -372,7 +354,8 @@ def _finish(run: _Run, history: list[dict]) -> TrainResult:
     model, placement = run.model, run.placement
     metrics = _final_metrics(history, model.autoencoder, model.encoder, model.decoder)
     if placement.is_chief:
-        _write_outputs(run.run_dir, history, model.encoder, model.decoder, model.autoencoder, run.predict, run.grid_images)
+        encoder, decoder, autoencoder = _plain_models(run)
+        _write_outputs(run.run_dir, history, encoder, decoder, autoencoder, run.predict, run.grid_images)
         runs.write_json(run.run_dir / runs.METRICS, metrics)
     result = TrainResult(run.run_dir, metrics, history, wrote_files=placement.is_chief, placement=placement.describe())
     run.callback.on_train_end(result)
@@ -583,12 +566,20 @@ def _schedule(config: TrainConfig, steps_per_epoch: int):
     )
 
 
-def _make_train_step(strategy, model, optimizer, global_batch_size: int, precision: str):
+def make_train_steps(strategy, model, optimizer, batches, precision: str):
+    """`train_steps(state, first, steps)`: `steps` training steps in one call, from global batch `first` on.
+
+    `batches` supplies each step's images inside the call (`DeviceImages`: `state` is the
+    epoch's order and each replica gathers its slice on its device). The losses of the
+    steps come back together; the host reads them once per call.
+    """
     import tensorflow as tf
 
     scaled = precision == "mixed_float16"
+    global_batch_size = batches.global_batch
 
-    def replica_step(images):
+    def replica_step(*args):
+        images = batches.fetch(*args)
         with tf.GradientTape() as tape:
             reconstructions = tf.cast(model(images, training=True), tf.float32)
             per_image = tf.reduce_mean(tf.square(images - reconstructions), axis=[1, 2, 3])
@@ -600,11 +591,10 @@ def _make_train_step(strategy, model, optimizer, global_batch_size: int, precisi
         return loss
 
     @tf.function
-    def train_steps(iterator, steps):
-        """`steps` training steps in one call (an in-graph loop): their losses, read by the host once."""
+    def train_steps(state, first, steps):
         losses = tf.TensorArray(tf.float32, size=steps)
         for i in tf.range(steps):
-            per_replica = strategy.run(replica_step, args=(next(iterator),))
+            per_replica = strategy.run(replica_step, args=batches.args(state, first + i))
             losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
         return losses.stack()
 
@@ -682,6 +672,21 @@ def _final_metrics(history: list[dict], autoencoder, encoder, decoder) -> dict:
             "autoencoder": int(autoencoder.count_params()),
         },
     }
+
+
+def _plain_models(run: _Run):
+    """The trained models with plain Keras layers (no training kernels, unsynchronized BatchNorm): what is saved.
+
+    Inference is the same function; the saved `.keras` files then load with Keras alone.
+    """
+    from aekit.model import build_autoencoder
+
+    config = run.config
+    encoder, decoder, autoencoder = build_autoencoder(
+        run.splits.image_shape, config.filters, config.latent_dim, bn_momentum=config.bn_momentum
+    )
+    autoencoder.set_weights(run.model.autoencoder.get_weights())
+    return encoder, decoder, autoencoder
 
 
 def _write_outputs(run_dir, history, encoder, decoder, autoencoder, predict, grid_images) -> None:

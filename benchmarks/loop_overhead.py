@@ -2,9 +2,11 @@
 
 Side by side in one run, on this machine's CPU: ms per step of a model so small that its arithmetic
 is negligible (--filters 1,1 --latent-dim 1) and of the reference model, each with K = 1 step per
-tf.function call and with K = 32 (aekit's --steps-per-execution), on one device and on 2 logical CPU
+tf.function call and with K = 32 (aekit's --steps-per-execution), with Keras' BatchNorm and Adam
+and with aekit's fused training kernels (aekit.kernels), on one device and on 2 logical CPU
 replicas (MirroredStrategy); next to a large float32 matmul on the same threads, which gives the
-machine's arithmetic rate. Prints a table and writes JSON.
+machine's arithmetic rate. The images are held on the device and gathered in the step, as in
+aekit's training. Prints a table and writes JSON.
 
     .venv/bin/python benchmarks/loop_overhead.py --steps 96
 """
@@ -33,33 +35,52 @@ def matmul_gflops(seconds: float = 2.0, n: int = 2048) -> float:
     return 2 * n**3 * count / (time.perf_counter() - started) / 1e9
 
 
-def time_steps(strategy, filters, latent, batch: int, k: int, steps: int) -> tuple[float, float]:
-    """(ms per step, MFLOP per step) of aekit's training step, K steps per call."""
+MAX_K = 32  # steps per call at most: one epoch of the synthetic images
+
+
+def build_step(strategy, filters, latent, batch: int, fused: bool = True, seed: int = 0):
+    """aekit's training step for a model on MAX_K batches of random uint8 digit-sized images: (train_steps, order, model).
+
+    fused: aekit's training kernels (fused BatchNorm and Adam); False: Keras' own layers and Adam.
+    """
     import keras
     import numpy as np
-    import tensorflow as tf
 
+    from aekit.data import DeviceImages
+    from aekit.kernels import FusedAdam
     from aekit.model import build_autoencoder
-    from aekit.train import _make_train_step, model_macs
+    from aekit.pixels import PixelScaling
+    from aekit.train import make_train_steps
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
+    replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         _, _, model = build_autoencoder(
-            (28, 28, 1), filters, latent, bn_momentum=0.9, synchronized_bn=strategy.num_replicas_in_sync > 1
+            (28, 28, 1), filters, latent, bn_momentum=0.9, synchronized_bn=replicas > 1, fused_bn=fused
         )
-        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer = (FusedAdam if fused else keras.optimizers.Adam)(1e-3)
         optimizer.build(model.trainable_variables)
-    images = np.random.default_rng(0).random((batch * 8, 28, 28, 1), dtype=np.float32)
-    data = tf.data.Dataset.from_tensor_slices(images).repeat().batch(batch, drop_remainder=True)
-    iterator = iter(strategy.experimental_distribute_dataset(data))
-    train_steps = _make_train_step(strategy, model, optimizer, batch, "float32")
-    warm = tf.constant(k, tf.int32)
-    train_steps(iterator, warm).numpy()
-    train_steps(iterator, warm).numpy()
+    images = np.random.default_rng(seed).integers(0, 256, (batch * MAX_K, 28, 28, 1), dtype=np.uint8)
+    device_images = DeviceImages(images, PixelScaling(), strategy, batch, seed, on_gpu=False)
+    return make_train_steps(strategy, model, optimizer, device_images, "float32"), device_images.epoch_order(1), model
+
+
+def time_steps(strategy, filters, latent, batch: int, k: int, steps: int, fused: bool = True) -> tuple[float, float]:
+    """(ms per step, MFLOP per step) of aekit's training step, K steps per call."""
+    import tensorflow as tf
+
+    from aekit.train import model_macs
+
+    assert k <= MAX_K
+    train_steps, order, model = build_step(strategy, filters, latent, batch, fused)
+    per_call = tf.constant(k, tf.int32)
+    first = tf.constant(0, tf.int32)
+    train_steps(order, first, per_call).numpy()
+    train_steps(order, first, per_call).numpy()
     calls = max(1, steps // k)
     started = time.perf_counter()
     for _ in range(calls):
-        train_steps(iterator, warm).numpy()
+        train_steps(order, first, per_call).numpy()
     seconds = time.perf_counter() - started
     return 1000 * seconds / (calls * k), 3 * 2 * model_macs(model) * batch / 1e6
 
@@ -85,23 +106,27 @@ def main() -> None:
     rows = []
     for placement, strategy in strategies.items():
         for model, (filters, latent) in (("tiny (1,1 / 1)", ((1, 1), 1)), ("reference (32,64 / 16)", ((32, 64), 16))):
-            for k in (1, 32):
-                ms, mflop = time_steps(strategy, filters, latent, args.batch, k, args.steps)
+            for k, kernels in ((1, "Keras"), (32, "Keras"), (1, "aekit"), (32, "aekit")):
+                ms, mflop = time_steps(strategy, filters, latent, args.batch, k, args.steps, fused=kernels == "aekit")
                 rows.append(
                     {
                         "placement": placement,
                         "model": model,
+                        "kernels": kernels,
                         "k": k,
                         "ms_per_step": ms,
                         "mflop_per_step": mflop,
                         "pct_of_matmul_rate": 100 * mflop / 1e3 / (ms / 1e3) / gflops,
                     }
                 )
-                print(f"{placement:<15} {model:<24} K={k:<3} {ms:8.2f} ms/step  {mflop:8.1f} MFLOP/step", flush=True)
+                print(f"{placement:<15} {model:<24} {kernels:<6} K={k:<3} {ms:8.2f} ms/step  {mflop:8.1f} MFLOP/step", flush=True)
     print(f"\nfloat32 matmul 2048x2048 on these threads: {gflops:.1f} GFLOP/s; batch {args.batch}")
-    print(f"{'placement':<15} {'model':<24} {'K':>3} {'ms/step':>8} {'% of matmul rate':>17}")
+    print(f"{'placement':<15} {'model':<24} {'kernels':<7} {'K':>3} {'ms/step':>8} {'% of matmul rate':>17}")
     for r in rows:
-        print(f"{r['placement']:<15} {r['model']:<24} {r['k']:>3} {r['ms_per_step']:>8.2f} {r['pct_of_matmul_rate']:>16.1f}%")
+        print(
+            f"{r['placement']:<15} {r['model']:<24} {r['kernels']:<7} {r['k']:>3} {r['ms_per_step']:>8.2f} "
+            f"{r['pct_of_matmul_rate']:>16.1f}%"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"matmul_gflops": gflops, "batch": args.batch, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")

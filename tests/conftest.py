@@ -64,3 +64,9 @@ def run_copy(trained_run, tmp_path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(trained_run, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def two_cpu_replicas():
+    """A MirroredStrategy over the two logical CPU devices: the real multi-replica path."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice())

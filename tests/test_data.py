@@ -8,7 +8,7 @@ from PIL import Image
 from support import read_mnist
 
 from aekit import AekitError, data
-from aekit.data import load_data, make_dataset, network_reachable
+from aekit.data import DeviceImages, load_data, network_reachable
 
 
 def test_idx_folder_takes_the_last_fraction_as_validation(mnist_dir):
@@ -148,16 +148,29 @@ def test_invalid_val_split():
         load_data(None, val_split=1.5)
 
 
-def test_pipeline_scales_batches_and_reshuffles_every_epoch(mnist_dir):
+def epoch_batches(images, scaling, strategy, global_batch, steps, epoch, seed=1, on_gpu=False):
+    """What each replica gathers for steps 0..steps-1 of `epoch`: a list (per step) of per-replica arrays."""
+    device_images = DeviceImages(images, scaling, strategy, global_batch, seed, on_gpu)
+    order = device_images.epoch_order(epoch)
+    out = []
+    for step in range(steps):
+        per_replica = strategy.run(device_images.fetch, args=device_images.args(order, step))
+        out.append([np.asarray(part) for part in strategy.experimental_local_results(per_replica)])
+    return out
+
+
+def test_device_images_scale_batches_and_reshuffle_every_epoch(mnist_dir):
+    import tensorflow as tf
+
     images = read_mnist(100)[..., None]
     splits = load_data(str(mnist_dir), val_split=0.2)
-    ds = make_dataset(images, splits.scaling, 32, steps_per_epoch=3, seed=1)
-    batches = [b.numpy() for b in ds.take(6)]  # endless: two epochs of three batches
+    strategy = tf.distribute.get_strategy()
+    first, second = (epoch_batches(images, splits.scaling, strategy, 32, 3, epoch) for epoch in (1, 2))
+    batches = [b[0] for b in first + second]
     assert all(b.shape == (32, 28, 28, 1) and b.dtype == np.float32 for b in batches)
     assert 0.0 <= min(b.min() for b in batches) and max(b.max() for b in batches) == pytest.approx(1.0)
-    first, second = np.concatenate(batches[:3]), np.concatenate(batches[3:])
-    assert not np.array_equal(first, second)  # a new order each epoch
-    assert not np.array_equal(first[..., 0], images[:96, ..., 0] / 255.0)  # shuffled
+    assert not np.array_equal(np.concatenate(batches[:3]), np.concatenate(batches[3:]))  # a new order each epoch
+    assert not np.array_equal(batches[0][..., 0], images[:32, ..., 0] / 255.0)  # shuffled
 
 
 def ids_dataset(count):
@@ -167,26 +180,33 @@ def ids_dataset(count):
     return (np.arange(count, dtype=np.float32) / 1000).reshape(count, 1, 1, 1), PixelScaling(1.0)
 
 
-def batches_of_ids(ds, n):
-    return [np.rint(b.numpy().reshape(-1) * 1000).astype(int) for b in ds.take(n)]
+def as_ids(batch):
+    return np.rint(np.asarray(batch).reshape(-1) * 1000).astype(int)
 
 
-def test_each_example_once_per_epoch_across_worker_shards():
+def test_each_example_once_per_epoch_across_replicas(two_cpu_replicas):
     images, scaling = ids_dataset(100)
-    per_worker = [batches_of_ids(make_dataset(images, scaling, 10, 5, seed=3, num_shards=2, shard_index=i), 10) for i in range(2)]
-    for epoch in range(2):
-        seen = np.concatenate([b for worker in per_worker for b in worker[epoch * 5 : (epoch + 1) * 5]])
-        assert sorted(seen.tolist()) == list(range(100))  # every example exactly once, split between workers
-    assert set(np.concatenate(per_worker[0][:5])).isdisjoint(np.concatenate(per_worker[1][:5]))
+    for on_gpu in (False, True):  # one shared table, or a copy per replica (float16 where uint8)
+        steps = epoch_batches(images, scaling, two_cpu_replicas, 20, 5, epoch=3, on_gpu=on_gpu)
+        seen = [as_ids(part) for step in steps for part in step]
+        assert all(len(part) == 10 for part in seen)  # each replica its half of the global batch
+        assert sorted(np.concatenate(seen).tolist()) == list(range(100))  # every example exactly once
+        assert set(np.concatenate(seen[0::2])).isdisjoint(np.concatenate(seen[1::2]))
 
 
-def test_resumed_stream_continues_exactly_where_it_stopped():
+def test_a_batch_depends_only_on_seed_epoch_and_step_so_resume_is_exact():
+    import tensorflow as tf
+
     images, scaling = ids_dataset(64)
-    whole = batches_of_ids(make_dataset(images, scaling, 8, 8, seed=5), 24)  # three epochs
-    resumed = batches_of_ids(make_dataset(images, scaling, 8, 8, seed=5, start_epoch=1, skip_batches=3), 13)
-    assert all(np.array_equal(a, b) for a, b in zip(whole[11:], resumed))
+    strategy = tf.distribute.get_strategy()
+    device_images = DeviceImages(images, scaling, strategy, 8, seed=5, on_gpu=False)
+    whole = [as_ids(b[0]) for b in epoch_batches(images, scaling, strategy, 8, 8, epoch=2, seed=5)]
+    resumed = [as_ids(device_images.fetch(*device_images.args(device_images.epoch_order(2), step))) for step in (3, 7)]
+    assert np.array_equal(resumed[0], whole[3]) and np.array_equal(resumed[1], whole[7])
+    other_epoch = [as_ids(b[0]) for b in epoch_batches(images, scaling, strategy, 8, 8, epoch=3, seed=5)]
+    assert not np.array_equal(np.concatenate(whole), np.concatenate(other_epoch))
     with pytest.raises(AekitError, match="cannot fill"):
-        make_dataset(images, scaling, 8, 9)
+        DeviceImages(images, scaling, strategy, 65, seed=0, on_gpu=False)
 
 
 def test_a_run_record_reloads_the_same_data(tmp_path, small_npz, monkeypatch):
