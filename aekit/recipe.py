@@ -19,20 +19,29 @@ from aekit.errors import AekitError
 # Recipe fields added after runs were already being recorded, with the value those runs trained with.
 RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999}
 
+# The batch, rate and warm-up a run gets when it does not set them (TrainConfig.resolve).
+CPU_BATCH = 64  # global batch on a CPU (any number of CPU replicas)
+GPU_BATCH_PER_REPLICA = 256  # per GPU; the global batch is this times the GPUs (README, benchmarks/batch_scaling.py)
+BASE_LEARNING_RATE = 5e-3  # the peak rate tuned for CPU_BATCH
+MAX_LEARNING_RATE = 1e-2  # where scaling stops: above it this model's training turned unstable
+WARMUP_IMAGES = 150 * CPU_BATCH  # the warm-up, in images: 150 steps of 64
+
 
 @dataclass
 class TrainConfig:
     """The recipe. Its defaults are aekit's default recipe (see README, benchmarks/).
 
-    `batch_size` is the GLOBAL batch, split evenly over replicas. The learning
-    rate is the peak of the schedule: a linear warm-up from a tenth of it over
-    `warmup_steps` (at most a quarter of the run), then a cosine decay to 1% by
-    the last step of the requested epochs, so a short run anneals as well as a
-    long one. It was tuned for batch 64: the warm-up lets it start at 5e-3, which
-    learns faster than 2e-3 both in an 8-epoch demo and over 25 epochs (README,
-    benchmarks/). When you change the batch by a factor k, scaling the learning
-    rate by about k (linear scaling rule) keeps the per-sample step the same, up
-    to the point where training turns unstable (about 1e-2 here).
+    `batch_size` is the GLOBAL batch, split evenly over replicas. None (the
+    default) means 64 on a CPU and GPU_BATCH_PER_REPLICA per GPU on GPUs, so
+    every GPU gets work enough to fill it. The learning rate is the peak of the
+    schedule: a linear warm-up from a tenth of it over `warmup_steps` (at most a
+    quarter of the run), then a cosine decay to 1% by the last step of the
+    requested epochs, so a short run anneals as well as a long one. It was tuned
+    for batch 64 (5e-3: the warm-up lets it start that high, which learns faster
+    than 2e-3 both in a short demo and over 25 epochs). None means 5e-3 scaled
+    by sqrt(batch / 64), at most 1e-2, and a warm-up of 9,600 images' worth of
+    steps: `resolve()` fills them in for the devices at hand, and config.json
+    records the values used (benchmarks/batch_scaling.py, README).
 
     Adam's beta_2 is 0.99 rather than Keras' 0.999: the second-moment average then
     forgets the large gradients of the first steps within ~100 steps instead of
@@ -47,10 +56,10 @@ class TrainConfig:
     dataset: str | None = None
     val_split: float = 0.1
     epochs: int = 25
-    batch_size: int = 64
-    learning_rate: float = 5e-3
+    batch_size: int | None = None  # None: CPU_BATCH, or GPU_BATCH_PER_REPLICA per GPU
+    learning_rate: float | None = None  # None: BASE_LEARNING_RATE scaled to the batch (see resolve)
     lr_schedule: str = "cosine"
-    warmup_steps: int = 150
+    warmup_steps: int | None = None  # None: WARMUP_IMAGES worth of steps
     adam_beta_2: float = 0.99
     filters: tuple[int, ...] = (32, 64)
     latent_dim: int = 16
@@ -70,9 +79,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1:
             raise AekitError(f"--epochs must be at least 1, got {self.epochs}.")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise AekitError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise AekitError(f"--learning-rate must be a positive number, got {self.learning_rate}. Try 5e-3.")
         if not (math.isfinite(self.val_split) and 0.0 < self.val_split < 1.0):
             raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}. Try 0.1.")
@@ -88,12 +97,24 @@ class TrainConfig:
             raise AekitError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}. Try 0.9 or 0.99.")
         if not 0 <= self.seed < 2**32:
             raise AekitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}.")
-        if self.warmup_steps < 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise AekitError(f"--warmup-steps must be 0 (no warm-up) or more, got {self.warmup_steps}.")
         if self.steps_per_execution < 0:
             raise AekitError(f"--steps-per-execution must be 0 (auto) or more, got {self.steps_per_execution}.")
         if self.checkpoint_steps < 0:
             raise AekitError(f"--checkpoint-steps must be 0 (epoch ends only) or more, got {self.checkpoint_steps}.")
+
+    def resolve(self, gpus: int) -> TrainConfig:
+        """This recipe with the batch, learning rate and warm-up filled in for `gpus` GPU replicas (0: a CPU).
+
+        An explicit batch is the global batch, whatever the devices. The rate not given is
+        BASE_LEARNING_RATE * sqrt(batch / CPU_BATCH), at most MAX_LEARNING_RATE (and never
+        below the base); the warm-up not given is WARMUP_IMAGES / batch steps.
+        """
+        batch = self.batch_size or (GPU_BATCH_PER_REPLICA * gpus if gpus else CPU_BATCH)
+        rate = self.learning_rate or min(MAX_LEARNING_RATE, max(BASE_LEARNING_RATE, default_learning_rate(batch)))
+        warmup = self.warmup_steps if self.warmup_steps is not None else max(1, round(WARMUP_IMAGES / batch))
+        return TrainConfig(**{**asdict(self), "batch_size": batch, "learning_rate": rate, "warmup_steps": warmup})
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -108,6 +129,11 @@ class TrainConfig:
         if "filters" in values:
             values["filters"] = tuple(values["filters"])
         return cls(**values)
+
+
+def default_learning_rate(batch: int) -> float:
+    """The square-root scaling rule from the rate tuned at CPU_BATCH (unclipped; resolve() clips it)."""
+    return BASE_LEARNING_RATE * math.sqrt(batch / CPU_BATCH)
 
 
 def read_config(run_dir: Path) -> dict:

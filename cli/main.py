@@ -28,6 +28,7 @@ from rich.markup import escape  # noqa: E402
 
 from aekit import AekitError, __version__  # noqa: E402
 from aekit.cli.render import err_console, out_console  # noqa: E402
+from aekit.recipe import BASE_LEARNING_RATE, CPU_BATCH, GPU_BATCH_PER_REPLICA, MAX_LEARNING_RATE, WARMUP_IMAGES  # noqa: E402
 from aekit.train import TrainConfig, TrainingInterrupted  # noqa: E402
 
 RECIPE = TrainConfig()  # the default recipe; help texts quote it rather than repeat it
@@ -153,12 +154,13 @@ TRAIN_HELP = {
     "dataset": "TFDS name (e.g. mnist, fashion_mnist, cifar10), a folder of IDX files, a .npz/.npy file, or a folder of "
     "PNG/JPEG images. Default: TFDS mnist, or the bundled MNIST sample when offline.",
     "epochs": "Epochs to train (in all, counting resumed ones).",
-    "batch_size": "GLOBAL batch size, split evenly across replicas.",
-    "learning_rate": "Peak Adam learning rate for the global batch. Scale it with the batch (about linearly: 2x batch, "
-    "2x rate) up to ~1e-2.",
+    "batch_size": f"GLOBAL batch size, split evenly across replicas (default: {CPU_BATCH} on a CPU, "
+    f"{GPU_BATCH_PER_REPLICA} per GPU on GPUs).",
+    "learning_rate": f"Peak Adam learning rate for the global batch (default: {BASE_LEARNING_RATE:g} at batch {CPU_BATCH}, "
+    f"scaled by sqrt(batch/{CPU_BATCH}) up to {MAX_LEARNING_RATE:g}).",
     "lr_schedule": "cosine (decay to 1% over the run) or constant.",
     "warmup_steps": "Cosine schedule: steps of linear warm-up from a tenth of the peak rate (at most a quarter of the run); "
-    "0 for none.",
+    f"0 for none (default: {WARMUP_IMAGES:,} images' worth, 150 steps at batch {CPU_BATCH}).",
     "filters": "Channels of each stride-2 conv block. Image sides must divide by 2^blocks.",
     "latent_dim": "Size of the latent code.",
     "bn_momentum": "BatchNorm moving-average momentum.",
@@ -180,10 +182,7 @@ TRAIN_HELP = {
 }
 RECIPE_DEFAULTS = {
     "epochs",
-    "batch_size",
-    "learning_rate",
     "lr_schedule",
-    "warmup_steps",
     "filters",
     "latent_dim",
     "bn_momentum",

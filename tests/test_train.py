@@ -320,3 +320,14 @@ def test_auto_steps_per_call_fill_about_ten_milliseconds():
     assert steps_per_call(0, step_macs, on_gpu=True, steps_per_epoch=937) == 98  # ~103 us per step on a GPU
     assert steps_per_call(0, step_macs, on_gpu=True, steps_per_epoch=60) == 60  # never past an epoch
     assert steps_per_call(7, step_macs, on_gpu=True, steps_per_epoch=60) == 7
+
+
+def test_the_default_batch_fills_the_gpus_and_the_rate_and_warm_up_follow_it():
+    cpu = TrainConfig().resolve(gpus=0)
+    assert (cpu.batch_size, cpu.learning_rate, cpu.warmup_steps) == (64, 5e-3, 150)
+    two_gpus = TrainConfig().resolve(gpus=2)  # 256 per GPU: global 512, sqrt(8) x 5e-3 clipped to 1e-2
+    assert (two_gpus.batch_size, two_gpus.learning_rate, two_gpus.warmup_steps) == (512, 1e-2, 19)
+    explicit = TrainConfig(batch_size=128).resolve(gpus=4)  # an explicit batch is the global batch
+    assert explicit.batch_size == 128 and explicit.learning_rate == pytest.approx(5e-3 * 2**0.5) and explicit.warmup_steps == 75
+    kept = TrainConfig(batch_size=1024, learning_rate=3e-3, warmup_steps=0).resolve(gpus=2)
+    assert (kept.batch_size, kept.learning_rate, kept.warmup_steps) == (1024, 3e-3, 0)
