@@ -507,7 +507,7 @@ def bench_run(
         source = splits.source
     else:
         splits, source = loaded.splits, f"{loaded.splits.source} (the run's validation split)"
-    images = splits.scaling.to_model_numpy(splits.val[: options.quality_images])
+    images = splits.scaling.to_model_numpy(splits.head("val", options.quality_images))
     if images.shape[1:] != tuple(loaded.config["model"]["input_shape"]):
         raise AekitError(
             f"--dataset images are {images.shape[1:]}, the model takes {tuple(loaded.config['model']['input_shape'])}. "

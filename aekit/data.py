@@ -72,17 +72,91 @@ class DataSplits:
             "note": self.note,
         }
 
+    def count(self, split: str) -> int:
+        """Images in "train" or "val"."""
+        return len(self._split(split))
+
+    def head(self, split: str, count: int) -> np.ndarray:
+        """The first `count` stored images of a split."""
+        return self._split(split)[:count]
+
+    def sample(self, split: str, count: int) -> np.ndarray:
+        """`count` stored images spread evenly over a split (deterministic; all when it has fewer)."""
+        images = self._split(split)
+        return images if count >= len(images) else images[spread(len(images), count)]
+
+    def model_batches(self, split: str, batch: int):
+        """A split as float32 model inputs in [0, 1], `batch` images at a time, in order."""
+        images = self._split(split)
+        for start in range(0, len(images), batch):
+            yield self.scaling.to_model_numpy(images[start : start + batch])
+
+    def _split(self, split: str) -> np.ndarray:
+        return {"train": self.train, "val": self.val}[split]
+
+
+class PackedSplits:
+    """A packed dataset (`aekit data pack`) read through the same questions as DataSplits, never whole.
+
+    Training streams its shards (`StreamedImages`); validation, pictures and calibration read
+    what they need. `packed` is the `aekit.packed.PackedDataset`.
+    """
+
+    kind = "packed"
+
+    def __init__(self, packed, val_split: float):
+        self.packed, self.val_split = packed, val_split
+        self.scaling = packed.scaling
+        self.source = packed.folder
+        self.note = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.packed.image_shape)
+
+    def describe(self) -> dict:
+        return self.packed.describe()
+
+    def count(self, split: str) -> int:
+        return int(self.packed.counts[split])
+
+    def head(self, split: str, count: int) -> np.ndarray:
+        return self.packed.read(split, count)
+
+    def sample(self, split: str, count: int) -> np.ndarray:
+        total = self.count(split)
+        if count >= total:
+            return self.packed.read(split)
+        wanted = spread(total, count)
+        picked, start = [], 0
+        for images in self.packed.batches(split, 4096):  # one streaming pass, a batch in memory at a time
+            images = images.numpy()
+            local = wanted[(wanted >= start) & (wanted < start + len(images))] - start
+            picked.append(images[local])
+            start += len(images)
+        return np.concatenate(picked)
+
+    def model_batches(self, split: str, batch: int):
+        for images in self.packed.batches(split, batch):
+            yield self.scaling.to_model_numpy(images.numpy())
+
+
+def spread(total: int, count: int) -> np.ndarray:
+    """`count` indices spread evenly over range(total), first and last included."""
+    return np.linspace(0, total - 1, count).astype(int)
+
 
 def load_data(
     dataset: str | None = None,
     val_split: float = 0.1,
     data_dir: str | None = None,
-) -> DataSplits:
+) -> DataSplits | PackedSplits:
     """Loads a training source named the way `--dataset` names it.
 
     Args:
         dataset: a TFDS name (`mnist`, `fashion_mnist`, `cifar10`, ...), a folder of
-            IDX files, a `.npz`/`.npy` file or a folder of PNG/JPEG images. None
+            IDX files, a `.npz`/`.npy` file, a folder of PNG/JPEG images, or a folder
+            packed by `aekit data pack` (returned as PackedSplits, split as packed). None
             means TFDS MNIST when it is prepared or downloadable, else the MNIST
             sample bundled with aekit (see `DataSplits.note`).
         val_split: for sources with a single split, the LAST fraction taken as
@@ -99,6 +173,11 @@ def load_data(
     """
     if not 0.0 < val_split < 1.0:
         raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}.")
+    if dataset is not None and _is_pack(dataset):  # shards: checked (sizes and sha256), then streamed, never loaded whole
+        from aekit.packed import PackedDataset
+
+        packed = PackedDataset.open(dataset)
+        return PackedSplits(packed, packed.manifest.val_split)
     if dataset is None:
         splits = _load_default(val_split, data_dir)
     elif dataset == BUNDLED_SAMPLE:
@@ -116,8 +195,19 @@ def load_data(
     return splits
 
 
+def _is_pack(dataset: str) -> bool:
+    """A folder `aekit data pack` wrote (its dataset.json decides; a damaged one is reported by PackedDataset.open)."""
+    from aekit.packed import MANIFEST, is_packed
+
+    if "://" in dataset:
+        return is_packed(dataset)
+    return (Path(dataset).expanduser() / MANIFEST).is_file()
+
+
 def dataset_identity(record: dict) -> str:
     """The `--dataset` value that loads exactly the data described by a run's `data` record."""
+    if record.get("packed"):
+        return record["packed"]
     source = record["source"]
     return source.removeprefix("tfds:") if record.get("kind") == "tfds" else source
 
@@ -181,6 +271,10 @@ class DeviceImages:
         else:
             self.shared = tf.constant(images)
 
+    def epoch_state(self, epoch: int):
+        """What the steps of `epoch` take: its order."""
+        return self.epoch_order(epoch)
+
     def epoch_order(self, epoch: int):
         """The permutation of image indices for `epoch` (int32), a function of (seed, epoch) alone."""
         import tensorflow as tf
@@ -201,6 +295,53 @@ class DeviceImages:
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         mine = ids[replica * self.per_replica : (replica + 1) * self.per_replica]
         return self.scaling.to_model_tf(tf.gather(table, mine))
+
+
+class StreamedImages:
+    """Training batches streamed from packed shards (`aekit data pack`): the same interface as DeviceImages.
+
+    Each worker reads only its own shard files (file-level sharding) through tf.data, as uint8
+    batches scaled in the step on the device. Epoch e's order depends only on (seed, e), and the
+    stream starts at (start_epoch, start_step), so a resumed run sees the batches an uninterrupted
+    run would.
+
+    Args:
+        packed: the PackedDataset.
+        strategy: the tf.distribute strategy the steps run under.
+        global_batch: images per step over all replicas.
+        steps_per_epoch: steps per epoch (`packed.steps_per_epoch(global_batch, workers)`).
+        seed, start_epoch, start_step: the run's seed and where it resumes.
+    """
+
+    def __init__(self, packed, strategy, global_batch: int, steps_per_epoch: int, seed: int, start_epoch: int, start_step: int):
+        self.packed, self.scaling, self.global_batch = packed, packed.scaling, global_batch
+        self.replicas, self.steps_per_epoch, self.seed = strategy.num_replicas_in_sync, steps_per_epoch, seed
+        self.start_epoch, self.start_step = start_epoch, start_step
+        self.iterator = iter(strategy.distribute_datasets_from_function(self.dataset))
+
+    def dataset(self, context, with_index: bool = False):
+        """The stream of one worker (`context`: its tf.distribute.InputContext): per-replica uint8 batches."""
+        per_pipeline = self.replicas // context.num_input_pipelines  # replicas fed by this worker
+        return self.packed.train_stream(
+            context.get_per_replica_batch_size(self.global_batch),
+            self.steps_per_epoch * per_pipeline,
+            seed=self.seed,
+            start_epoch=self.start_epoch,
+            skip_batches=self.start_step * per_pipeline,
+            num_shards=context.num_input_pipelines,
+            shard_index=context.input_pipeline_id,
+            with_index=with_index,
+        )
+
+    def epoch_state(self, epoch: int):
+        """The stream itself: it is positioned, and its epochs are ordered, from the start."""
+        return self.iterator
+
+    def args(self, iterator, step):
+        return (next(iterator),)
+
+    def fetch(self, images):
+        return self.scaling.to_model_tf(images)
 
 
 def network_reachable(address: tuple[str, int] = TFDS_DOWNLOAD_HOST, timeout: float = NETWORK_PROBE_SECONDS) -> bool:

@@ -37,6 +37,14 @@ class Placement:
     def num_replicas(self) -> int:
         return int(self.strategy.num_replicas_in_sync)
 
+    @property
+    def num_workers(self) -> int:
+        """Processes that read input (one input pipeline each): the cluster's chief and workers, or 1."""
+        if self.kind != "multi_worker":
+            return 1
+        spec = self.strategy.cluster_resolver.cluster_spec().as_dict()
+        return sum(len(spec.get(job, [])) for job in ("chief", "worker"))
+
     def describe(self) -> dict:
         return {
             "strategy": STRATEGY_NAMES[self.kind],

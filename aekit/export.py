@@ -238,8 +238,9 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     for leftover in output.glob(".partial-*"):  # what a killed export was writing
         _remove(leftover)
 
-    images = _sample(loaded.scaling.to_model_numpy(loaded.splits.val), options.parity_samples)
-    calibration = _sample(loaded.scaling.to_model_numpy(loaded.splits.train), options.calibration_samples)
+    # Spread over each split; packed data is streamed through once per split, never loaded whole.
+    images = loaded.scaling.to_model_numpy(loaded.splits.sample("val", options.parity_samples))
+    calibration = loaded.scaling.to_model_numpy(loaded.splits.sample("train", options.calibration_samples))
     reference = _KerasReference(loaded.models, images)
 
     entries = []
@@ -251,7 +252,7 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
 
     from aekit.edge import LatentQuantizer
 
-    train_images = _sample(loaded.scaling.to_model_numpy(loaded.splits.train), LATENT_CALIBRATION_IMAGES)
+    train_images = loaded.scaling.to_model_numpy(loaded.splits.sample("train", LATENT_CALIBRATION_IMAGES))
     codes = LatentQuantizer.calibrate(_keras_predict(loaded.models["encoder"], train_images))
     manifest = Manifest(
         run=str(Path(run_dir).resolve()),
@@ -313,13 +314,6 @@ class _KerasReference:
 
 def _keras_predict(model, inputs: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate([np.asarray(model(inputs[i : i + batch], training=False)) for i in range(0, len(inputs), batch)])
-
-
-def _sample(images: np.ndarray, count: int) -> np.ndarray:
-    """`count` images spread evenly over the array (deterministic)."""
-    if count >= len(images):
-        return images
-    return images[np.linspace(0, len(images) - 1, count).astype(int)]
 
 
 def _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference) -> FileEntry:

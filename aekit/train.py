@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit import __version__, runs
-from aekit.data import DataSplits, DeviceImages, check_divisible, load_data
+from aekit.data import DataSplits, DeviceImages, PackedSplits, StreamedImages, check_divisible, load_data
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
@@ -84,7 +84,7 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         history, start_epoch, start_step = _restore(state, config, steps_per_epoch)
         if placement.is_chief:
             _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch)
-        batches = DeviceImages(splits.train, splits.scaling, placement.strategy, config.batch_size, config.seed, placement.on_gpu)
+        batches = _training_batches(config, placement, splits, steps_per_epoch, start_epoch, start_step)
         run = _Run(config, placement, run_dir, splits, steps_per_epoch, model, state, callback)
         history = _train_epochs(run, batches, history, start_epoch, start_step)
         return _finish(run, history)
@@ -134,10 +134,22 @@ def _claim(run_dir: Path, placement: Placement):
         lock.release()
 
 
-def _load_data(config: TrainConfig, placement: Placement) -> tuple[DataSplits, int]:
+def _load_data(config: TrainConfig, placement: Placement) -> tuple[DataSplits | PackedSplits, int]:
     splits = load_data(config.dataset, config.val_split, config.data_dir)
     check_divisible(splits.image_shape, len(config.filters))
-    return splits, _check_batch(config, placement, len(splits.train))
+    steps_per_epoch = _check_batch(config, placement, splits.count("train"))
+    if isinstance(splits, PackedSplits):  # each worker reads its own shards: they must feed it
+        steps_per_epoch = splits.packed.steps_per_epoch(config.batch_size, placement.num_workers)
+    return splits, steps_per_epoch
+
+
+def _training_batches(config, placement: Placement, splits, steps_per_epoch: int, start_epoch: int, start_step: int):
+    """Where each step's images come from: the in-memory set on the devices, or the packed shards streamed."""
+    if isinstance(splits, PackedSplits):
+        return StreamedImages(
+            splits.packed, placement.strategy, config.batch_size, steps_per_epoch, config.seed, start_epoch, start_step
+        )
+    return DeviceImages(splits.train, splits.scaling, placement.strategy, config.batch_size, config.seed, placement.on_gpu)
 
 
 def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_per_epoch: int) -> _Model:
@@ -244,7 +256,9 @@ def _prepare_run_folder(
     runs.remove_partials(run_dir)  # what a killed run was writing when it died
 
 
-def _train_epochs(run: _Run, batches: DeviceImages, history: list[dict], start_epoch: int, start_step: int) -> list[dict]:
+def _train_epochs(
+    run: _Run, batches: DeviceImages | StreamedImages, history: list[dict], start_epoch: int, start_step: int
+) -> list[dict]:
     """The loop: steps, the divergence check, step checkpoints, Ctrl-C at step boundaries, one row per epoch."""
     import keras
     import tensorflow as tf
@@ -254,8 +268,7 @@ def _train_epochs(run: _Run, batches: DeviceImages, history: list[dict], start_e
     train_steps = make_train_steps(placement.strategy, model.autoencoder, model.optimizer, batches, placement.precision)
     step_macs = 3 * model_macs(model.autoencoder) * config.batch_size  # forward + backward, the global batch
     run.steps_per_call = steps_per_call(config.steps_per_execution, step_macs, placement.on_gpu, steps_per_epoch)
-    val_images = run.splits.scaling.to_model_numpy(run.splits.val)
-    grid_images = val_images[:GRID_IMAGES]  # the same digits in reconstructions.png and TensorBoard
+    grid_images = run.splits.scaling.to_model_numpy(run.splits.head("val", GRID_IMAGES))  # reconstructions.png, TensorBoard
     predict = tf.function(lambda x: model.autoencoder(x, training=False))
     run.predict, run.grid_images = predict, grid_images
 
@@ -275,7 +288,8 @@ def _train_epochs(run: _Run, batches: DeviceImages, history: list[dict], start_e
         }
     )
     if placement.kind == "multi_worker":
-        _check_workers_agree(placement.strategy, [len(run.splits.train), steps_per_epoch, start_epoch, start_step])
+        identity = int(run.splits.describe().get("identity", "0")[:12], 16)  # packed data: the shards' hashes
+        _check_workers_agree(placement.strategy, [run.splits.count("train"), steps_per_epoch, start_epoch, start_step, identity])
     epoch, step = start_epoch + 1, start_step
     tensorboard = TensorBoardLog(run.run_dir / runs.TENSORBOARD, enabled=placement.is_chief)
     stop = _StopRequest()  # Ctrl-C stops at the next step boundary, so the checkpoint is exact
@@ -285,12 +299,12 @@ def _train_epochs(run: _Run, batches: DeviceImages, history: list[dict], start_e
             first = start_step + 1 if epoch == start_epoch + 1 else 1
             if first == 1:
                 progress.start_epoch()
-            order = batches.epoch_order(epoch)
+            feed = batches.epoch_state(epoch)
             earlier, started = progress.seconds, time.perf_counter()  # earlier: time spent before a resume
             step = first - 1
             while step < steps_per_epoch:  # one call runs k steps; a call never crosses an epoch end or a checkpoint
                 k = _call_length(run.steps_per_call, step, steps_per_epoch, config.checkpoint_steps)
-                losses = train_steps(order, tf.constant(step, tf.int32), tf.constant(k, tf.int32)).numpy().astype(np.float64)
+                losses = train_steps(feed, tf.constant(step, tf.int32), tf.constant(k, tf.int32)).numpy().astype(np.float64)
                 if not np.isfinite(losses).all():
                     bad = int(np.argmin(np.isfinite(losses)))
                     raise AekitError(
@@ -305,7 +319,7 @@ def _train_epochs(run: _Run, batches: DeviceImages, history: list[dict], start_e
                     state.save()
                 stop.check()
             seconds = earlier + time.perf_counter() - started
-            val_mse, val_psnr = _evaluate(predict, val_images)
+            val_mse, val_psnr = _evaluate(predict, run.splits)
             row = {
                 "epoch": epoch,
                 "train_loss": progress.loss_sum / steps_per_epoch,
@@ -471,7 +485,7 @@ def _check_workers_agree(strategy, facts: list[int]) -> None:
     """Stops with a clear error unless every worker has the same data size, steps and resume point."""
     import tensorflow as tf
 
-    names = ("training images", "steps per epoch", "finished epochs", "steps into the epoch")
+    names = ("training images", "steps per epoch", "finished epochs", "steps into the epoch", "packed data (shard hashes)")
     local = tf.constant(facts, tf.float64)
     mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.identity(local)), axis=None)
     mean_sq = strategy.reduce(tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.square(local)), axis=None)
@@ -569,9 +583,10 @@ def _schedule(config: TrainConfig, steps_per_epoch: int):
 def make_train_steps(strategy, model, optimizer, batches, precision: str):
     """`train_steps(state, first, steps)`: `steps` training steps in one call, from global batch `first` on.
 
-    `batches` supplies each step's images inside the call (`DeviceImages`: `state` is the
-    epoch's order and each replica gathers its slice on its device). The losses of the
-    steps come back together; the host reads them once per call.
+    `batches` supplies each step's images inside the call: with `DeviceImages`, `state` is the
+    epoch's order and each replica gathers its slice on its device; with `StreamedImages`, it is
+    the stream of packed shards. The losses of the steps come back together; the host reads
+    them once per call.
     """
     import tensorflow as tf
 
@@ -640,8 +655,11 @@ def _predict_numpy(predict, images: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _evaluate(predict, val_images: np.ndarray) -> tuple[float, float]:
-    per_image = mse_per_image(val_images, _predict_numpy(predict, val_images))
+def _evaluate(predict, splits) -> tuple[float, float]:
+    """Validation MSE and PSNR, the split read a batch at a time (streamed when packed)."""
+    per_image = np.concatenate(
+        [mse_per_image(images, np.asarray(predict(images), np.float32)) for images in splits.model_batches("val", EVAL_BATCH)]
+    )
     return float(per_image.mean()), float(psnr_from_mse(per_image).mean())
 
 

@@ -581,6 +581,11 @@ def info(json_out: Annotated[bool, typer.Option("--json", help="Print as one JSO
         render_info(out_console, facts)
 
 
+from aekit.cli.data_cmd import data_app  # noqa: E402  (its commands import this module's helpers when they run)
+
+app.add_typer(data_app, name="data")
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print aekit's version and exit.")] = False,

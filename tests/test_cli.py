@@ -97,7 +97,7 @@ def test_help_explains_the_global_batch_and_learning_rate():
     result = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
     assert result.exit_code == 0
     text = " ".join(result.output.replace("│", " ").split())  # Rich wraps help to the terminal's width
-    assert "GLOBAL batch size" in text and "256 per GPU on GPUs" in text and "scaled by sqrt(batch/64) up to 0.01" in text
+    assert "GLOBAL batch size" in text and "256 per GPU on GPUs" in text and "scaled by sqrt(batch/64) up to 0.02" in text
 
 
 def test_wheel_installs_the_cli_as_aekit_cli_with_the_sample(tmp_path):

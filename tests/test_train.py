@@ -325,8 +325,9 @@ def test_auto_steps_per_call_fill_about_ten_milliseconds():
 def test_the_default_batch_fills_the_gpus_and_the_rate_and_warm_up_follow_it():
     cpu = TrainConfig().resolve(gpus=0)
     assert (cpu.batch_size, cpu.learning_rate, cpu.warmup_steps) == (64, 5e-3, 150)
-    two_gpus = TrainConfig().resolve(gpus=2)  # 256 per GPU: global 512, sqrt(8) x 5e-3 clipped to 1e-2
-    assert (two_gpus.batch_size, two_gpus.learning_rate, two_gpus.warmup_steps) == (512, 1e-2, 19)
+    two_gpus = TrainConfig().resolve(gpus=2)  # 256 per GPU: global 512, sqrt(8) x 5e-3
+    assert (two_gpus.batch_size, two_gpus.warmup_steps) == (512, 19) and two_gpus.learning_rate == pytest.approx(5e-3 * 8**0.5)
+    assert TrainConfig().resolve(gpus=8).learning_rate == 2e-2  # 2048: clipped at the highest rate measured to train well
     explicit = TrainConfig(batch_size=128).resolve(gpus=4)  # an explicit batch is the global batch
     assert explicit.batch_size == 128 and explicit.learning_rate == pytest.approx(5e-3 * 2**0.5) and explicit.warmup_steps == 75
     kept = TrainConfig(batch_size=1024, learning_rate=3e-3, warmup_steps=0).resolve(gpus=2)
