@@ -616,20 +616,24 @@ def make_train_steps(strategy, model, optimizer, batches, precision: str):
     return train_steps
 
 
-def steps_per_call(requested: int, step_macs: float, on_gpu: bool, steps_per_epoch: int) -> int:
-    """K, the training steps one call runs: `requested`, or (0 = auto) enough for ~10 ms of GPU work.
+GPU_FLOPS, GPU_CALL_SECONDS = 25e12, 0.010  # a conservative GPU rate; work per call that hides the call's cost
+CPU_FLOPS, CPU_CALL_SECONDS = 100e9, 0.25  # a conservative CPU rate; calls short enough for lively progress and Ctrl-C
+MAX_STEPS_PER_CALL = {True: 1000, False: 100}
 
-    A call costs a Python round trip and a device-to-host read; a step of this model is tens of
-    microseconds on a GPU, so there the loop would wait on the host; the estimate uses the step's
-    multiply-adds at a conservative 25 TFLOP/s. On a CPU a step already costs milliseconds and an
-    in-graph loop gained little (benchmarks/loop_overhead.py), so auto is 1 step per call there.
+
+def steps_per_call(requested: int, step_macs: float, on_gpu: bool, steps_per_epoch: int) -> int:
+    """K, the training steps one call runs: `requested`, or (0 = auto) enough work to hide the call's cost.
+
+    A call costs a Python round trip and a device-to-host read of the losses. On a GPU a step of
+    this model is tens of microseconds, so auto gives ~10 ms of GPU work per call (at a conservative
+    25 TFLOP/s); on a CPU it saves ~2 ms of a ~28 ms step (benchmarks/loop_overhead.py), and auto
+    gives ~0.25 s of work per call (at 100 GFLOP/s), so progress and Ctrl-C still answer at once.
     """
     if requested:
         return max(1, min(requested, steps_per_epoch))
-    if not on_gpu:
-        return 1
-    seconds_per_step = 2 * step_macs / 25e12
-    return max(1, min(steps_per_epoch, 1000, math.ceil(0.010 / max(seconds_per_step, 1e-9))))
+    rate, seconds = (GPU_FLOPS, GPU_CALL_SECONDS) if on_gpu else (CPU_FLOPS, CPU_CALL_SECONDS)
+    seconds_per_step = 2 * step_macs / rate
+    return max(1, min(steps_per_epoch, MAX_STEPS_PER_CALL[on_gpu], math.ceil(seconds / max(seconds_per_step, 1e-9))))
 
 
 def model_macs(model) -> int:

@@ -63,8 +63,9 @@ def test_train_writes_a_complete_run_folder(tmp_path, small_npz):
     assert config["data"]["train_images"] == 576 and config["data"]["val_images"] == 64
     assert config["placement"]["replicas"] == 1 and config["placement"]["precision"] == "float32"
 
-    # 576 images / batch 64 = 9 steps per epoch, reported step by step
-    assert recorder.info["steps_per_epoch"] == 9 and len(recorder.steps) == 18
+    # 576 images / batch 64 = 9 steps per epoch; auto K runs a tiny model's epoch in one call, reported per call
+    assert recorder.info["steps_per_epoch"] == 9 and recorder.info["steps_per_call"] == 9
+    assert [(epoch, step) for epoch, step, *_ in recorder.steps] == [(1, 9), (2, 9)]
     with Image.open(run / runs.RECONSTRUCTIONS) as grid, Image.open(run / runs.LOSS_PLOT) as plot:
         assert grid.width > grid.height and plot.size[0] >= 400
 
@@ -210,7 +211,7 @@ def test_ctrl_c_mid_epoch_checkpoints_the_exact_step_and_resumes_identically(tmp
             if (epoch, step) == (2, 4):
                 os.kill(os.getpid(), signal.SIGINT)  # arrives mid-run; training stops after this step
 
-    config = tiny(small_npz, epochs=3)
+    config = tiny(small_npz, epochs=3, steps_per_execution=1)  # calls of one step: Ctrl-C lands after step 4
     straight = train(config, tmp_path / "straight")
     with pytest.raises(TrainingInterrupted, match="after epoch 1 and 4 steps of the next"):
         train(config, tmp_path / "run", CtrlC())
@@ -308,7 +309,7 @@ def test_k_steps_per_call_train_under_loss_scaling_and_replicas(tmp_path, small_
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
-def test_auto_steps_per_call_fill_about_ten_milliseconds():
+def test_auto_steps_per_call_fill_ten_milliseconds_of_a_gpu_a_quarter_second_of_a_cpu():
     from aekit.model import build_autoencoder
     from aekit.train import model_macs, steps_per_call
 
@@ -316,7 +317,8 @@ def test_auto_steps_per_call_fill_about_ten_milliseconds():
     assert model_macs(encoder) == 1_009_792 and model_macs(autoencoder) == 6_704_768  # DESIGN.md: ~1.0 M and ~6.7 M
 
     step_macs = 3 * 6.7e6 * 64  # the reference model, batch 64
-    assert steps_per_call(0, step_macs, on_gpu=False, steps_per_epoch=125) == 1  # a CPU step is ~50 ms already
+    assert steps_per_call(0, step_macs, on_gpu=False, steps_per_epoch=125) == 10  # ~26 ms per step at 100 GFLOP/s
+    assert steps_per_call(0, 3 * 1e3 * 64, on_gpu=False, steps_per_epoch=500) == 100  # a tiny model: capped on a CPU
     assert steps_per_call(0, step_macs, on_gpu=True, steps_per_epoch=937) == 98  # ~103 us per step on a GPU
     assert steps_per_call(0, step_macs, on_gpu=True, steps_per_epoch=60) == 60  # never past an epoch
     assert steps_per_call(7, step_macs, on_gpu=True, steps_per_epoch=60) == 7
