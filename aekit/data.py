@@ -9,6 +9,7 @@ reader the edge side uses.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -215,6 +216,18 @@ def dataset_identity(record: dict) -> str:
 def reload_data(record: dict, data_dir: str | None = None) -> DataSplits:
     """Loads the data a run was trained on again, from the `data` record in its config.json."""
     return load_data(dataset_identity(record), record.get("val_split", 0.1), data_dir)
+
+
+INFERENCE_VALUES = 512 * 28 * 28  # values per image batch of an inference call: 512 MNIST digits (~0.4 M)
+
+
+def inference_batch(*shapes) -> int:
+    """Images per inference call: 512 digits' worth of values, for the largest of `shapes` (per image).
+
+    Activations grow with the image: at 128x128 a batch of 512 needs gigabytes, a batch of 8 does not.
+    """
+    largest = max(math.prod(int(d) for d in shape) for shape in shapes)
+    return max(1, min(512, INFERENCE_VALUES // max(largest, 1)))
 
 
 def check_divisible(image_shape: tuple[int, ...], depth: int) -> None:
@@ -430,7 +443,7 @@ def _load_tfds(name: str, val_split: float, data_dir: str | None, fallback: bool
         except (ValueError, KeyError):
             val = None
     if val is None:
-        train, val, validation = _split_last(train, val_split)
+        train, val, validation = split_last(train, val_split)
     return DataSplits(train, val, PixelScaling.for_images(train), f"tfds:{name}", "tfds", validation)
 
 
@@ -449,7 +462,7 @@ def _load_bundled(val_split: float, note: str | None = None) -> DataSplits:
     folder = resources.files("aekit") / "sample"
     with resources.as_file(folder) as path:
         images = read_idx(path / "mnist-sample-images-idx3-ubyte.gz")
-    train, val, validation = _split_last(images, val_split)
+    train, val, validation = split_last(images, val_split)
     return DataSplits(train, val, PixelScaling.for_images(images), BUNDLED_SAMPLE, "bundled", validation, note=note)
 
 
@@ -460,7 +473,7 @@ def _load_path(path: Path, val_split: float) -> DataSplits:
     if kind == "npz":
         return _load_npz(path, val_split)
     images = read_array(path) if kind == "npy" else read_image_folder(path)
-    train, val, validation = _split_last(images, val_split)
+    train, val, validation = split_last(images, val_split)
     return DataSplits(train, val, PixelScaling.for_images(images), str(path), kind, validation)
 
 
@@ -476,7 +489,7 @@ def _load_idx(files: list[Path], val_split: float, origin: Path) -> DataSplits:
         if len(set(shapes.values())) > 1:
             listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
             raise AekitError(f"The IDX files in {origin} hold images of different sizes ({listed}). Keep one size per folder.")
-        train, val, validation = _split_last(np.concatenate(parts), val_split)
+        train, val, validation = split_last(np.concatenate(parts), val_split)
     return DataSplits(train, val, PixelScaling.for_images(train), str(origin), "idx", validation)
 
 
@@ -484,13 +497,14 @@ def _load_npz(path: Path, val_split: float) -> DataSplits:
     if {"x_train", "x_test"} <= set(npz_keys(path)):
         train, val, validation = read_array(path, "x_train"), read_array(path, "x_test"), "array x_test"
     else:
-        train, val, validation = _split_last(read_array(path), val_split)
+        train, val, validation = split_last(read_array(path), val_split)
     if train.shape[1:] != val.shape[1:]:
         raise AekitError(f"{path}: x_train images are {train.shape[1:]} but x_test are {val.shape[1:]}. Make them match.")
     return DataSplits(train, val, PixelScaling.for_images(train), str(path), "npz", validation)
 
 
-def _split_last(images: np.ndarray, val_split: float):
+def split_last(images, val_split: float):
+    """(train, val, description): the LAST `val_split` fraction held out (images, or a list of files to read)."""
     n_val = max(1, int(round(len(images) * val_split)))
     if n_val >= len(images):
         raise AekitError(f"{len(images)} images are too few to hold out {val_split:.0%} for validation. Add images.")

@@ -312,7 +312,10 @@ class _KerasReference:
         return _keras_predict(self.models["decoder"], outputs) if role == "encoder" else outputs
 
 
-def _keras_predict(model, inputs: np.ndarray, batch: int = 512) -> np.ndarray:
+def _keras_predict(model, inputs: np.ndarray) -> np.ndarray:
+    from aekit.data import inference_batch
+
+    batch = inference_batch(model.input.shape[1:], model.output.shape[1:])  # bounded activations for large images
     return np.concatenate([np.asarray(model(inputs[i : i + batch], training=False)) for i in range(0, len(inputs), batch)])
 
 
@@ -321,7 +324,7 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
     final = output / name
     min_agreement = options.min_agreement_db if options.min_agreement_db is not None else DEFAULT_MIN_AGREEMENT_DB[precision]
     model = loaded.models[role]
-    calib_inputs = reference.models["encoder"](calibration, training=False).numpy() if role == "decoder" else calibration
+    calib_inputs = _keras_predict(reference.models["encoder"], calibration) if role == "decoder" else calibration
     tmp = output / f".partial-{name}"
     _remove(tmp)
     entry = FileEntry(

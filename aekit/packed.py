@@ -60,7 +60,7 @@ DECODE_CHUNK_BYTES = 16 << 20  # ... fewer when their pixels would take more tha
 # threads ran no faster than decoding in-process (Pillow holds the GIL for most of a small image's decode).
 DECODE_EXECUTOR = "process"
 SHUFFLE_IMAGES = 8192  # at most this many images per shuffle block ...
-SHUFFLE_BYTES = 256 << 20  # ... and at most this many bytes of them
+SHUFFLE_BYTES = 64 << 20  # ... and at most this many bytes of them (a block is held ~3 times while shuffled)
 HASH_CHUNK = 8 << 20
 AUTO_PARALLEL_IMAGES = 10_000  # workers=0 decodes smaller folders in-process: starting processes would cost more
 
@@ -650,13 +650,13 @@ class _FolderReader:
 
     def __init__(self, folder: Path, files: list[Path], val_split: float):
         """`files`: aekit.sources.image_files(folder), the order read_image_folder reads."""
-        from aekit.data import _split_last
+        from aekit.data import split_last
         from aekit.sources import ACCEPTED, IMAGE_SUFFIXES, read_image
 
         self.folder = folder
         if not files:
             raise AekitError(f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. Pass {ACCEPTED}.")
-        train, val, self.validation = _split_last(files, val_split)
+        train, val, self.validation = split_last(files, val_split)
         self.files = {"train": train, "val": val}
         self.counts = {split: len(names) for split, names in self.files.items()}
         pixels, self.mode = read_image(files[0])
@@ -954,7 +954,8 @@ class PackedDataset:
             records = tf.data.Dataset.from_tensor_slices(tf.gather(file_table, order)).interleave(
                 _read_records, cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
             )
-            blocks = records.batch(block).enumerate().map(shuffle_block, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            # One block in flight at a time: its memory (serialized, parsed, permuted) stays bounded.
+            blocks = records.batch(block).enumerate().map(shuffle_block)
             return blocks.unbatch().take(take).batch(batch_size, drop_remainder=True)
 
         ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_epoch).skip(skip_batches)

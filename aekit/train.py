@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from aekit import __version__, runs
-from aekit.data import DataSplits, DeviceImages, PackedSplits, StreamedImages, check_divisible, load_data
+from aekit.data import DataSplits, DeviceImages, PackedSplits, StreamedImages, check_divisible, inference_batch, load_data
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.plots import reconstruction_grid
 from aekit.recipe import TrainConfig, prepare_resume, read_config  # noqa: F401  (prepare_resume: aekit.train's public name)
 
-EVAL_BATCH = 512
 GRID_IMAGES = 10
 
 
@@ -655,14 +654,18 @@ def model_macs(model) -> int:
 
 
 def _predict_numpy(predict, images: np.ndarray) -> np.ndarray:
-    out = [np.asarray(predict(images[i : i + EVAL_BATCH]), np.float32) for i in range(0, len(images), EVAL_BATCH)]
+    batch = inference_batch(images.shape[1:])
+    out = [np.asarray(predict(images[i : i + batch]), np.float32) for i in range(0, len(images), batch)]
     return np.concatenate(out)
 
 
 def _evaluate(predict, splits) -> tuple[float, float]:
     """Validation MSE and PSNR, the split read a batch at a time (streamed when packed)."""
     per_image = np.concatenate(
-        [mse_per_image(images, np.asarray(predict(images), np.float32)) for images in splits.model_batches("val", EVAL_BATCH)]
+        [
+            mse_per_image(images, np.asarray(predict(images), np.float32))
+            for images in splits.model_batches("val", inference_batch(splits.image_shape))
+        ]
     )
     return float(per_image.mean()), float(psnr_from_mse(per_image).mean())
 

@@ -4,7 +4,7 @@ Traces K-step calls of the real training step (images held on the device, gather
 step) with tf.profiler, on one device and on 2 logical CPU replicas, for the reference model
 with Keras' BatchNorm/Adam and with aekit's fused kernels (aekit.kernels). Reads the trace
 (the XSpace protobuf the profiler writes) and prints, per step: the kernels run, the busy time
-by op type (summed over TensorFlow's compute threads), and what the host did besides
+and runs by op type (summed over TensorFlow's compute threads), and what the host did besides
 launching the call (the Python thread's events; tf.data iterator events would show here).
 
     .venv/bin/python benchmarks/step_trace.py --model reference
@@ -52,15 +52,17 @@ def trace(strategy, filters, latent, batch: int, fused: bool) -> dict:
                 name = plane.event_metadata[event.metadata_id].name
                 if line.name.startswith("tf_"):  # TensorFlow's compute threads: one event per kernel run
                     if name != "ExecutorState::Process":
-                        busy[name] += event.duration_ps / 1e9
-                        count[name] += 1
+                        op_type = name.rsplit(":", 1)[-1]  # "scope/name:Type" -> Type
+                        busy[op_type] += event.duration_ps / 1e9
+                        count[op_type] += 1
                 elif line.name == "python" or "Iterator" in name:
                     host[name] += 1
     return {
         "kernels_per_step": sum(count.values()) / steps,
         "busy_ms_per_step": sum(busy.values()) / steps,
-        "by_op_ms_per_step": {op: ms / steps for op, ms in busy.most_common(12)},
-        "by_op_runs_per_step": {op: count[op] / steps for op, _ in busy.most_common(12)},
+        "by_op_ms_per_step": {op: ms / steps for op, ms in busy.most_common(14)},
+        "by_op_runs_per_step": {op: count[op] / steps for op, _ in busy.most_common(14)},
+        "most_run_ops_per_step": {op: n / steps for op, n in count.most_common(8)},
         "host_events_per_call": {name: n / CALLS for name, n in host.most_common(8)},
         "iterator_events": sum(n for name, n in host.items() if "Iterator" in name),
     }
@@ -96,6 +98,10 @@ def main() -> None:
             )
             for op, ms in result["by_op_ms_per_step"].items():
                 print(f"   {ms:7.2f} ms/step  {result['by_op_runs_per_step'][op]:6.1f} runs/step  {op}")
+            print(
+                "   most frequent kernels per step:",
+                json.dumps({k: round(v, 1) for k, v in result["most_run_ops_per_step"].items()}),
+            )
             print("   host (Python thread) events per call:", json.dumps(result["host_events_per_call"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": args.model, "batch": args.batch, "k": K, "results": results}, indent=2))
