@@ -25,6 +25,7 @@ workers), `val_batches` (in order) and `read` (the first images of a split, for 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -270,6 +271,24 @@ class PackResult:
         }
 
 
+def _file_errors(function):
+    """File system errors (TensorFlow's or the OS's) from `function(source, out, ...)` as one AekitError line."""
+
+    @functools.wraps(function)
+    def wrapper(source, out, *args, **kwargs):
+        tf = _tf()
+        try:
+            return function(source, out, *args, **kwargs)
+        except (tf.errors.OpError, OSError) as exc:
+            text = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+            raise AekitError(
+                f"Cannot write the pack in {out} ({str(text).splitlines()[0][:160]}). Pass a writable folder as OUT."
+            ) from None
+
+    return wrapper
+
+
+@_file_errors
 def pack(
     source: str,
     out: str | Path,

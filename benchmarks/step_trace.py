@@ -23,6 +23,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 MODELS = {"tiny": ((1, 1), 1), "reference": ((32, 64), 16)}
+# Events on the compute threads that are not kernels: the executor's own and the thread pool's bookkeeping.
+NOT_KERNELS = {"ExecutorState::Process", "StartRegion", "StopRegion", "Record", "Start"}
 CALLS, K = 3, 32
 
 
@@ -51,8 +53,8 @@ def trace(strategy, filters, latent, batch: int, fused: bool) -> dict:
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
                 if line.name.startswith("tf_"):  # TensorFlow's compute threads: one event per kernel run
-                    if name != "ExecutorState::Process":
-                        op_type = name.rsplit(":", 1)[-1]  # "scope/name:Type" -> Type
+                    op_type = name.rsplit(":", 1)[-1]  # "scope/name:Type" -> Type
+                    if op_type not in NOT_KERNELS:
                         busy[op_type] += event.duration_ps / 1e9
                         count[op_type] += 1
                 elif line.name == "python" or "Iterator" in name:

@@ -349,3 +349,11 @@ def test_cli_packs_and_refuses_in_one_line(digits, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_an_output_under_a_file_is_one_line(digits, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = CliRunner().invoke(data_app(), ["pack", str(digits), str(tmp_path / "a-file" / "out"), "--quiet"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "not a directory" in lines[0] and "writable folder" in lines[0]
+    assert "Traceback" not in result.output
