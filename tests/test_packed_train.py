@@ -118,3 +118,20 @@ def test_a_corrupt_shard_stops_training_in_one_line_naming_it(packed, tmp_path):
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert shard.name in lines[0] and "sha256" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_two_worker_processes_train_from_their_own_shards(packed, tmp_path):
+    from test_faults import finish, free_port, start
+
+    workers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    args = ["--dataset", packed, "--filters", "8,16", "--latent-dim", "4", "--gpus", "0", "--batch-size", "32"]
+    args += ["--epochs", "1", "-o", tmp_path / "run", "--json", "--workers", workers]
+    results = [finish(proc) for proc in [start([*args, "--task-index", i], tmp_path) for i in (0, 1)]]
+    for code, _out, err in results:
+        assert code == 0, err[-2000:]
+    chief, worker = (json.loads(out) for _, out, _ in results)
+    assert chief["placement"]["strategy"] == "MultiWorkerMirroredStrategy"
+    assert chief["weights_sha256"] == worker["weights_sha256"]  # one model, each worker fed by its own 4 shards
+    config = json.loads((tmp_path / "run" / runs.CONFIG).read_text())
+    assert config["steps_per_epoch"] == 15  # each worker owns 240 images: 15 steps of 16 per worker
+    assert config["data"]["identity"] == json.loads((packed / MANIFEST).read_text())["identity"]
