@@ -81,10 +81,14 @@ class DataSplits:
         """The first `count` stored images of a split."""
         return self._split(split)[:count]
 
-    def sample(self, split: str, count: int) -> np.ndarray:
-        """`count` stored images spread evenly over a split (deterministic; all when it has fewer)."""
+    def sample(self, split: str, *counts: int):
+        """`count` stored images spread evenly over a split (deterministic; all when it has fewer).
+
+        Several counts give a tuple of samples, one for each.
+        """
         images = self._split(split)
-        return images if count >= len(images) else images[spread(len(images), count)]
+        samples = tuple(images if count >= len(images) else images[spread(len(images), count)] for count in counts)
+        return samples[0] if len(counts) == 1 else samples
 
     def model_batches(self, split: str, batch: int):
         """A split as float32 model inputs in [0, 1], `batch` images at a time, in order."""
@@ -124,18 +128,18 @@ class PackedSplits:
     def head(self, split: str, count: int) -> np.ndarray:
         return self.packed.read(split, count)
 
-    def sample(self, split: str, count: int) -> np.ndarray:
+    def sample(self, split: str, *counts: int):
+        """Like DataSplits.sample; several counts are read in one streaming pass and returned as a tuple."""
         total = self.count(split)
-        if count >= total:
-            return self.packed.read(split)
-        wanted = spread(total, count)
-        picked, start = [], 0
-        for images in self.packed.batches(split, 4096):  # one streaming pass, a batch in memory at a time
+        wanted = [spread(total, count) if count < total else np.arange(total) for count in counts]
+        picked, start = [[] for _ in counts], 0
+        for images in self.packed.batches(split, 4096):  # one pass, a batch in memory at a time
             images = images.numpy()
-            local = wanted[(wanted >= start) & (wanted < start + len(images))] - start
-            picked.append(images[local])
+            for indices, out in zip(wanted, picked):
+                out.append(images[indices[(indices >= start) & (indices < start + len(images))] - start])
             start += len(images)
-        return np.concatenate(picked)
+        samples = tuple(np.concatenate(out) for out in picked)
+        return samples[0] if len(counts) == 1 else samples
 
     def model_batches(self, split: str, batch: int):
         for images in self.packed.batches(split, batch):

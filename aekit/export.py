@@ -240,7 +240,9 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
 
     # Spread over each split; packed data is streamed through once per split, never loaded whole.
     images = loaded.scaling.to_model_numpy(loaded.splits.sample("val", options.parity_samples))
-    calibration = loaded.scaling.to_model_numpy(loaded.splits.sample("train", options.calibration_samples))
+    # Both training samples in one pass (packed data is read once).
+    calibration, latent_sample = loaded.splits.sample("train", options.calibration_samples, LATENT_CALIBRATION_IMAGES)
+    calibration = loaded.scaling.to_model_numpy(calibration)
     reference = _KerasReference(loaded.models, images)
 
     entries = []
@@ -252,7 +254,7 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
 
     from aekit.edge import LatentQuantizer
 
-    train_images = loaded.scaling.to_model_numpy(loaded.splits.sample("train", LATENT_CALIBRATION_IMAGES))
+    train_images = loaded.scaling.to_model_numpy(latent_sample)
     codes = LatentQuantizer.calibrate(_keras_predict(loaded.models["encoder"], train_images))
     manifest = Manifest(
         run=str(Path(run_dir).resolve()),
