@@ -6,7 +6,13 @@ tf.function call and with K = 32 (aekit's --steps-per-execution), with Keras' Ba
 and with aekit's fused training kernels (aekit.kernels), on one device and on 2 logical CPU
 replicas (MirroredStrategy); next to a large float32 matmul on the same threads, which gives the
 machine's arithmetic rate. The images are held on the device and gathered in the step, as in
-aekit's training. Prints a table and writes JSON.
+aekit's training.
+
+The fixed cost of a step is what it costs whatever the batch: the tiny model is also timed at
+batches 2 and 8, and a straight line through its ms/step against the batch gives the cost at batch
+0 (the fixed cost) and the cost per image. At batch 64 the tiny model is not free of arithmetic on a
+CPU: oneDNN computes one-channel convolutions in blocks of 16 channels (ONEDNN_VERBOSE shows the
+padded weight layouts), so its step grows with the batch. Prints the tables and writes JSON.
 
     .venv/bin/python benchmarks/loop_overhead.py --steps 96
 """
@@ -89,9 +95,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=96)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--small-batches", default="2,8", help="the tiny model's extra batches, for the fixed cost")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/loop_overhead.json"))
     args = parser.parse_args()
 
+    import numpy as np
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -114,12 +122,38 @@ def main() -> None:
                         "model": model,
                         "kernels": kernels,
                         "k": k,
+                        "batch": args.batch,
                         "ms_per_step": ms,
                         "mflop_per_step": mflop,
                         "pct_of_matmul_rate": 100 * mflop / 1e3 / (ms / 1e3) / gflops,
                     }
                 )
                 print(f"{placement:<15} {model:<24} {kernels:<6} K={k:<3} {ms:8.2f} ms/step  {mflop:8.1f} MFLOP/step", flush=True)
+
+    small = [int(b) for b in args.small_batches.split(",")]
+    fixed = []
+    for placement, strategy in strategies.items():
+        for k, kernels in ((1, "Keras"), (32, "Keras"), (1, "aekit"), (32, "aekit")):
+            at = {b: time_steps(strategy, (1, 1), 1, b, k, args.steps, fused=kernels == "aekit")[0] for b in small}
+            at[args.batch] = next(
+                r["ms_per_step"]
+                for r in rows
+                if r["placement"] == placement and r["model"].startswith("tiny") and r["kernels"] == kernels and r["k"] == k
+            )
+            batches = sorted(at)
+            per_image, intercept = np.polyfit(batches, [at[b] for b in batches], 1)
+            fixed.append(
+                {
+                    "placement": placement,
+                    "kernels": kernels,
+                    "k": k,
+                    "ms_per_step_by_batch": {str(b): at[b] for b in batches},
+                    "fixed_ms_per_step": float(intercept),
+                    "us_per_image": float(1000 * per_image),
+                }
+            )
+            print(f"{placement:<15} tiny {kernels:<6} K={k:<3} " + "  ".join(f"b{b}: {at[b]:.2f}" for b in batches), flush=True)
+
     print(f"\nfloat32 matmul 2048x2048 on these threads: {gflops:.1f} GFLOP/s; batch {args.batch}")
     print(f"{'placement':<15} {'model':<24} {'kernels':<7} {'K':>3} {'ms/step':>8} {'% of matmul rate':>17}")
     for r in rows:
@@ -127,8 +161,16 @@ def main() -> None:
             f"{r['placement']:<15} {r['model']:<24} {r['kernels']:<7} {r['k']:>3} {r['ms_per_step']:>8.2f} "
             f"{r['pct_of_matmul_rate']:>16.1f}%"
         )
+    print("\nthe tiny model's ms/step against the batch; fixed = the fitted line's value at batch 0")
+    heads = "".join(f"{'b' + b:>9}" for b in fixed[0]["ms_per_step_by_batch"])
+    print(f"{'placement':<15} {'kernels':<7} {'K':>3}{heads} {'fixed ms':>9} {'us/image':>9}")
+    for r in fixed:
+        cells = "".join(f"{v:>9.2f}" for v in r["ms_per_step_by_batch"].values())
+        print(
+            f"{r['placement']:<15} {r['kernels']:<7} {r['k']:>3}{cells} {r['fixed_ms_per_step']:>9.2f} {r['us_per_image']:>9.1f}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"matmul_gflops": gflops, "batch": args.batch, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"matmul_gflops": gflops, "batch": args.batch, "rows": rows, "fixed_cost": fixed}, indent=2))
     print(f"\nwrote {args.out}")
 
 
