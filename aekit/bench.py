@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from aekit.runtimes import no_cuda_message as _no_cuda_message
 
 PARTS = ("encoder", "decoder", "roundtrip")
 DEVICES = ("auto", "cuda", "cpu")
+MAX_SECONDS = 3600.0  # per batch size and part: a benchmark that would run for hours is a typo
 KERAS = "keras"
 STATUS_PASSED, STATUS_LOW, STATUS_FAILED = "passed", "quality below floor", "failed"
 
@@ -73,8 +75,14 @@ class BenchOptions:
             raise AekitError(f"--device {self.device!r} is not one of {', '.join(DEVICES)}.")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise AekitError("--batch-sizes must be positive integers, e.g. 1,8,64,256.")
-        if self.seconds <= 0 and not self.runs:
-            raise AekitError("--seconds must be positive (or give --runs N).")
+        if not self.runs and not (math.isfinite(self.seconds) and 0 < self.seconds <= MAX_SECONDS):
+            raise AekitError(
+                f"--seconds must be a number of seconds between 0 and {MAX_SECONDS:g} (or give --runs N), got {self.seconds}."
+            )
+        if self.warmup < 0:
+            raise AekitError(f"--warmup must be 0 or more, got {self.warmup}.")
+        if not math.isfinite(self.min_psnr):
+            raise AekitError(f"--min-psnr must be a number of dB, e.g. 15, got {self.min_psnr}.")
         if self.runs is not None and self.runs < 1:
             raise AekitError("--runs must be at least 1.")
         bad = [p for p in self.parts if p not in PARTS]

@@ -9,6 +9,7 @@ reader the edge side uses.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -181,7 +182,8 @@ def load_data(
     if dataset is not None and _is_pack(dataset):  # shards: checked (sizes and sha256), then streamed, never loaded whole
         from aekit.packed import PackedDataset
 
-        packed = PackedDataset.open(dataset)
+        # A local pack is recorded by its absolute path: a run, its export and bench find it from any folder.
+        packed = PackedDataset.open(dataset if "://" in dataset else str(Path(dataset).expanduser().resolve()))
         return PackedSplits(packed, packed.manifest.val_split)
     if dataset is None:
         splits = _load_default(val_split, data_dir)
@@ -201,12 +203,44 @@ def load_data(
 
 
 def _is_pack(dataset: str) -> bool:
-    """A folder `aekit data pack` wrote (its dataset.json decides; a damaged one is reported by PackedDataset.open)."""
-    from aekit.packed import MANIFEST, is_packed
+    """A folder `aekit data pack` wrote: its dataset.json names aekit's format, or is unreadable beside
+    shards (PackedDataset.open reports the damage); a folder with another program's dataset.json is an
+    ordinary folder."""
+    from aekit.packed import FORMAT, MANIFEST, SHARD_SUFFIX, is_packed
 
     if "://" in dataset:
         return is_packed(dataset)
-    return (Path(dataset).expanduser() / MANIFEST).is_file()
+    folder = Path(dataset).expanduser()
+    if not (folder / MANIFEST).is_file():
+        return False
+    try:
+        record = json.loads((folder / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return any(folder.glob(f"*{SHARD_SUFFIX}"))
+    return isinstance(record, dict) and record.get("format") == FORMAT
+
+
+def packed_val_split(dataset: str | None) -> float | None:
+    """The validation fraction a pack was split with when `dataset` is a pack (None otherwise, or unreadable)."""
+    if not dataset or "://" in dataset or not _is_pack(dataset):
+        return None
+    from aekit.packed import MANIFEST
+
+    try:
+        value = json.loads((Path(dataset).expanduser() / MANIFEST).read_text()).get("val_split")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def check_same_data(record: dict, splits, what: str) -> None:
+    """AekitError if a pack a run recorded has changed since (its identity, the hash of its shards, differs)."""
+    recorded, found = record.get("identity"), splits.describe().get("identity")
+    if recorded and found and recorded != found:
+        raise AekitError(
+            f"{record.get('packed')} is not the pack {what} was trained on: its shards changed (identity "
+            f"{found[:12]}…, the run recorded {recorded[:12]}…). Restore that pack, or train a new run on this one."
+        )
 
 
 def dataset_identity(record: dict) -> str:
@@ -219,7 +253,9 @@ def dataset_identity(record: dict) -> str:
 
 def reload_data(record: dict, data_dir: str | None = None) -> DataSplits:
     """Loads the data a run was trained on again, from the `data` record in its config.json."""
-    return load_data(dataset_identity(record), record.get("val_split", 0.1), data_dir)
+    splits = load_data(dataset_identity(record), record.get("val_split", 0.1), data_dir)
+    check_same_data(record, splits, "the run")
+    return splits
 
 
 INFERENCE_VALUES = 512 * 28 * 28  # values per image batch of an inference call: 512 MNIST digits (~0.4 M)

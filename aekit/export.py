@@ -274,13 +274,21 @@ def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
     """The manifest already in `output` (None if none, or unreadable); AekitError if it is another run's export."""
     if output.exists() and not output.is_dir():
         raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
+    own = output.resolve() == (Path(run_dir) / "export").resolve()  # the run's own export folder
     if not (output / MANIFEST).is_file():
+        theirs = sorted(p.name for p in output.iterdir() if not p.name.startswith(".partial-")) if output.is_dir() else []
+        if theirs and not own:
+            shown = ", ".join(theirs[:3]) + (", …" if len(theirs) > 3 else "")
+            raise AekitError(
+                f"--output {output} already holds files aekit did not export ({shown}); aekit will not write over them. "
+                "Pass a new or empty folder."
+            )
         return None
     try:
         previous = Manifest.load(output, verify=False)
     except AekitError:
         return None  # an unreadable manifest vouches for nothing; this export replaces it
-    if Path(previous.run).resolve() != Path(run_dir).resolve():
+    if not own and Path(previous.run).resolve() != Path(run_dir).resolve():  # a copied run keeps its own export
         raise AekitError(
             f"{output} holds the export of another run ({previous.run}); one export folder holds one run. "
             f"Pass --output a new folder, or delete {output} first."

@@ -223,6 +223,13 @@ def plan_run(
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
     if resume is not None and not runs.is_run_dir(run_dir):
         raise AekitError(f"--resume {resume}: no {runs.CONFIG} there, so it is not an aekit run folder. Check the path.")
+    foreign = [] if runs.is_run_dir(run_dir) else runs.foreign_entries(run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise AekitError(
+            f"--output {run_dir} already holds files that are not an aekit run ({shown}); aekit will not write over "
+            "them. Pass a new or empty folder."
+        )
     if runs.is_run_dir(run_dir):
         return run_dir, prepare_resume(run_dir, requested, explicit)
     return run_dir, requested

@@ -32,6 +32,11 @@ HISTORY_FIELDS = ("epoch", "train_loss", "val_mse", "val_psnr", "seconds", "samp
 
 def new_run_dir(root: Path = RUNS_ROOT, name: str | None = None) -> Path:
     """runs/<name>, or runs/<YYYYmmdd-HHMMSS> (suffixed -2, -3... if taken)."""
+    if name is not None and (not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0")):
+        raise AekitError(
+            f"--name {name!r} is not a folder name: it names a folder under {root}/, without / or \\. "
+            "Pass --output PATH for a folder elsewhere."
+        )
     base = name or datetime.now().strftime("%Y%m%d-%H%M%S")
     candidate, n = root / base, 2
     while name is None and candidate.exists():
@@ -41,6 +46,14 @@ def new_run_dir(root: Path = RUNS_ROOT, name: str | None = None) -> Path:
 
 def is_run_dir(path: Path) -> bool:
     return (path / CONFIG).is_file()
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What a folder without config.json holds besides what a starting run writes first (lock, checkpoints, temp files)."""
+    if not path.is_dir():
+        return []
+    starting = {".lock", CHECKPOINTS}
+    return sorted(p.name for p in path.iterdir() if p.name not in starting and not p.name.startswith(".partial-"))
 
 
 def is_finished(path: Path) -> bool:

@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from aekit import __version__, runs
-from aekit.data import DataSplits, DeviceImages, PackedSplits, StreamedImages, check_divisible, inference_batch, load_data
+from aekit.data import (
+    DataSplits,
+    DeviceImages,
+    PackedSplits,
+    StreamedImages,
+    check_divisible,
+    check_same_data,
+    inference_batch,
+    load_data,
+)
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
 from aekit.metrics import mse_per_image, psnr_from_mse
@@ -76,8 +85,23 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
     placement = make_placement(config.gpus, config.cpu_replicas, config.precision, config.worker_timeout)
     config = config.resolve(gpus=placement.num_replicas if placement.on_gpu else 0)  # the batch, rate and warm-up used
+    import tensorflow as tf
+
+    try:
+        return _train(config, run_dir, callback, placement)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise AekitError(
+            f"Out of memory ({first}). The model or its batch does not fit: use smaller --filters, --latent-dim or "
+            "--batch-size." + (f" The run folder {run_dir} keeps its last checkpoint." if runs.is_run_dir(run_dir) else "")
+        ) from None
+
+
+def _train(config: TrainConfig, run_dir: Path, callback: TrainCallback, placement: Placement) -> TrainResult:
     with _claim(run_dir, placement):
         splits, steps_per_epoch = _load_data(config, placement)
+        if runs.is_run_dir(run_dir):  # a resume: a pack must still hold the shards the run trained on
+            check_same_data(read_config(run_dir).get("data") or {}, splits, str(run_dir))
         model = _build_model(config, placement, splits.image_shape, steps_per_epoch)
         state = _Checkpoints(run_dir, model, placement)
         history, start_epoch, start_step = _restore(state, config, steps_per_epoch)
@@ -139,6 +163,7 @@ def _load_data(config: TrainConfig, placement: Placement) -> tuple[DataSplits | 
     steps_per_epoch = _check_batch(config, placement, splits.count("train"))
     if isinstance(splits, PackedSplits):  # each worker reads its own shards: they must feed it
         steps_per_epoch = splits.packed.steps_per_epoch(config.batch_size, placement.num_workers)
+        config.val_split = splits.val_split  # a pack keeps the split it was packed with; config.json says so
     return splits, steps_per_epoch
 
 

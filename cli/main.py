@@ -236,6 +236,7 @@ def train(
     """Train the convolutional autoencoder and write a run folder."""
     from aekit import runs
     from aekit.cli.render import TrainProgress, render_train_summary
+    from aekit.data import packed_val_split
     from aekit.recipe import plan_run
     from aekit.train import train as run_training
 
@@ -269,6 +270,13 @@ def train(
     config = TrainConfig(**{key: given[key] for key in explicit})
 
     run_dir, config = plan_run(config, explicit, resume, output, name)
+    split = packed_val_split(config.dataset) if "val_split" in explicit else None
+    if split is not None and abs(split - config.val_split) > 1e-9:
+        raise AekitError(
+            f"--val-split {config.val_split}: {config.dataset} is a pack, split when it was packed (validation"
+            f" fraction {split:g}). Drop --val-split, or pack again with: aekit data pack SOURCE OUT"
+            f" --val-split {config.val_split}"
+        )
 
     progress = None if (quiet or json_out) else TrainProgress(err_console)
     result = run_training(config, run_dir, progress)
@@ -376,10 +384,16 @@ def bench(
     from aekit import runs
     from aekit.bench import BenchOptions, bench_run, write_outputs
     from aekit.cli.render import render_bench
+    from aekit.edge import check_writable
 
     options = BenchOptions.from_text(
         batch_sizes, parts, device, allow_fallback, seconds, runs_, warmup, threads, min_psnr, quality_images, not no_keras
     )
+    options.validate()  # every option checked before a run is loaded or anything is exported
+    if output is not None:  # checked now, not after minutes of benchmarking
+        if output.exists() and not output.is_dir():
+            raise AekitError(f"--output {output} is a file. Pass a folder for bench.json, bench.csv and bench.png.")
+        check_writable(output)
     run_dir = runs.require_finished_run(run) if run else (None if model else runs.newest_finished_run())
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)

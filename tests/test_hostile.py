@@ -113,6 +113,15 @@ def _cases():
             "does not exist",
         ),
         ("run folder is a file", ["export", "--run", "{bad}/nan.npy"], "is a file"),
+        ("bench for ever", ["bench", "--run", "{run}", "--seconds", "nan"], "--seconds"),
+        ("bench for infinity", ["bench", "--run", "{run}", "--seconds", "inf"], "--seconds"),
+        ("NaN quality floor", ["bench", "--run", "{run}", "--min-psnr", "nan"], "--min-psnr"),
+        ("negative warm-up", ["bench", "--run", "{run}", "--warmup", "-1"], "--warmup"),
+        ("bench output is a file", ["bench", "--run", "{run}", "--output", "{bad}/nan.npy"], "is a file"),
+        ("bench output under a file", ["bench", "--run", "{run}", "--output", "{bad}/nan.npy/sub"], "nan.npy"),
+        ("export over the user's files", ["export", "--run", "{run}", "--output", "{bad}"], "did not export"),
+        ("train over the user's files", ["train", "--output", "{bad}", "--epochs", "1"], "not an aekit run"),
+        ("run name with a path", ["train", "--name", "../escape", "--epochs", "1"], "--name"),
         ("output under a file", ["export", "--run", "{run}", "--output", "{bad}/nan.npy/sub"], "nan.npy"),
     ]
 
@@ -121,6 +130,7 @@ def _cases():
 def test_bad_input_is_one_line_and_exit_2(world, name, args, words):
     args = [a.format(**{k: str(v) for k, v in world.items()}) for a in args]
     before = sorted(p.name for p in world["export"].iterdir())
+    theirs = {p.name: p.stat().st_mtime_ns for p in world["bad"].iterdir()}
     result = CliRunner().invoke(app, args)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2, (name, result.output)
@@ -129,6 +139,7 @@ def test_bad_input_is_one_line_and_exit_2(world, name, args, words):
     assert len(errors) == 1 and lines[-1] == errors[0], (name, result.output)
     assert words in errors[0], (name, errors[0])
     assert sorted(p.name for p in world["export"].iterdir()) == before  # nothing of the export touched
+    assert {p.name: p.stat().st_mtime_ns for p in world["bad"].iterdir()} == theirs  # nor the user's files
 
 
 def test_splits_that_disagree_are_refused(tmp_path):
@@ -182,3 +193,13 @@ def test_a_write_that_fails_midway_is_one_line(world, tmp_path, monkeypatch):
     )
     assert result.exit_code == 2 and "Could not write" in result.output and "No space left on device" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "codes.npz").exists()
+
+
+def test_a_model_too_large_for_memory_is_one_line(tmp_path):
+    from support import read_mnist
+
+    np.save(tmp_path / "digits.npy", read_mnist(64))
+    args = ["train", "--dataset", str(tmp_path / "digits.npy"), "--epochs", "1", "--batch-size", "8", "--latent-dim", "999999999"]
+    result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Out of memory" in result.output and "--latent-dim" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -29,9 +29,10 @@ def weights(run_dir):
     return keras.models.load_model(run_dir / runs.MODEL_FILES["autoencoder"], compile=False).get_weights()
 
 
-def test_pack_train_export_round_trip(packed, tmp_path):
+def test_pack_train_export_round_trip(packed, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    args = ["train", "--dataset", str(packed), "--epochs", "2", "--batch-size", "32", "--gpus", "0", "-o", str(run_dir)]
+    monkeypatch.chdir(packed.parent)  # the pack named relative to here; export then runs from elsewhere
+    args = ["train", "--dataset", packed.name, "--epochs", "2", "--batch-size", "32", "--gpus", "0", "-o", str(run_dir)]
     args += ["--filters", ",".join(map(str, TINY["filters"])), "--latent-dim", str(TINY["latent_dim"]), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -39,10 +40,11 @@ def test_pack_train_export_round_trip(packed, tmp_path):
     assert metrics["epochs"] == 2 and 0 < metrics["final_val_mse"] < 0.2
     data = json.loads((run_dir / runs.CONFIG).read_text())["data"]
     identity = json.loads((packed / MANIFEST).read_text())["identity"]
-    assert data["packed"] == str(packed) and data["identity"] == identity
+    assert data["packed"] == str(packed.resolve()) and data["identity"] == identity  # absolute: found from any folder
     assert (data["train_images"], data["val_images"], data["image_shape"]) == (480, 120, [28, 28, 1])
     assert json.loads((run_dir / runs.CONFIG).read_text())["steps_per_epoch"] == 15  # 480 // 32
 
+    monkeypatch.chdir(tmp_path)
     exported = CliRunner().invoke(app, ["export", "--run", str(run_dir), "--format", "onnx"])
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
@@ -135,3 +137,46 @@ def test_two_worker_processes_train_from_their_own_shards(packed, tmp_path):
     config = json.loads((tmp_path / "run" / runs.CONFIG).read_text())
     assert config["steps_per_epoch"] == 15  # each worker owns 240 images: 15 steps of 16 per worker
     assert config["data"]["identity"] == json.loads((packed / MANIFEST).read_text())["identity"]
+
+
+def test_a_run_refuses_a_pack_that_changed_since_it_trained(packed, tmp_path):
+    import shutil
+
+    where = tmp_path / "pack"
+    shutil.copytree(packed, where)
+    run_dir = tmp_path / "run"
+    train(TrainConfig(dataset=str(where), epochs=1, batch_size=32, gpus=0, **TINY), run_dir)
+    other = tmp_path / "other.npz"
+    np.savez(other, images=255 - read_mnist(600))  # other images, packed under the same path
+    shutil.rmtree(where)
+    pack(str(other), where, val_split=0.2, shard_size=60)
+
+    exported = CliRunner().invoke(app, ["export", "--run", str(run_dir), "--format", "onnx"])
+    assert exported.exit_code == 2 and "is not the pack" in exported.output and "changed" in exported.output, exported.output
+    assert not (run_dir / "export").exists()
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--epochs", "2"])
+    assert resumed.exit_code == 2 and "is not the pack" in resumed.output, resumed.output
+    assert len(json.loads((run_dir / runs.HISTORY_JSON).read_text())) == 1  # nothing trained on the other pack
+
+
+def test_val_split_given_with_a_pack_must_be_the_packs(packed, tmp_path):
+    args = ["train", "--dataset", str(packed), "--epochs", "1", "--gpus", "0", "-o", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, [*args, "--val-split", "0.5"])
+    assert result.exit_code == 2 and "--val-split 0.5" in result.output and "0.2" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    config = TrainConfig(dataset=str(packed), epochs=1, batch_size=32, gpus=0, **TINY)
+    train(config, tmp_path / "kept")
+    recorded = json.loads((tmp_path / "kept" / runs.CONFIG).read_text())
+    assert recorded["recipe"]["val_split"] == recorded["data"]["val_split"] == pytest.approx(0.2)
+
+
+def test_a_folder_with_another_programs_dataset_json_is_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from aekit.data import load_data
+
+    for i, image in enumerate(read_mnist(20)):
+        Image.fromarray(image).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / MANIFEST).write_text(json.dumps({"name": "my digits", "license": "CC0"}))
+    splits = load_data(str(tmp_path), val_split=0.25)
+    assert (len(splits.train), len(splits.val), splits.image_shape) == (15, 5, (28, 28, 1))
