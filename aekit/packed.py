@@ -25,13 +25,16 @@ workers), `val_batches` (in order) and `read` (the first images of a split, for 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import signal
+import struct
 import sys
 import time
 import types
@@ -45,6 +48,7 @@ import numpy as np
 
 from aekit.errors import AekitError
 from aekit.pixels import UINT8_MAX, PixelScaling
+from aekit.sources import MAX_IMAGE_PIXELS
 
 FORMAT = "aekit-packed"
 VERSION = 1
@@ -64,6 +68,10 @@ SHUFFLE_IMAGES = 8192  # at most this many images per shuffle block ...
 SHUFFLE_BYTES = 64 << 20  # ... and at most this many bytes of them (a block is held ~3 times while shuffled)
 HASH_CHUNK = 8 << 20
 AUTO_PARALLEL_IMAGES = 10_000  # workers=0 decodes smaller folders in-process: starting processes would cost more
+CHANNELS = (1, 3, 4)  # what aekit's sources give (aekit.sources.check_shape)
+RECORD_FRAMING = 16  # a TFRecord's bytes around its payload: length (8), its crc (4), the payload's crc (4)
+SHA256_TEXT = re.compile("[0-9a-f]{64}")
+CHECK_BATCH = 4096  # records per batch when `PackedDataset.check_records` reads a shard
 
 Progress = Callable[[int, int], None]
 
@@ -93,7 +101,18 @@ class PackOptions:
 
     @classmethod
     def from_json(cls, data: dict) -> PackOptions:
-        return cls(str(data["dataset"]), float(data["val_split"]), int(data["shard_size"]), data.get("fingerprint"))
+        """Raises ValueError/KeyError/TypeError for anything `to_json` does not write."""
+        dataset, fingerprint = data["dataset"], data.get("fingerprint")
+        if not isinstance(dataset, str) or not dataset:
+            raise ValueError(f"options.dataset is {dataset!r}, not a source name")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise ValueError(f"options.fingerprint is {fingerprint!r}, not a sha256")
+        return cls(
+            dataset,
+            _fraction(data["val_split"], "options.val_split"),
+            _count(data["shard_size"], "options.shard_size"),
+            fingerprint,
+        )
 
     def same_request(self, other: PackOptions) -> bool:
         return (self.dataset, self.val_split, self.shard_size) == (other.dataset, other.val_split, other.shard_size)
@@ -113,7 +132,11 @@ class ShardRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> ShardRecord:
-        return cls(str(data["file"]), int(data["images"]), str(data["sha256"]), int(data["bytes"]))
+        """Raises ValueError/KeyError/TypeError for anything `to_json` does not write."""
+        file, sha256 = _plain_name(data["file"]), data["sha256"]
+        if not isinstance(sha256, str) or not SHA256_TEXT.fullmatch(sha256):
+            raise ValueError(f"shard {file} has sha256 {sha256!r}, not 64 hex digits")
+        return cls(file, _count(data["images"], f"shard {file}'s images"), sha256, _count(data["bytes"], f"shard {file}'s bytes"))
 
 
 @dataclass
@@ -172,45 +195,129 @@ class PackManifest:
 
     @classmethod
     def from_json(cls, data: dict) -> PackManifest:
-        """Raises ValueError/KeyError/TypeError for anything but a version-1 aekit pack description."""
+        """Raises ValueError/KeyError/TypeError for anything but a version-1 aekit pack description.
+
+        Every field that decides what training sees is held to what `pack` writes: the uint8 dtype and
+        its divide-by-255 scaling, an image_shape aekit's sources can give, plain shard names in their
+        order, every shard's count (each but a split's last holds shard_size), each split's total, and
+        the identity. `PackedDataset.open` then holds the counts and image_shape to the shards' sizes
+        and first records.
+        """
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"its format is not {FORMAT!r}")
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r}, this aekit reads version {VERSION}")
         if data.get("dtype") != "uint8":
             raise ValueError(f"dtype {data.get('dtype')!r}, expected 'uint8'")
-        shape = [int(d) for d in data["image_shape"]]
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"image_shape {shape} is not [H, W, C]")
-        splits = {split: [ShardRecord.from_json(r) for r in data["splits"][split]["shards"]] for split in SPLITS}
+        shape = _image_shape(data["image_shape"])
+        scaling = data["pixel_scaling"]
+        divide_by = scaling.get("divide_by") if isinstance(scaling, dict) else None
+        if isinstance(divide_by, bool) or not isinstance(divide_by, int | float) or divide_by != UINT8_MAX:
+            raise ValueError(f"pixel_scaling divide_by is {divide_by!r}; aekit packs store uint8 and divide by {UINT8_MAX:g}")
+        options = PackOptions.from_json(data["options"])
+        splits = {split: _split_records(data["splits"], split, options.shard_size) for split in SPLITS}
+        seen: set[str] = set()
+        for split in SPLITS:
+            for index, record in enumerate(splits[split]):
+                if record.file in seen:
+                    raise ValueError(f"shard {record.file} is listed twice")
+                seen.add(record.file)
+                expected = shard_name(split, index, len(splits[split]))
+                if record.file != expected:
+                    raise ValueError(f"{split} shard {index} is named {record.file}, not {expected}")
+        text = {key: data[key] for key in ("source", "kind", "validation", "identity")}
+        text.update({key: data.get(key, default) for key, default in (("stored_as", "as-is"), ("source_dtype", "uint8"))})
+        for key, value in text.items():
+            if not isinstance(value, str):
+                raise ValueError(f"{key} is {value!r}, not text")
+        note = data.get("note")
+        if note is not None and not isinstance(note, str):
+            raise ValueError(f"note is {note!r}, not text")
         manifest = cls(
             image_shape=shape,
-            source=str(data["source"]),
-            kind=str(data["kind"]),
-            validation=str(data["validation"]),
-            val_split=float(data["val_split"]),
             splits=splits,
-            options=PackOptions.from_json(data["options"]),
-            stored_as=str(data.get("stored_as", "as-is")),
-            source_dtype=str(data.get("source_dtype", "uint8")),
-            note=data.get("note"),
-            identity=str(data["identity"]),
-            pixel_scaling=PixelScaling(float(data["pixel_scaling"]["divide_by"])),
+            options=options,
+            val_split=_fraction(data["val_split"], "val_split"),
+            note=note,
+            pixel_scaling=PixelScaling(float(divide_by)),
+            **text,
         )
         for split in SPLITS:
-            if int(data["splits"][split]["images"]) != manifest.count(split):
-                raise ValueError(
-                    f"{split} says {data['splits'][split]['images']} images but its shards hold {manifest.count(split)}"
-                )
+            listed = data["splits"][split]["images"]
+            if isinstance(listed, bool) or listed != manifest.count(split):
+                raise ValueError(f"{split} says {listed!r} images but its shards hold {manifest.count(split)}")
         if manifest.identity != identity_of(splits):
             raise ValueError("its identity does not match its shards' sha256s")
         return manifest
 
 
 def identity_of(splits: dict[str, list[ShardRecord]]) -> str:
-    """sha256 over 'split/file sha256' lines of every shard, train then val: equal identity, equal data."""
+    """sha256 over 'split/file sha256' lines of every shard, train then val: equal identity, equal data.
+
+    The rest of what training sees is not hashed but held to the shards when a pack is opened: the
+    split of every shard (its name), the image_shape and counts (the shards' sizes and first records)
+    and the pixel scaling (always uint8 / 255).
+    """
     lines = "".join(f"{split}/{r.file} {r.sha256}\n" for split in SPLITS for r in splits.get(split, []))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _count(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} is {value!r}, not a positive whole number")
+    return value
+
+
+def _fraction(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:  # NaN fails too
+        raise ValueError(f"{what} is {value!r}, not a number between 0 and 1 (exclusive)")
+    return float(value)
+
+
+def _plain_name(name) -> str:
+    """A shard's file name as dataset.json lists it: a plain name inside the pack folder, never a path."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".")
+        or any(part in name for part in ("/", "\\", "..", ":", "\0"))
+        or os.path.isabs(name)
+    ):
+        raise ValueError(f"shard file {name!r} is not a plain file name inside the pack folder")
+    return name
+
+
+def _image_shape(value) -> list[int]:
+    """[H, W, C] as `pack` writes it: whole numbers, C in CHANNELS, H x W at most MAX_IMAGE_PIXELS."""
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in value)
+        or value[0] * value[1] > MAX_IMAGE_PIXELS
+        or value[2] not in CHANNELS
+    ):
+        raise ValueError(
+            f"image_shape {value!r} is not [H, W, C] with H x W from 1 to {MAX_IMAGE_PIXELS:,} pixels and C of 1, 3 or 4"
+        )
+    return list(value)
+
+
+def _split_records(splits: dict, split: str, shard_size: int) -> list[ShardRecord]:
+    """A split's shard records; ValueError unless it has some, each but the last holding exactly shard_size."""
+    entry = splits[split]
+    shards = entry["shards"] if isinstance(entry, dict) else None
+    if not isinstance(shards, list):
+        raise ValueError(f"{split} lists no shards")
+    records = [ShardRecord.from_json(r) for r in shards]
+    if not records:
+        raise ValueError(f"{split} has no shards; a pack holds at least one {split} image")
+    for index, record in enumerate(records):
+        last = index == len(records) - 1
+        if record.images > shard_size or (not last and record.images != shard_size):
+            raise ValueError(
+                f"{split} shard {record.file} holds {record.images} images, but the pack's shard_size is {shard_size} "
+                "(every shard but a split's last holds exactly that many)"
+            )
+    return records
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -345,12 +452,36 @@ def pack(
     for split in SPLITS:
         for index, name in enumerate(plan[split]):
             record = prior.get(name)
-            if record is not None and _shard_intact(tf, _join(out, name), record):
+            first, path = index * shard_size, _join(out, name)
+            planned = min(shard_size, reader.counts[split] - first)
+            if (
+                record is not None
+                and record.images == planned
+                and _shard_intact(tf, path, record)
+                and _shard_problem(tf, path, record, first, reader.image_shape) is None
+            ):
                 kept[split][index] = record
     kept_images = sum(r.images for by_index in kept.values() for r in by_index.values())
+
+    def describe(splits: dict[str, list[ShardRecord]]) -> PackManifest:
+        return PackManifest(
+            image_shape=list(reader.image_shape),
+            source=reader.source,
+            kind=reader.kind,
+            validation=reader.validation,
+            val_split=val_split,
+            splits=splits,
+            options=options,
+            stored_as=reader.stored_as,
+            source_dtype=reader.source_dtype,
+            note=reader.note,
+            identity=identity_of(splits),
+        )
+
     if prior.get(MANIFEST) and all(len(kept[s]) == len(plan[s]) for s in SPLITS):
-        manifest = _read_manifest(tf, out)
-        return PackResult(out, manifest, True, 0, sum(map(len, kept.values())), 0, time.perf_counter() - started, 0)
+        manifest = describe({split: [kept[split][i] for i in range(len(plan[split]))] for split in SPLITS})
+        if manifest == _read_manifest(tf, out):  # else its description was changed: written again below
+            return PackResult(out, manifest, True, 0, sum(map(len, kept.values())), 0, time.perf_counter() - started, 0)
 
     state = _State(tf, out, options, kept)
     state.save()
@@ -378,20 +509,7 @@ def pack(
             state.add(split, index, record)
             written_images += count
             advance(unreported)  # a shard's last images count as done once the state lists it
-    splits = {split: [state.records[split][i] for i in range(len(plan[split]))] for split in SPLITS}
-    manifest = PackManifest(
-        image_shape=list(reader.image_shape),
-        source=reader.source,
-        kind=reader.kind,
-        validation=reader.validation,
-        val_split=val_split,
-        splits=splits,
-        options=options,
-        stored_as=reader.stored_as,
-        source_dtype=reader.source_dtype,
-        note=reader.note,
-        identity=identity_of(splits),
-    )
+    manifest = describe({split: [state.records[split][i] for i in range(len(plan[split]))] for split in SPLITS})
     _write_atomic(tf, _join(out, MANIFEST), json.dumps(manifest.to_json(), indent=2) + "\n")
     if tf.io.gfile.exists(_join(out, STATE)):
         tf.io.gfile.remove(_join(out, STATE))
@@ -422,22 +540,35 @@ def is_packed(path: str | Path) -> bool:
     return isinstance(data, dict) and data.get("format") == FORMAT
 
 
-def _read_manifest(tf, folder: str) -> PackManifest:
-    """The dataset.json of a pack folder; AekitError naming the file when it is missing or malformed."""
-    name = _join(folder, MANIFEST)
+def _read_manifest(tf, folder: str, shown: str | None = None) -> PackManifest:
+    """The dataset.json of a pack folder; AekitError naming the file when it is missing or malformed.
+
+    `shown`: the folder as the user wrote it, for the commands the message suggests.
+    """
+    name, shown = _join(folder, MANIFEST), shown or folder
     if not tf.io.gfile.exists(name):
-        raise AekitError(
-            f"{folder} is not a packed dataset (no {MANIFEST}). Pack one first: aekit data pack SOURCE {_q(folder)}."
-        )
+        raise AekitError(f"{folder} is not a packed dataset (no {MANIFEST}). Pack one first: aekit data pack SOURCE {_q(shown)}.")
+    data = None
     try:
         with tf.io.gfile.GFile(name, "r") as f:
-            return PackManifest.from_json(json.loads(f.read()))
-    except (ValueError, KeyError, TypeError, AttributeError, tf.errors.OpError) as exc:
+            data = json.loads(f.read())
+        return PackManifest.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, tf.errors.OpError) as exc:
         reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, KeyError):
+            reason = f"no {reason} field"
+        try:  # the options it was made with, when those at least are readable
+            command = repack_command(PackOptions.from_json(data["options"]), "NEW_OUT")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            command = "aekit data pack SOURCE NEW_OUT"
         raise AekitError(
-            f"{name} is not a valid aekit packed-dataset description ({reason}). "
-            f"Re-pack into a new folder: aekit data pack SOURCE OUT."
+            f"{name} is not a valid aekit packed-dataset description ({reason[:200]}). Re-pack into a new folder: {command}."
         ) from None
+
+
+def repack_command(options: PackOptions, out: str) -> str:
+    """The `aekit data pack` command that makes (or repairs) the pack `options` describe in `out`."""
+    return f"aekit data pack {_q(options.dataset)} {_q(out)} --shard-size {options.shard_size} --val-split {options.val_split!r}"
 
 
 # --- the folder: claiming, state, atomic writes ------------------------------------------------
@@ -612,9 +743,20 @@ def _options_for(source: str, val_split: float, shard_size: int) -> tuple[PackOp
 
 
 def _load_arrays(source: str, val_split: float, data_dir: str | None) -> _ArrayReader:
+    """The source loaded as aekit.data loads `--dataset`; its errors name SOURCE, pack's argument."""
     from aekit.data import load_data
 
-    return _ArrayReader(load_data(source, val_split, data_dir))
+    try:
+        return _ArrayReader(load_data(source, val_split, data_dir))
+    except AekitError as exc:
+        text = str(exc)
+        for said, meant in (
+            ("--dataset PATH", "a local path as SOURCE"),
+            ("--dataset ", "SOURCE "),
+            ("Dataset path ", "SOURCE "),
+        ):
+            text = text.replace(said, meant)
+        raise AekitError(text) from None
 
 
 class _ArrayReader:
@@ -749,7 +891,7 @@ def _ordered_map(executor, fn, tasks: Iterable[tuple], lookahead: int) -> Iterat
     from concurrent.futures.process import BrokenProcessPool
 
     def submit(task):
-        with _main_hidden():
+        with _main_hidden(), _interrupts_held():
             return executor.submit(fn, *task)
 
     tasks = iter(tasks)
@@ -789,6 +931,24 @@ def _main_hidden():
             sys.modules["__main__"] = saved
 
 
+@contextmanager
+def _interrupts_held():
+    """Holds back Ctrl-C (SIGINT) in this thread while decoding processes may start (inside submit()).
+
+    A process started now inherits the block, so a Ctrl-C while it is still importing stays pending
+    until `_ignore_interrupts` discards it, instead of printing a KeyboardInterrupt traceback from
+    every process. This process gets a Ctrl-C that came meanwhile once the block is lifted.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: the initializer alone
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -809,46 +969,115 @@ class PackedDataset:
         scaling: PixelScaling of the stored uint8 (divide by 255).
         counts: {"train": N, "val": M}.
         shards: {"train": [shard paths, in order], "val": [...]}.
+        starts: {"train": [the index in its split of each shard's first image], "val": [...]}.
         identity: sha256 identifying the packed data (equal identity, equal bytes).
+        fix: what to do when a shard proves damaged: the `aekit data pack` command, with the pack's
+            options, that repairs it in place.
+        wrong_image: the error when a record read is not one image_shape image.
     """
 
-    def __init__(self, folder: str, manifest: PackManifest):
+    def __init__(self, folder: str, manifest: PackManifest, shown: str | None = None):
+        """`shown`: the folder as the user wrote it, for the command `fix` suggests."""
         self.folder, self.manifest = folder, manifest
         self.image_shape = tuple(manifest.image_shape)
         self.scaling = manifest.pixel_scaling
         self.counts = {split: manifest.count(split) for split in SPLITS}
         self.shards = {split: [_join(folder, r.file) for r in manifest.splits[split]] for split in SPLITS}
+        self.starts = {split: _starts(manifest.splits[split]) for split in SPLITS}
         self.identity = manifest.identity
+        self.fix = f"re-pack with `{repack_command(manifest.options, shown or folder)}`"
+        self.wrong_image = (
+            f"{folder} holds an image that is not {_shape_text(self.image_shape)} ({math.prod(self.image_shape):,} bytes) "
+            f"as its {MANIFEST} says: re-pack into a new folder with `{repack_command(manifest.options, 'NEW_OUT')}`"
+        )
 
     @classmethod
     def open(cls, folder: str | Path, verify: bool = True) -> PackedDataset:
-        """Reads dataset.json and checks every shard is there with its size (and, with verify, its sha256).
+        """Reads dataset.json and checks every shard against it, reading at most its first record (with
+        verify, all of it for its sha256): the shard is there, its size is the one listed and the one its
+        image count of image_shape images takes, and its first record is one such image at its index.
 
         Raises:
-            AekitError naming dataset.json or the shard that is missing, truncated or changed.
+            AekitError naming dataset.json, or the shard that is missing, truncated or changed or that
+            dataset.json does not describe, with the `aekit data pack` command that repairs the pack.
         """
         tf = _tf()
+        shown = os.fspath(folder)
         folder = _folder_name(folder)
         if not tf.io.gfile.isdir(folder):
+            if tf.io.gfile.exists(folder):
+                raise AekitError(
+                    f"{shown} is a file, not a pack folder. Pass the folder aekit data pack wrote (the one holding {MANIFEST})."
+                )
             raise AekitError(
-                f"Packed dataset {folder} does not exist. Check the path, or pack one: aekit data pack SOURCE {_q(folder)}."
+                f"Packed dataset {shown} does not exist. Check the path, or pack one: aekit data pack SOURCE {_q(shown)}."
             )
-        manifest = _read_manifest(tf, folder)
-        fix = f"re-pack with `aekit data pack {_q(manifest.options.dataset)} {_q(folder)}`"
+        data = cls(folder, _read_manifest(tf, folder, shown), shown)
         for split in SPLITS:
-            for record in manifest.splits[split]:
-                path = _join(folder, record.file)
-                if not tf.io.gfile.exists(path):
-                    raise AekitError(f"{path} is missing (listed in {MANIFEST}): {fix}.")
-                size = tf.io.gfile.stat(path).length
-                if size != record.bytes or (verify and _sha256(tf, path) != record.sha256):
-                    what = (
-                        f"is {size:,} bytes, not the {record.bytes:,} in {MANIFEST}"
-                        if size != record.bytes
-                        else (f"does not match its sha256 in {MANIFEST}")
-                    )
-                    raise AekitError(f"{path} {what} (corrupt or changed): {fix}.")
-        return cls(folder, manifest)
+            for record, path, first in zip(data.manifest.splits[split], data.shards[split], data.starts[split]):
+                data._check_shard(tf, path, record, first, verify)
+        return data
+
+    def _check_shard(self, tf, path: str, record: ShardRecord, first: int, verify: bool) -> None:
+        fix = self.fix
+        if not tf.io.gfile.exists(path):
+            raise AekitError(f"{path} is missing (listed in {MANIFEST}): {fix}.")
+        size = tf.io.gfile.stat(path).length
+        if size != record.bytes or (verify and _sha256(tf, path) != record.sha256):
+            what = (
+                f"is {size:,} bytes, not the {record.bytes:,} in {MANIFEST}"
+                if size != record.bytes
+                else (f"does not match its sha256 in {MANIFEST}")
+            )
+            raise AekitError(f"{path} {what} (corrupt or changed): {fix}.")
+        problem = _shard_problem(tf, path, record, first, self.image_shape)
+        if problem:
+            raise AekitError(f"{path} {problem} ({MANIFEST} changed, or the shard): {fix}.")
+
+    def check_records(self) -> int:
+        """Reads every record of every shard: each must be one image_shape image at its place in its split,
+        and each shard hold as many as dataset.json counts. Returns the images read.
+
+        Raises:
+            AekitError naming the shard and what in it dataset.json does not describe.
+        """
+        tf = _tf()
+        spec = {"image": tf.io.FixedLenFeature([], tf.string), "index": tf.io.FixedLenFeature([], tf.int64)}
+        image_bytes, shape = math.prod(self.image_shape), _shape_text(self.image_shape)
+        # A shard whose sha256 matches but whose records do not is kept by a re-pack in place.
+        fresh = f"re-pack into a new folder with `{repack_command(self.manifest.options, 'NEW_OUT')}`"
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)  # traced once, for every shard
+        def lengths(serialized):
+            features = tf.io.parse_example(serialized, spec)
+            return tf.strings.length(features["image"]), features["index"]
+
+        total = 0
+        for split in SPLITS:
+            for record, path, first in zip(self.manifest.splits[split], self.shards[split], self.starts[split]):
+                count = 0
+                try:
+                    for serialized in tf.data.TFRecordDataset(path).batch(CHECK_BATCH):
+                        sizes, index = (t.numpy() for t in lengths(serialized))
+                        expected = np.arange(first + count, first + count + len(index))
+                        for at in np.flatnonzero(sizes != image_bytes)[:1]:
+                            raise AekitError(
+                                f"{path}: image {expected[at]} is {sizes[at]:,} bytes, not the {image_bytes:,} of a {shape} "
+                                f"image as {MANIFEST} says: {fresh}."
+                            )
+                        for at in np.flatnonzero(index != expected)[:1]:
+                            raise AekitError(
+                                f"{path}: image {expected[at]} of {split} is numbered {index[at]} in the shard: {fresh}."
+                            )
+                        count += len(index)
+                except tf.errors.OpError as exc:
+                    raise AekitError(
+                        f"{path} is not a file of aekit image records ({_first_line(exc)}; corrupt or changed): {self.fix}."
+                    ) from None
+                if count != record.images:
+                    raise AekitError(f"{path} holds {count:,} images, not the {record.images:,} {MANIFEST} counts: {fresh}.")
+                total += count
+        return total
 
     def describe(self) -> dict:
         """The run's `data` record, shaped like `aekit.data.DataSplits.describe()`, plus the folder and identity."""
@@ -887,8 +1116,8 @@ class PackedDataset:
             size = train // num_shards
             raise AekitError(
                 f"{self.folder} has {len(files)} train shard(s), which cannot feed {num_shards} workers. "
-                f"Re-pack with --shard-size {size} (or smaller): aekit data pack {_q(self.manifest.options.dataset)} NEW_OUT "
-                f"--shard-size {size}."
+                f"Re-pack with --shard-size {size} (or smaller): "
+                f"{repack_command(dataclasses.replace(self.manifest.options, shard_size=size), 'NEW_OUT')}."
             )
         records = self.manifest.splits["train"][shard_index::num_shards]
         return files[shard_index::num_shards], sum(r.images for r in records)
@@ -1006,9 +1235,14 @@ class PackedDataset:
         if count == 0:
             return out
         filled = 0
-        for images, _ in self._in_order(split, min(count, 4096), False, limit=count, pairs=True):
-            out[filled : filled + len(images)] = images.numpy()
-            filled += len(images)
+        try:
+            for images, _ in self._in_order(split, min(count, 4096), False, limit=count, pairs=True):
+                out[filled : filled + len(images)] = images.numpy()
+                filled += len(images)
+        except _tf().errors.OpError as exc:
+            if self.wrong_image in str(exc):
+                raise AekitError(f"{self.wrong_image}.") from None
+            raise AekitError(f"Cannot read the {split} images of {self.folder} ({_first_line(exc)}): {self.fix}.") from None
         return out
 
     def _in_order(self, split: str, batch_size: int, with_index: bool, limit: int | None = None, pairs: bool = False):
@@ -1036,12 +1270,15 @@ class PackedDataset:
         """serialized Examples (a vector) -> (uint8 (n, H, W, C) images, int64 (n,) indices)."""
         tf = _tf()
         spec = {"image": tf.io.FixedLenFeature([], tf.string), "index": tf.io.FixedLenFeature([], tf.int64)}
-        shape = [-1, *self.image_shape]
+        shape, image_bytes = [-1, *self.image_shape], math.prod(self.image_shape)
+        wrong = self.wrong_image
 
         @tf.autograph.experimental.do_not_convert
         def parse(serialized):
             features = tf.io.parse_example(serialized, spec)
-            images = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), shape)
+            check = tf.debugging.assert_equal(tf.strings.length(features["image"]), image_bytes, message=wrong, summarize=1)
+            with tf.control_dependencies([check]):
+                images = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), shape)
             return images, features["index"]
 
         return parse
@@ -1053,6 +1290,94 @@ def _first(images, _index):
 
 def _read_records(path):
     return _tf().data.TFRecordDataset(path)
+
+
+def _starts(records: list[ShardRecord]) -> list[int]:
+    """The index in its split of each shard's first image."""
+    starts, first = [], 0
+    for record in records:
+        starts.append(first)
+        first += record.images
+    return starts
+
+
+def _varint_bytes(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _field_bytes(n: int) -> int:
+    """A length-delimited protobuf field of n bytes with a one-byte tag."""
+    return 1 + _varint_bytes(n) + n
+
+
+def _record_bytes(image_bytes: int, index: int) -> int:
+    """The TFRecord of one image as `_write_shard` writes it: Example{image: bytes_list, index: int64_list}."""
+    image = _field_bytes(_field_bytes(_field_bytes(image_bytes)))  # Feature{bytes_list{value: [image]}} as a map value
+    position = _field_bytes(_field_bytes(_field_bytes(_varint_bytes(index))))  # Feature{int64_list{packed [index]}}
+    entries = _field_bytes(_field_bytes(len("image")) + image) + _field_bytes(_field_bytes(len("index")) + position)
+    return RECORD_FRAMING + _field_bytes(entries)
+
+
+def _shard_bytes(first: int, count: int, image_bytes: int) -> int:
+    """The size of a shard of `count` images of `image_bytes` bytes, indexed from `first` (a record's size
+    depends on its index only through the varint length of the index)."""
+    total, start, stop, digits = 0, first, first + count, 1
+    while start < stop:
+        end = min(stop, 1 << (7 * digits))  # the indices whose varint takes `digits` bytes end here
+        if start < end:
+            total += (end - start) * _record_bytes(image_bytes, start)
+            start = end
+        digits += 1
+    return total
+
+
+def _shard_problem(tf, path: str, record: ShardRecord, first: int, image_shape) -> str | None:
+    """What is wrong with a shard, of `record.bytes` bytes, as the `record.images` images of `image_shape`
+    from image `first` of its split: its size is not theirs, or its first record is not the first of them.
+    None when nothing is. Reads the first record only."""
+    image_bytes, shape = math.prod(image_shape), _shape_text(image_shape)
+    expected = _shard_bytes(first, record.images, image_bytes)
+    if record.bytes != expected:
+        return f"is {record.bytes:,} bytes, not the {expected:,} that {record.images:,} images of {shape} take"
+    try:
+        head = _first_record(tf, path, record.bytes)
+    except tf.errors.OpError as exc:
+        return f"cannot be read ({_first_line(exc)})"
+    if head is None:
+        return "does not start with an aekit image record"
+    if head != (image_bytes, first):
+        return f"starts with image {head[1]} of {head[0]:,} bytes, not image {first} of {image_bytes:,} bytes ({shape})"
+    return None
+
+
+def _first_record(tf, path: str, limit: int) -> tuple[int, int] | None:
+    """(image bytes, index) of a shard's first record, reading just it; None when it does not start with one."""
+    from google.protobuf.message import DecodeError
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        header = f.read(12)  # payload length (uint64), its crc
+        if len(header) < 12:
+            return None
+        (length,) = struct.unpack("<Q", header[:8])
+        if length > limit:
+            return None
+        payload = f.read(length)
+    if len(payload) != length:
+        return None
+    try:
+        feature = tf.train.Example.FromString(payload).features.feature
+    except (DecodeError, ValueError):
+        return None
+    if "image" not in feature or "index" not in feature:
+        return None
+    images, index = feature["image"].bytes_list.value, feature["index"].int64_list.value
+    if len(images) != 1 or len(index) != 1:
+        return None
+    return len(images[0]), int(index[0])
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -1078,3 +1403,12 @@ def _join(folder: str, name: str) -> str:
 
 def _q(text: str) -> str:
     return shlex.quote(text)
+
+
+def _shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return (str(text).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -162,19 +162,23 @@ def _megabytes(size: int) -> str:
 @user_errors
 def check(
     folder: Annotated[str, typer.Argument(help="A folder made by aekit data pack.")],
-    fast: Annotated[bool, typer.Option("--fast", help="Check shard sizes only, not their sha256.")] = False,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Check shard sizes and first records only, not their sha256 and every record.")
+    ] = False,
 ):
-    """Check a pack: every shard present, with the size and sha256 dataset.json lists."""
+    """Check a pack: every shard present with the size and sha256 dataset.json lists, holding the images it counts."""
     from aekit.cli.render import out_console
     from aekit.packed import PackedDataset
 
     data = PackedDataset.open(folder, verify=not fast)
+    if not fast:
+        data.check_records()
     m = data.manifest
     shards = sum(len(records) for records in m.splits.values())
     out_console.print(
         f"{escape(data.folder)}: {data.counts['train']:,} train / {data.counts['val']:,} val images "
         f"{'x'.join(map(str, data.image_shape))} uint8 from {escape(m.source)}; {shards} shards "
-        f"{'present with their sizes' if fast else 'match their sha256'}; identity {data.identity[:16]}…",
+        f"{'present with their sizes' if fast else 'match their sha256 and hold those images'}; identity {data.identity[:16]}…",
         highlight=False,
         soft_wrap=True,
     )

@@ -3,8 +3,11 @@
 Small on purpose: a few hundred real MNIST digits in shards of 100, a few dozen PNGs.
 """
 
+import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 
 import numpy as np
@@ -357,3 +360,211 @@ def test_an_output_under_a_file_is_one_line(digits, tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "not a directory" in lines[0] and "writable folder" in lines[0]
     assert "Traceback" not in result.output
+
+
+# --- hostile input: dataset.json, shards, signals, wording ----------------------------------------------
+
+
+def copy_of(reference, tmp_path, name="pack"):
+    out = tmp_path / name
+    shutil.copytree(reference[0], out)
+    return out
+
+
+def edit_manifest(out, mutate):
+    data = json.loads((out / MANIFEST).read_text())
+    mutate(data)
+    (out / MANIFEST).write_text(json.dumps(data))
+
+
+def resign(data, out):
+    """Makes dataset.json's sha256s and identity those of the shards now in `out` (a forger's edit)."""
+    from aekit.packed import SPLITS, ShardRecord, identity_of
+
+    for split in SPLITS:
+        for shard in data["splits"][split]["shards"]:
+            raw = (out / shard["file"]).read_bytes()
+            shard["sha256"], shard["bytes"] = hashlib.sha256(raw).hexdigest(), len(raw)
+    data["identity"] = identity_of({s: [ShardRecord.from_json(r) for r in data["splits"][s]["shards"]] for s in SPLITS})
+
+
+def refused_everywhere(out, words, verify=(True, False)):
+    """PackedDataset.open (both ways), load_data (what training opens) and `aekit data check` all refuse in one line."""
+    from aekit.data import load_data
+
+    for check in verify:
+        with pytest.raises(AekitError, match=words) as err:
+            PackedDataset.open(out, verify=check)
+        assert "\n" not in str(err.value)
+    with pytest.raises(AekitError, match=words):
+        load_data(str(out))
+    result = CliRunner().invoke(data_app(), ["check", str(out)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    return str(err.value)
+
+
+def train_shard(data, index=0):
+    return data["splits"]["train"]["shards"][index]
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda d: d["pixel_scaling"].update(divide_by=1.0), r"divide_by is 1\.0; aekit packs store uint8 and divide by 255"),
+        (lambda d: d["pixel_scaling"].update(divide_by=0), "divide_by is 0;"),
+        (lambda d: d["pixel_scaling"].update(divide_by=float("nan")), "divide_by is nan;"),
+        (lambda d: d["pixel_scaling"].update(divide_by="255"), "divide_by is '255';"),
+        (lambda d: train_shard(d).update(images=0), r"train-00000-of-00005\.tfrecord's images is 0, not a positive whole"),
+        (lambda d: train_shard(d).update(images=-5), "images is -5, not a positive whole number"),
+        (lambda d: train_shard(d).update(images=99.5), "images is 99.5, not a positive whole number"),
+        (lambda d: d["splits"]["train"].update(images=999), "train says 999 images but its shards hold 480"),
+        (lambda d: d["splits"].update(val={"images": 0, "shards": []}), "val has no shards; a pack holds at least one val"),
+        (lambda d: train_shard(d, 1).update(images=50), r"holds 50 images, but the pack's shard_size is 100"),
+        (lambda d: train_shard(d).update(file="../train-00000-of-00005.tfrecord"), "not a plain file name inside the pack"),
+        (lambda d: train_shard(d).update(file="/etc/passwd"), "'/etc/passwd' is not a plain file name"),
+        (lambda d: train_shard(d).update(file="sub\\train.tfrecord"), "not a plain file name"),
+        (lambda d: d["splits"]["train"]["shards"].__setitem__(1, train_shard(d)), "is listed twice"),
+        (lambda d: d["splits"]["val"]["shards"].__setitem__(0, train_shard(d)), "is listed twice"),
+        (lambda d: train_shard(d).update(file="train-00000-of-00009.tfrecord"), "shard 0 is named .* not train-00000-of-00005"),
+        (lambda d: train_shard(d).update(sha256="abc"), "not 64 hex digits"),
+        (lambda d: d.update(image_shape=[1000000, 1000000, 1]), r"H x W from 1 to 89,478,485 pixels and C of 1, 3 or 4"),
+        (lambda d: d.update(image_shape=[28, 28]), r"image_shape \[28, 28\] is not \[H, W, C\]"),
+        (lambda d: d.update(image_shape=[28, 28, 0]), r"image_shape \[28, 28, 0\]"),
+        (lambda d: d.update(image_shape=["28", 28, 1]), r"image_shape \['28', 28, 1\]"),
+        (lambda d: d.update(val_split=0), "val_split is 0, not a number between 0 and 1"),
+        (lambda d: d.update(val_split=float("nan")), "val_split is nan"),
+        (lambda d: d.update(val_split=1.5), "val_split is 1.5"),
+        (lambda d: d["options"].update(val_split=1.0), r"options\.val_split is 1\.0"),
+        (lambda d: d["options"].update(shard_size=0), r"options\.shard_size is 0"),
+        (lambda d: d.update(note={"x": 1}), "note is .* not text"),
+    ],
+)
+def test_a_hand_edited_manifest_is_refused(reference, tmp_path, mutate, words):
+    out = copy_of(reference, tmp_path)
+    edit_manifest(out, mutate)
+    message = refused_everywhere(out, "not a valid aekit packed-dataset description .*" + words)
+    readable = f"{reference[1].manifest.options.dataset} NEW_OUT --shard-size 100 --val-split 0.2"  # its options, when sound
+    assert message.endswith(f"Re-pack into a new folder: aekit data pack {'SOURCE NEW_OUT' if 'options' in words else readable}.")
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda d: d.update(image_shape=[28, 28, 3]), r"is 83,\d{3} bytes, not the 240,\d{3} that 100 images of 28x28x3 take"),
+        (lambda d: (train_shard(d, 4).update(images=90), d["splits"]["train"].update(images=490)), "that 90 images of 28x28x1"),
+        (lambda d: (train_shard(d, 4).update(images=70), d["splits"]["train"].update(images=470)), "that 70 images of 28x28x1"),
+    ],
+)
+def test_a_manifest_that_does_not_describe_its_shards_is_refused_then_repaired(digits, reference, tmp_path, mutate, words):
+    out = copy_of(reference, tmp_path)
+    edit_manifest(out, mutate)
+    message = refused_everywhere(out, words)
+    assert (
+        f"re-pack with `aekit data pack {reference[1].manifest.options.dataset} {out} --shard-size 100 --val-split 0.2`"
+        in message
+    )
+    result = pack(str(digits), out, val_split=0.2, shard_size=100)  # the fix, as printed: the description is rewritten
+    assert not result.already_packed and result.kept_shards + result.written_shards == 7
+    assert json.loads((out / MANIFEST).read_text()) == json.loads((reference[0] / MANIFEST).read_text())
+    assert PackedDataset.open(out).counts == {"train": 480, "val": 120}
+
+
+def test_shards_swapped_under_a_resigned_manifest_are_refused_then_repaired(digits, reference, tmp_path):
+    """Split assignment: every shard's first record must be the image its place in its split says."""
+    out = copy_of(reference, tmp_path)
+    a, b = out / "train-00002-of-00005.tfrecord", out / "train-00003-of-00005.tfrecord"  # equal sizes (indices 200-399)
+    first, second = a.read_bytes(), b.read_bytes()
+    a.write_bytes(second)
+    b.write_bytes(first)
+    edit_manifest(out, lambda d: resign(d, out))
+    refused_everywhere(out, r"train-00002-of-00005\.tfrecord starts with image 300 of 784 bytes, not image 200 of 784 bytes")
+    result = pack(str(digits), out, val_split=0.2, shard_size=100)
+    assert result.written_shards == 2 and shas(out) == shas(reference[0])
+
+
+@pytest.mark.parametrize(
+    "forgery, words", [("length", r"image 110 is 783 bytes, not the 784 of a 28x28x1"), ("index", "numbered 999")]
+)
+def test_the_full_check_reads_every_record(reference, tmp_path, forgery, words):
+    out = copy_of(reference, tmp_path)
+    shard = out / "train-00001-of-00005.tfrecord"
+    records = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(shard))]
+    for number, example in enumerate(records):  # the shard keeps its size, its first record and its count
+        image, index = example.features.feature["image"].bytes_list.value, example.features.feature["index"].int64_list.value
+        if forgery == "length" and number in (10, 11):
+            image[0] = image[0][:-1] if number == 10 else image[0] + b"\0"
+        if forgery == "index" and number == 50:
+            index[0] = 999
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for example in records:
+            writer.write(example.SerializeToString(deterministic=True))
+    edit_manifest(out, lambda d: resign(d, out))
+    packed = PackedDataset.open(out)  # sizes, sha256s and first records all agree ...
+    fast = CliRunner().invoke(data_app(), ["check", str(out), "--fast"])
+    assert fast.exit_code == 0, fast.output
+    result = CliRunner().invoke(data_app(), ["check", str(out)])  # ... reading every record does not
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "train-00001-of-00005.tfrecord" in lines[0], result.output
+    assert re.search(words, lines[0]) and "re-pack into a new folder" in lines[0], lines[0]
+    if forgery == "length":  # the readers refuse the odd record too, in one line
+        with pytest.raises(AekitError, match=r"holds an image that is not 28x28x1 \(784 bytes\)") as err:
+            packed.read("train")
+        assert "\n" not in str(err.value)
+
+
+def test_a_full_check_counts_records(reference):
+    packed = PackedDataset.open(reference[0])
+    assert packed.check_records() == 600
+    result = CliRunner().invoke(data_app(), ["check", str(reference[0])])
+    assert result.exit_code == 0 and "match their sha256 and hold those images" in result.output, result.output
+
+
+def test_the_repack_hint_is_a_command_that_works(digits, reference, tmp_path, monkeypatch):
+    out = copy_of(reference, tmp_path, "damaged")
+    (out / "val-00001-of-00002.tfrecord").unlink()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(data_app(), ["check", "./damaged/"])
+    assert result.exit_code == 2, result.output
+    command = re.search(r"re-pack with `aekit data (pack [^`]+)`", result.output).group(1)
+    assert command == f"pack {digits} ./damaged/ --shard-size 100 --val-split 0.2"  # the OUT given, the options used
+    repaired = CliRunner().invoke(data_app(), [*shlex.split(command), "--quiet"])
+    assert repaired.exit_code == 0 and "kept 6 finished shard(s), wrote 1" in repaired.output, repaired.output
+    assert PackedDataset.open(out).identity == reference[1].manifest.identity
+
+
+def test_decoding_processes_start_with_ctrl_c_held_and_ignore_it():
+    """Ctrl-C reaches every process of the terminal's group: a decoding process still importing must not
+    print a KeyboardInterrupt traceback. It starts with SIGINT blocked, then ignores it (the initializer)."""
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from aekit.packed import _ignore_interrupts, _ordered_map
+
+    executor = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_ignore_interrupts)
+    try:
+        [blocked] = _ordered_map(executor, signal.pthread_sigmask, [(signal.SIG_BLOCK, [])], lookahead=1)
+        [handler] = _ordered_map(executor, signal.getsignal, [(signal.SIGINT,)], lookahead=1)
+    finally:
+        executor.shutdown()
+    assert signal.SIGINT in blocked and handler == signal.SIG_IGN
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this process takes Ctrl-C again
+
+
+def test_pack_and_check_name_their_own_arguments(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a pack")
+    for args, words, wrong in (
+        (["pack", "surely_not_a_source", str(tmp_path / "out")], "SOURCE 'surely_not_a_source' is neither", "--dataset"),
+        (
+            ["pack", str(tmp_path / "missing.npz"), str(tmp_path / "out")],
+            f"SOURCE {tmp_path / 'missing.npz'} does not",
+            "--dataset",
+        ),
+        (["check", str(tmp_path / "notes.txt")], "notes.txt is a file, not a pack folder", "does not exist"),
+    ):
+        result = CliRunner().invoke(data_app(), args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and words in lines[0] and wrong not in lines[0], result.output
+    assert not (tmp_path / "out").exists()
