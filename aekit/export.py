@@ -52,6 +52,7 @@ DEFAULT_OPSET = 17
 MAX_OPSET = 18
 # Training images whose latents set the int8 code ranges (min/max per dimension).
 LATENT_CALIBRATION_IMAGES = 10_000
+IN_PROGRESS = ".aekit-export-in-progress"  # names the run while an export writes files; removed with the manifest written
 # How int8 files are made, recorded in each int8 manifest entry. Both hold their quality on
 # AVX2-only x86, VNNI x86 and ARM alike (see README, "int8 on every CPU").
 QUANTIZATION_SCHEMES = {
@@ -237,6 +238,7 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
         raise AekitError(f"Cannot write to {output}: {exc.strerror}. Pass --output a writable folder.") from None
     for leftover in output.glob(".partial-*"):  # what a killed export was writing
         _remove(leftover)
+    runs.write_text(output / IN_PROGRESS, f"{Path(run_dir).resolve()}\n")  # files from here on are this export's
 
     # Spread over each split; packed data is streamed through once per split, never loaded whole.
     images = loaded.scaling.to_model_numpy(loaded.splits.sample("val", options.parity_samples))
@@ -267,6 +269,7 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     )
     manifest.write(output)
     _remove_orphans(output, manifest)
+    _remove(output / IN_PROGRESS)
     return ExportResult(output, entries, Path(run_dir))
 
 
@@ -276,7 +279,16 @@ def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
         raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
     own = output.resolve() == (Path(run_dir) / "export").resolve()  # the run's own export folder
     if not (output / MANIFEST).is_file():
-        theirs = sorted(p.name for p in output.iterdir() if not p.name.startswith(".partial-")) if output.is_dir() else []
+        skip = (".partial-", IN_PROGRESS)
+        theirs = sorted(p.name for p in output.iterdir() if not p.name.startswith(skip)) if output.is_dir() else []
+        started = (output / IN_PROGRESS).read_text().strip() if (output / IN_PROGRESS).is_file() else None
+        if theirs and not own and started:  # an export that was stopped before its manifest
+            if Path(started).resolve() == Path(run_dir).resolve():
+                return None  # this run's: exported again, and its files replaced
+            raise AekitError(
+                f"{output} holds an unfinished export of another run ({started}); one export folder holds one run. "
+                f"Pass --output a new folder, or delete {output} first."
+            )
         if theirs and not own:
             shown = ", ".join(theirs[:3]) + (", …" if len(theirs) > 3 else "")
             raise AekitError(

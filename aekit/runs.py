@@ -82,13 +82,34 @@ def newest_finished_run(root: Path = RUNS_ROOT) -> Path:
     return max(runs, key=lambda p: (p / METRICS).stat().st_mtime)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, kind: type = dict):
+    """A JSON file of the run folder, which must hold a `kind` (an object, or a list for history.json)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise AekitError(f"{path} is missing. Is {path.parent} an aekit run folder?") from None
     except (OSError, ValueError) as exc:
         raise AekitError(f"{path} is unreadable ({exc}). Delete the run folder or train again into a new one.") from None
+    if not isinstance(data, kind):
+        what = "an object" if kind is dict else "a list"
+        raise AekitError(f"{path} is not {what} as aekit writes it. Restore the file, or train again into a new folder.")
+    return data
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """history.json: one row per finished epoch, 1, 2, ..., each with every HISTORY_FIELDS number."""
+    path = run_dir / HISTORY_JSON
+    rows = read_json(path, list)
+    for number, row in enumerate(rows, start=1):
+        numbers = isinstance(row, dict) and all(
+            isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool) for key in HISTORY_FIELDS
+        )
+        if not numbers or row["epoch"] != number:
+            raise AekitError(
+                f"{path}: row {number} is not epoch {number} with {', '.join(HISTORY_FIELDS)} as aekit writes it. "
+                "Restore the file, or train again into a new folder."
+            )
+    return rows
 
 
 @contextmanager

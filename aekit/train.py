@@ -243,15 +243,23 @@ def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> 
         return [], 0, 0
     try:
         state.checkpoint.restore(latest).assert_existing_objects_matched()
+    except (IndexError, OSError, EOFError) as exc:  # a truncated or damaged data file
+        raise AekitError(
+            f"The checkpoint {latest} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+            "nothing was changed. Restore the checkpoint files, or train into a new --output folder."
+        ) from None
     except (AssertionError, ValueError, tf.errors.OpError) as exc:
         raise AekitError(
             f"The checkpoint {latest} cannot be restored into this model and optimizer ({str(exc).splitlines()[0][:160]}). "
             "Resume with the run's own settings (precision, devices), restore the checkpoint files, or train into a "
             "new --output folder; nothing was changed."
         ) from None
-    history = (
-        runs.read_json(run_dir / runs.HISTORY_JSON)[: progress.epochs_done] if (run_dir / runs.HISTORY_JSON).is_file() else []
-    )
+    history = runs.read_history(run_dir)[: progress.epochs_done] if (run_dir / runs.HISTORY_JSON).is_file() else []
+    if (run_dir / runs.HISTORY_JSON).is_file() and len(history) < progress.epochs_done:  # written before each save
+        raise AekitError(
+            f"{run_dir / runs.HISTORY_JSON} lists {len(history)} epoch(s) but the checkpoint has {progress.epochs_done}; "
+            "nothing was changed. Restore the file, or train into a new --output folder."
+        )
     start_epoch, start_step = progress.epochs_done, progress.steps_done
     if start_step and runs.is_run_dir(run_dir):
         stored_steps = read_config(run_dir).get("steps_per_epoch")

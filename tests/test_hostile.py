@@ -203,3 +203,70 @@ def test_a_model_too_large_for_memory_is_one_line(tmp_path):
     result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "run")])
     assert result.exit_code == 2 and "Out of memory" in result.output and "--latent-dim" in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def _damage_history(run):
+    (run / "history.json").write_text("{}")
+
+
+def _drop_a_history_key(run):
+    rows = json.loads((run / "history.json").read_text())
+    del rows[0]["val_mse"]
+    (run / "history.json").write_text(json.dumps(rows))
+
+
+def _empty_history(run):
+    (run / "history.json").write_text("[]")
+
+
+def _truncate_checkpoint(run):
+    data = sorted((run / "checkpoints").glob("ckpt-*.data-*"))[-1]
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (_damage_history, "history.json is not a list"),
+        (_drop_a_history_key, "row 1 is not epoch 1"),
+        (_empty_history, "lists 0 epoch(s)"),
+        (_truncate_checkpoint, "checkpoint"),
+    ],
+    ids=["history an object", "history row without val_mse", "history emptied", "checkpoint truncated"],
+)
+def test_a_damaged_run_is_refused_on_resume_and_left_as_it_was(run_copy, damage, words):
+    damage(run_copy)
+    before = {p.relative_to(run_copy): p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    done = json.loads((run_copy / "metrics.json").read_text())["epochs"]
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_copy), "--epochs", str(done + 1)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.output
+    after = {p.relative_to(run_copy): p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k.name != ".lock"}  # nothing changed
+
+
+def test_metrics_that_are_not_an_object_are_one_line(run_copy):
+    (run_copy / "metrics.json").write_text("[]")
+    result = CliRunner().invoke(app, ["export", "--run", str(run_copy)])
+    assert result.exit_code == 2 and "metrics.json is not an object" in result.output, result.output
+
+
+def test_an_interrupted_export_is_finished_by_the_next_and_refused_to_another_run(trained_run, run_copy, tmp_path, monkeypatch):
+    from aekit import export as export_module
+
+    out = tmp_path / "deploy"
+
+    def killed(self, folder):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_module.Manifest, "write", killed)
+        with pytest.raises(KeyboardInterrupt):
+            export_run(run_copy, ExportOptions(formats=("onnx",), output=str(out)))
+    assert (out / "encoder.onnx").is_file() and not (out / MANIFEST).exists()  # files written, no manifest
+
+    other = CliRunner().invoke(app, ["export", "--run", str(trained_run), "--output", str(out)])
+    assert other.exit_code == 2 and "unfinished export of another run" in other.output, other.output
+    again = CliRunner().invoke(app, ["export", "--run", str(run_copy), "--output", str(out)])
+    assert again.exit_code == 0, again.output
+    assert (out / MANIFEST).is_file() and not (out / export_module.IN_PROGRESS).exists()
