@@ -20,8 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from aekit.edge import DecoderSession, EncoderSession, check_output_file, check_output_folder, to_uint8
+from aekit.edge import (
+    DecoderSession,
+    EncoderSession,
+    check_not_overwriting,
+    check_output_file,
+    check_output_folder,
+    same_file,
+    to_uint8,
+)
 from aekit.errors import AekitError
+from aekit.manifest import MANIFEST
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.sources import iter_images
 
@@ -46,13 +55,21 @@ def open_sessions(
 def check_same_run(encoder: EncoderSession, decoder: DecoderSession) -> None:
     """Refuses an encoder and a decoder from two runs: one run's latent codes mean nothing to another's decoder.
 
-    Compares the "run" and "model" sections of the manifest.json beside each file.
+    Compares the "run", "run_weights_sha256" (when both record it) and "model" sections of the manifest.json
+    beside each file.
     """
     (enc_run, enc_model), (dec_run, dec_model) = ((s.manifest.run, s.manifest.model) for s in (encoder, decoder))
     if enc_run != dec_run:
         raise AekitError(
             f"{encoder.path} was exported from run {enc_run} but {decoder.path} from run {dec_run}; a decoder cannot read "
             "another run's latent codes. Pass an encoder and a decoder exported from the same run."
+        )
+    enc_weights, dec_weights = encoder.manifest.run_weights_sha256, decoder.manifest.run_weights_sha256
+    if enc_weights and dec_weights and enc_weights != dec_weights:
+        raise AekitError(
+            f"{encoder.path} and {decoder.path} were exported from different weights of run {enc_run} (sha256 "
+            f"{enc_weights[:12]} vs {dec_weights[:12]}, e.g. before and after train --resume). Pass the encoder and the "
+            "decoder from one export of the run."
         )
     if enc_model != dec_model:
         a, b = enc_model if isinstance(enc_model, dict) else {}, dec_model if isinstance(dec_model, dict) else {}
@@ -233,6 +250,7 @@ class Threshold:
     encoder: str = ""
     decoder: str = ""
     run: str = ""  # the run the encoder and decoder were exported from ("" when unknown)
+    run_weights_sha256: str = ""  # the run's weights they were exported from ("" when unknown: older files)
 
     def to_json(self) -> dict:
         return {
@@ -244,6 +262,7 @@ class Threshold:
             "encoder": self.encoder,
             "decoder": self.decoder,
             "run": self.run,
+            "run_weights_sha256": self.run_weights_sha256,
         }
 
     @classmethod
@@ -268,7 +287,9 @@ class Threshold:
             raise AekitError(f"{origin} has quantile {quantile!r}; expected a number between 0 and 1. {fix}")
         if not _finite_number(count) or count != int(count) or count < 1:
             raise AekitError(f"{origin} has calibration_images {count!r}; expected a positive whole number. {fix}")
-        texts = {k: data.get(k, "") for k in ("calibration_source", "encoder", "decoder", "run")}
+        texts = {k: data.get(k, "") for k in ("calibration_source", "encoder", "decoder", "run", "run_weights_sha256")}
+        if texts["run_weights_sha256"] is None:  # null: not recorded
+            texts["run_weights_sha256"] = ""
         if not all(isinstance(v, str) for v in texts.values()):
             raise AekitError(f"{origin} has non-text {', '.join(k for k, v in texts.items() if not isinstance(v, str))}. {fix}")
         return cls(float(value), float(quantile), int(count), **texts)
@@ -340,15 +361,30 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
 # --- the jobs ------------------------------------------------------------------------
 
 
-def check_score_request(source, calibrate_on, quantile: float, threshold_file: Path, output: Path | None) -> None:
-    """Refuses a score request that cannot finish, before a file is opened or written."""
+def check_score_request(
+    source, calibrate_on, quantile: float, threshold_file: Path, output: Path | None, overwrite: bool = False
+) -> None:
+    """Refuses a score request that cannot finish, or would replace an existing file unasked, before a file is opened."""
     if source is None and calibrate_on is None:
         raise AekitError("Nothing to do: pass images to score, and/or --calibrate NORMAL_IMAGES.")
     if calibrate_on is not None:
         check_quantile(quantile)
-        check_output_file(threshold_file, ".json")
+        check_threshold_output(threshold_file, overwrite)
     if output is not None:
         check_output_file(output, ".csv")
+        check_not_overwriting(output, overwrite)
+
+
+def check_threshold_output(path: Path, overwrite: bool = False, sessions=()) -> None:
+    """Refuses a threshold file path that is not a .json, is an export's manifest.json, or exists (unless `overwrite`)."""
+    path = Path(path)
+    check_output_file(path, ".json")
+    if path.name == MANIFEST or any(same_file(path, s.path.parent / MANIFEST) for s in sessions):
+        raise AekitError(
+            f"--threshold {path} would replace an export's {MANIFEST}. Pass --threshold another file, e.g. threshold.json."
+        )
+    if path.exists() and not overwrite:
+        raise AekitError(f"--threshold {path} already exists. Pass --overwrite to replace it, or --threshold a new file.")
 
 
 def calibrate(
@@ -359,22 +395,25 @@ def calibrate(
     threshold_file: str | Path | None = None,
     batch_size: int = 256,
     on_batch=None,
+    overwrite: bool = False,
 ) -> Threshold:
     """Sets the threshold at `quantile` of the reconstruction MSE of the normal images in `source`.
 
     Args:
-        threshold_file: where to save it as JSON (atomically); None keeps it in memory only.
+        threshold_file: where to save it as JSON (atomically); None keeps it in memory only. An existing
+            file is replaced only with `overwrite` (a manifest.json never).
 
     Returns:
         The Threshold (its `mse` is the value; `calibration_images` how many normal images set it).
     """
     check_quantile(quantile)
     if threshold_file is not None:
-        check_output_file(Path(threshold_file), ".json")
+        check_threshold_output(Path(threshold_file), overwrite, (encoder, decoder))
     check_same_run(encoder, decoder)
     scores = score_path(encoder, decoder, source, batch_size, on_batch)
     run = encoder.manifest.run
     limit = calibrate_threshold(scores.mse, quantile, str(source), str(encoder.path), str(decoder.path), str(run or ""))
+    limit.run_weights_sha256 = encoder.manifest.run_weights_sha256 or ""
     if threshold_file is not None:
         from aekit.runs import write_json
 
@@ -417,10 +456,15 @@ def score(
     output: str | Path | None = None,
     batch_size: int = 256,
     on_batch=None,
+    overwrite: bool = False,
 ) -> ScoreResult:
-    """Scores every image of `source` against `threshold`; writes name,mse,psnr,anomaly rows to `output` (.csv) if given."""
+    """Scores every image of `source` against `threshold`; writes name,mse,psnr,anomaly rows to `output` (.csv) if given.
+
+    An existing `output` is replaced only with `overwrite`.
+    """
     if output is not None:
         check_output_file(Path(output), ".csv")
+        check_not_overwriting(Path(output), overwrite)
     if not np.isfinite(threshold.mse):
         raise AekitError(f"The threshold MSE is {threshold.mse}; expected a finite number. Calibrate again: {CALIBRATE_HINT}.")
     check_same_run(encoder, decoder)
@@ -430,11 +474,33 @@ def score(
             f"The threshold was calibrated for run {threshold.run}, but {encoder.path} comes from run {run}. "
             f"Calibrate again with these files: {CALIBRATE_HINT}."
         )
+    weights = encoder.manifest.run_weights_sha256
+    if threshold.run_weights_sha256 and weights and threshold.run_weights_sha256 != weights:
+        raise AekitError(
+            f"The threshold was calibrated with other weights of run {threshold.run or run} (sha256 "
+            f"{threshold.run_weights_sha256[:12]}) than {encoder.path} was exported from ({weights[:12]}, e.g. after "
+            f"train --resume). Calibrate again with these files: {CALIBRATE_HINT}."
+        )
     scores = score_path(encoder, decoder, source, batch_size, on_batch)
     flags = scores.mse > threshold.mse
     if output is not None:
         write_scores_csv(Path(output), scores, flags)
     return ScoreResult(scores, threshold, flags, Path(output) if output is not None else None)
+
+
+def check_reconstruct_output(output: Path, grid: int = 10, overwrite: bool = False) -> None:
+    """Refuses an output folder holding folders named like reconstruct's files, or the files (unless `overwrite`)."""
+    targets = [Path(output) / name for name in (SCORES_CSV, *([GRID_PNG] if grid > 0 else []))]
+    for target in targets:
+        if target.is_dir():
+            raise AekitError(
+                f"{target} is a folder, so reconstruct cannot write its file there. Move it away, or -o a new folder."
+            )
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise AekitError(
+            f"{output} already holds {' and '.join(existing)}. Pass --overwrite to replace them, or -o a new folder."
+        )
 
 
 @dataclass
@@ -454,13 +520,17 @@ def reconstruct(
     batch_size: int = 256,
     grid: int = 10,
     on_batch=None,
+    overwrite: bool = False,
 ) -> Reconstruction:
     """Round trip encoder -> decoder over `source`: writes output/reconstruction.csv (name,mse,psnr) and,
-    with grid > 0, output/reconstructions.png (the first `grid` originals above their reconstructions)."""
+    with grid > 0, output/reconstructions.png (the first `grid` originals above their reconstructions).
+
+    Existing files of those names are replaced only with `overwrite` (folders of those names never)."""
     output = Path(output)
     check_output_folder(output)
     if grid < 0:
         raise AekitError(f"--grid must be 0 (no picture) or more, got {grid}.")
+    check_reconstruct_output(output, grid, overwrite)
     check_same_run(encoder, decoder)
     scores = score_path(encoder, decoder, source, batch_size, on_batch, keep=grid)
     output.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,12 @@ class EncoderSession(_Session):
         batch = images.reshape(1, *self.image_shape) if single else images
         if batch.ndim == 3 and self.image_shape[-1] == 1:
             batch = batch[..., None]
+        if batch.ndim == 4 and batch.shape[1:3] == self.image_shape[:2] and batch.shape[3] != self.image_shape[2]:
+            raise AekitError(
+                f"The images have {_channels(batch.shape[3])} but the model takes {_channels(self.image_shape[2])}. "
+                f"Convert the images to {_mode_name(self.image_shape[2])} (e.g. with Pillow's convert('"
+                f"{'L' if self.image_shape[2] == 1 else 'RGB'}')), or use a model trained on such images."
+            )
         if batch.shape[1:] != self.image_shape:
             raise AekitError(
                 f"Expected images of shape {self.image_shape} (or a batch of them), received {images.shape}. "
@@ -171,6 +177,14 @@ class DecoderSession(_Session):
             raise AekitError(f"Latents have dtype {batch.dtype}; dequantize int8 codes first (LatentQuantizer.dequantize).")
         images = run_batched(self.runner, batch.astype(np.float32), batch_size)
         return images[0] if single else images
+
+
+def _channels(count: int) -> str:
+    return f"{count} channel{'s' if count != 1 else ''} ({_mode_name(count)})"
+
+
+def _mode_name(count: int) -> str:
+    return {1: "greyscale", 3: "RGB colour", 4: "RGBA colour with alpha"}.get(count, f"{count} channels")
 
 
 @dataclass
@@ -246,9 +260,33 @@ def _staging_folder(output: Path) -> Path:
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".partial-{output.name}-", dir=output.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".partial-{output.name}-", dir=output.parent))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; once renamed it is the user's folder
+        return staging
     except OSError as exc:
         raise AekitError(f"Cannot write beside {output}: {exc.strerror}. Pass -o a folder you can write to.") from None
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_not_overwriting(path: Path, overwrite: bool, option: str = "-o") -> None:
+    """Refuses an existing output file unless `overwrite` (--overwrite) was given."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise AekitError(f"{option} {path} already exists. Pass --overwrite to replace it, or {option} a new file.")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when two paths name one existing file (or the same path once resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -261,13 +299,32 @@ def _save_npz(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
 
+def check_encode_output(source: Path, output: Path, overwrite: bool = False) -> None:
+    """Refuses an encode output that is the source itself, or that exists (unless `overwrite`), before any work."""
+    output = Path(output)
+    check_output_file(output, ".npz")
+    if same_file(source, output):
+        raise AekitError(f"-o {output} is the source being encoded. Pass -o a new .npz file for the latents.")
+    check_not_overwriting(output, overwrite)
+
+
 def encode_path(
-    encoder: EncoderSession, source: Path, output: Path, latent_dtype: str = "float32", batch_size: int = 256, on_batch=None
+    encoder: EncoderSession,
+    source: Path,
+    output: Path,
+    latent_dtype: str = "float32",
+    batch_size: int = 256,
+    on_batch=None,
+    overwrite: bool = False,
 ) -> dict:
-    """Encodes every image of `source` in batches into an .npz: latents, names, and int8 parameters if asked."""
+    """Encodes every image of `source` in batches into an .npz: latents, names, and int8 parameters if asked.
+
+    The file also records the encoder, its run and the run's weights (so decode can refuse another run's
+    decoder). An existing `output` is replaced only with `overwrite`; the source itself never.
+    """
     if latent_dtype not in ("float32", "int8"):
         raise AekitError(f"--latent-dtype {latent_dtype!r} is not float32 or int8.")
-    check_output_file(output, ".npz")
+    check_encode_output(source, output, overwrite)
     quantizer = None
     if latent_dtype == "int8":
         params = encoder.manifest.latent_quantization
@@ -292,6 +349,8 @@ def encode_path(
         latent_dtype=np.asarray(latent_dtype),
         source=np.asarray(str(source)),
         model=np.asarray(str(encoder.path)),
+        run=np.asarray(str(encoder.manifest.run or "")),
+        run_weights_sha256=np.asarray(str(encoder.manifest.run_weights_sha256 or "")),
         **extra,
     )
     return {
@@ -307,17 +366,66 @@ def load_latents(path: Path) -> tuple[np.ndarray, list[str]]:
     """Float32 latents (dequantized if stored as int8) and names from an `encode_path` file."""
     path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
-        latents, names = data["latents"], [str(n) for n in data["names"]]
-        if str(data["latent_dtype"]) == "int8":
-            latents = LatentQuantizer(data["scale"], data["offset"]).dequantize(latents)
+        with np.load(path, allow_pickle=False) as data:
+            latents, names = data["latents"], [str(n) for n in np.atleast_1d(data["names"])]
+            if latents.ndim != 2:
+                raise AekitError(
+                    f"{path} holds latents of shape {latents.shape}; expected (N, latent_dim). Encode again with aekit encode."
+                )
+            if len(names) != len(latents):
+                raise AekitError(
+                    f"{path} holds {len(latents):,} latent codes but {len(names):,} names; the file is damaged or was "
+                    "edited. Encode again with aekit encode."
+                )
+            if str(data["latent_dtype"]) == "int8":
+                scale, offset = np.asarray(data["scale"], np.float64), np.asarray(data["offset"], np.float64)
+                if (
+                    scale.shape != (latents.shape[1],)
+                    or offset.shape != scale.shape
+                    or not (np.isfinite(scale).all() and (scale > 0).all() and np.isfinite(offset).all())
+                ):
+                    raise AekitError(
+                        f"{path} has int8 codes with invalid scale/offset (one finite positive scale and one finite offset "
+                        "per dimension are needed). Encode again with aekit encode."
+                    )
+                latents = LatentQuantizer(scale.astype(np.float32), offset.astype(np.float32)).dequantize(latents)
     except FileNotFoundError:
         raise AekitError(f"{path} does not exist. Write it with aekit encode.") from None
-    except (ValueError, OSError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, OSError, KeyError, IndexError, TypeError, EOFError) as exc:
         raise AekitError(f"{path} is not a latents file from aekit encode ({exc}). Encode again.") from None
     if len(latents) == 0:
         raise AekitError(f"{path} holds no latents. Encode some images first.")
     return latents.astype(np.float32), names
+
+
+def latents_origin(path: Path) -> dict:
+    """What an `encode_path` file records about its encoder: model, run, run_weights_sha256 ("" when not recorded)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {
+                key: str(data[key]) if key in data.files and np.asarray(data[key]).ndim == 0 else ""
+                for key in ("model", "run", "run_weights_sha256")
+            }
+    except (ValueError, OSError, KeyError, TypeError, EOFError):
+        return {"model": "", "run": "", "run_weights_sha256": ""}
+
+
+def check_latents_match(decoder: DecoderSession, path: Path) -> None:
+    """Refuses latents encoded by another run's encoder (or other weights of this run) than the decoder's."""
+    origin, manifest = latents_origin(path), decoder.manifest
+    encoder = f" by {origin['model']}" if origin["model"] else ""
+    fix = "Decode with the decoder exported with that encoder, or encode the images again with this decoder's encoder."
+    if origin["run"] and manifest.run and origin["run"] != str(manifest.run):
+        raise AekitError(
+            f"{path} was encoded{encoder} from run {origin['run']}, but {decoder.path} was exported from run "
+            f"{manifest.run}; its codes mean nothing to this decoder. {fix}"
+        )
+    weights = origin["run_weights_sha256"]
+    if weights and manifest.run_weights_sha256 and weights != manifest.run_weights_sha256:
+        raise AekitError(
+            f"{path} was encoded{encoder} with other weights of run {origin['run'] or manifest.run} (sha256 "
+            f"{weights[:12]}) than {decoder.path} was exported from ({manifest.run_weights_sha256[:12]}). {fix}"
+        )
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -377,12 +485,21 @@ def decode_file(
     output = Path(output)
     if fmt == "npz":
         check_output_file(output, ".npz")
+        if same_file(latents_path, output):
+            raise AekitError(f"-o {output} is the latents file being decoded. Pass -o a new .npz file for the images.")
         if output.exists() and not overwrite:
             raise AekitError(f"{output} already exists. Pass --overwrite to replace it, or -o a new file.")
     else:
         check_output_folder(output)
     latents, names = load_latents(latents_path)
+    check_latents_match(decoder, latents_path)
     files = png_names(names) if fmt == "png" else []
+    folders = [f for f in files if (output / f).is_dir()]
+    if folders:
+        raise AekitError(
+            f"{output / folders[0]} is a folder, so the decoded image of that name cannot be written there. "
+            "Move it away, or -o a new folder."
+        )
     clashes = [f for f in files if (output / f).exists()]
     if clashes and not overwrite:
         raise AekitError(

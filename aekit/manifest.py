@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -261,6 +262,7 @@ def validate_manifest(data, folder: Path | None = None) -> list[str]:
         problems.append(f"model input_shape {shape!r} is not [H, W, C] of positive integers")
     if not (isinstance(model.get("latent_dim"), int) and model["latent_dim"] > 0):
         problems.append(f"model latent_dim {model.get('latent_dim')!r} is not a positive integer")
+    problems += _latent_quantization_problems(data.get("latent_quantization"), model.get("latent_dim"))
     if not isinstance(data["files"], list) or not all(isinstance(e, dict) for e in data["files"]):
         return [*problems, "files is not a list of objects"]
     for entry in data["files"]:
@@ -302,5 +304,38 @@ def check_manifest(data, folder: Path | None = None, where: Path | str = MANIFES
         raise AekitError(f"Invalid {where}: {'; '.join(problems)}. Re-export with aekit export.")
 
 
+def _latent_quantization_problems(params, latent_dim) -> list[str]:
+    """Why a manifest's latent_quantization cannot give int8 codes (empty when it is absent or valid)."""
+    if params is None:
+        return []
+    if not isinstance(params, dict):
+        return [f"latent_quantization is a {type(params).__name__}, not an object with scale and offset"]
+    width = latent_dim if isinstance(latent_dim, int) and not isinstance(latent_dim, bool) else None
+    problems = []
+    for key, ok, wanted in (("scale", _positive_number, "finite positive"), ("offset", _finite_number, "finite")):
+        values = params.get(key)
+        if not isinstance(values, list) or (width is not None and len(values) != width):
+            what = (
+                "missing"
+                if key not in params
+                else f"{type(values).__name__} of length {len(values)}"
+                if isinstance(values, list)
+                else repr(values)[:40]
+            )
+            problems.append(f"latent_quantization {key} is {what}; expected a list of {width or 'latent_dim'} {wanted} numbers")
+        elif not all(ok(v) for v in values):
+            problems.append(
+                f"latent_quantization {key} holds {next(v for v in values if not ok(v))!r}; expected {wanted} numbers"
+            )
+    return problems
+
+
+def _finite_number(value) -> bool:
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _positive_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return _finite_number(value) and value > 0

@@ -43,6 +43,24 @@ def check_device(device: str) -> str:
     return canonical
 
 
+def max_threads() -> int:
+    """The most CPU threads aekit accepts: four per logical core (more only thrash)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads) -> int | None:
+    """--threads as given (None: the default), or an AekitError unless it is a whole number from 1 to max_threads()."""
+    if threads is None:
+        return None
+    cap = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= cap:
+        raise AekitError(
+            f"--threads {threads!r} is not a whole number from 1 to {cap:,} (4 x this machine's {os.cpu_count() or 1} "
+            "logical cores). Pass e.g. --threads 1, or leave it out for the physical cores."
+        )
+    return int(threads)
+
+
 def default_threads() -> int:
     """Physical cores when psutil can tell, else logical cores."""
     try:
@@ -191,6 +209,7 @@ def open_runner(path: Path, device: str = "cpu", threads: int | None = None, all
     """
     path = Path(path)
     device = check_device(device)
+    threads = check_threads(threads)
     if not path.exists():
         raise AekitError(f"{path} does not exist. Export it first: aekit export.")
     fmt = format_of_file(path)

@@ -9,7 +9,7 @@ The rules, one set for every caller:
   names are compared case-insensitively (`.PNG`, `.NPZ`, `T10K-IMAGES-IDX3-UBYTE`).
 - Image suffixes: IMAGE_SUFFIXES (.png, .jpg, .jpeg). The first image of a folder picks the mode:
   grey ("L") when it is L, 1, I or I;16, else RGB; every later image is converted to it. All images
-  must share one size.
+  must share one size. 16-bit grey images are scaled to 8 bits (value * 255 / 65535, rounded).
 - gzip is recognised by its magic bytes (1f 8b), never by the `.gz` suffix.
 - In a .npz the images are the first of NPZ_KEYS present (images, x, x_train, x_test), else the
   only array it holds. Training also validates on x_test when x_train and x_test are both there.
@@ -40,6 +40,10 @@ from numpy.lib import format as npy_format
 from aekit.errors import AekitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Pillow's modes for 16-bit grey PNGs (and "I", how some versions open them): scaled to 8 bits, not clipped.
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+GREY_MODES = ("L", "1", *WIDE_GREY_MODES)
+WIDE_MAX = 65535
 IDX_IMAGE_MAGIC = 2051  # 0x0803: unsigned bytes, 3 dimensions
 IDX_NAME = "idx3-ubyte"
 IDX_HEADER_BYTES = 16
@@ -401,7 +405,10 @@ def read_image(file: Path, mode: str | None = None) -> tuple[np.ndarray, str]:
                         f"Image {file} is {width}x{height} pixels; expected 1 to {MAX_IMAGE_PIXELS:,} pixels. "
                         "Resize or remove it."
                     )
-                mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+                mode = mode or ("L" if image.mode in GREY_MODES else "RGB")
+                if image.mode in WIDE_GREY_MODES:  # Pillow's convert("L") would clip every value above 255 to white
+                    pixels = _wide_grey_to_uint8(np.asarray(image), file)
+                    return (pixels if mode == "L" else np.repeat(pixels[..., None], 3, axis=-1)), mode
                 return np.asarray(image.convert(mode)), mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -411,6 +418,17 @@ def read_image(file: Path, mode: str | None = None) -> tuple[np.ndarray, str]:
         raise AekitError(f"Cannot read image {file}: {_first_line(exc)}. Remove or replace it.") from None
     except MemoryError:
         raise AekitError(f"Image {file} does not fit in memory. Resize or remove it.") from None
+
+
+def _wide_grey_to_uint8(pixels: np.ndarray, file: Path) -> np.ndarray:
+    """16-bit grey pixels (0-65535) as uint8, value * 255 / 65535 rounded; AekitError for values outside 16 bits."""
+    values = pixels.astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > WIDE_MAX):
+        raise AekitError(
+            f"Image {file} holds grey values from {values.min()} to {values.max()}; expected 16-bit values (0-{WIDE_MAX}). "
+            "Save it as an 8- or 16-bit PNG."
+        )
+    return ((values * 255 + WIDE_MAX // 2) // WIDE_MAX).astype(np.uint8)
 
 
 def read_image_folder(folder: str | Path) -> np.ndarray:

@@ -415,6 +415,7 @@ EDGE_DEVICE_HELP = (
     "auto (CUDA when it really runs, else the CPU)."
 )
 EDGE_FALLBACK_HELP = "With --device cuda: run on the CPU when CUDA cannot, instead of failing."
+THREADS_HELP = "CPU threads, 1 to 4 per logical core (default: the physical cores)."
 
 
 @app.command()
@@ -429,16 +430,22 @@ def encode(
     batch_size: Annotated[int, typer.Option(help="Images read and encoded at a time.")] = 256,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the output file if it already exists (never the source itself).")
+    ] = False,
 ):
     """Encode images into latent codes (TensorFlow-free)."""
     from aekit.cli.render import counting_progress
-    from aekit.edge import EncoderSession, encode_path
+    from aekit.edge import EncoderSession, check_encode_output, encode_path
     from aekit.sources import count_images
 
+    check_encode_output(source, output, overwrite)  # before the model is loaded
     encoder = EncoderSession(model, device, threads, allow_fallback)
     with counting_progress(err_console, "encoding", count_images(source)) as advance:
-        summary = encode_path(encoder, source, output, latent_dtype, _positive(batch_size, "--batch-size"), advance)
+        summary = encode_path(
+            encoder, source, output, latent_dtype, _positive(batch_size, "--batch-size"), advance, overwrite=overwrite
+        )
     out_console.print(
         f"Encoded {summary['images']:,} images → {summary['output']} ({summary['latent_dim']} × {summary['latent_dtype']} "
         f"= {summary['bytes_per_image']} bytes per image){_ran_on(encoder)}",
@@ -457,7 +464,7 @@ def decode(
     batch_size: Annotated[int, typer.Option(help="Codes decoded at a time.")] = 256,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files that already exist in the output.")] = False,
 ):
     """Decode latent codes back into images (TensorFlow-free)."""
@@ -483,16 +490,27 @@ def reconstruct(
     grid: Annotated[int, typer.Option(help="Images in the originals-beside-reconstructions picture.")] = 10,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace reconstruction.csv and reconstructions.png if the output folder already holds them."
+        ),
+    ] = False,
 ):
     """Round trip encoder → decoder: per-image MSE/PSNR and a picture of originals beside reconstructions."""
     from aekit import anomaly
     from aekit.cli.render import counting_progress
+    from aekit.edge import check_output_folder
     from aekit.sources import count_images
 
+    check_output_folder(output)  # before the models are loaded
+    anomaly.check_reconstruct_output(output, grid, overwrite)
     enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
     with counting_progress(err_console, "reconstructing", count_images(source)) as advance:
-        result = anomaly.reconstruct(enc, dec, source, output, _positive(batch_size, "--batch-size"), grid, advance)
+        result = anomaly.reconstruct(
+            enc, dec, source, output, _positive(batch_size, "--batch-size"), grid, advance, overwrite=overwrite
+        )
     scores, (worst, worst_mse) = result.scores, result.scores.worst
     written = ", ".join([str(result.csv), *([result.grid.name] if result.grid else [])])
     out_console.print(
@@ -523,22 +541,26 @@ def score(
     batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: the physical cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the counts (and what ran the files) as JSON.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the --threshold file (with --calibrate) and the -o CSV if they already exist."),
+    ] = False,
 ):
     """Anomaly scores: reconstruction error per image against a threshold calibrated on normal data."""
     from aekit import anomaly
     from aekit.cli.render import counting_progress
     from aekit.sources import count_images
 
-    anomaly.check_score_request(source, calibrate, quantile, threshold, output)
+    anomaly.check_score_request(source, calibrate, quantile, threshold, output, overwrite)
     limit = anomaly.Threshold.load(threshold) if calibrate is None else None
     enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
     batch_size = _positive(batch_size, "--batch-size")
     report = {"ran_on": {"encoder": enc.ran_on(), "decoder": dec.ran_on()}}
     if calibrate is not None:
         with counting_progress(err_console, "calibrating", count_images(calibrate)) as advance:
-            limit = anomaly.calibrate(enc, dec, calibrate, quantile, threshold, batch_size, advance)
+            limit = anomaly.calibrate(enc, dec, calibrate, quantile, threshold, batch_size, advance, overwrite=overwrite)
         report["calibration"] = limit.to_json()
         if not json_out:
             out_console.print(
@@ -550,7 +572,7 @@ def score(
             )
     if source is not None:
         with counting_progress(err_console, "scoring", count_images(source)) as advance:
-            result = anomaly.score(enc, dec, source, limit, output, batch_size, advance)
+            result = anomaly.score(enc, dec, source, limit, output, batch_size, advance, overwrite=overwrite)
         report.update(result.to_json())
         if not json_out:
             out_console.print(
