@@ -139,7 +139,7 @@ def default_learning_rate(batch: int) -> float:
 def read_config(run_dir: Path) -> dict:
     """A run's config.json, checked for the shape every reader relies on (one-line AekitError if not)."""
     path = Path(run_dir) / runs.CONFIG
-    record = runs.read_json(path)
+    record = runs.read_json(path, object)  # its shape is checked below, with what is wrong
     problems = []
     if not isinstance(record, dict):
         problems.append(f"expected a JSON object, found {type(record).__name__}")
