@@ -23,7 +23,7 @@ from aekit import runs
 from aekit.errors import AekitError
 from aekit.manifest import MANIFEST, Manifest, export_format, format_of_file
 from aekit.metrics import mse_per_image, psnr_from_mse
-from aekit.runtimes import NoCudaError, default_threads, open_runner  # shared with the edge sessions
+from aekit.runtimes import NoCudaError, check_threads, default_threads, open_runner  # shared with the edge sessions
 from aekit.runtimes import no_cuda_message as _no_cuda_message
 
 PARTS = ("encoder", "decoder", "roundtrip")
@@ -90,8 +90,7 @@ class BenchOptions:
             raise AekitError(f"--parts {','.join(bad)}: expected a comma list of {', '.join(PARTS)}.")
         if self.quality_images is not None and self.quality_images < 1:
             raise AekitError("--quality-images must be at least 1.")
-        if self.threads is not None and self.threads < 1:
-            raise AekitError("--threads must be at least 1.")
+        check_threads(self.threads)
 
 
 @dataclass

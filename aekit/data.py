@@ -206,30 +206,31 @@ def _is_pack(dataset: str) -> bool:
     """A folder `aekit data pack` wrote: its dataset.json names aekit's format, or is unreadable beside
     shards (PackedDataset.open reports the damage); a folder with another program's dataset.json is an
     ordinary folder."""
-    from aekit.packed import FORMAT, MANIFEST, SHARD_SUFFIX, is_packed
+    from aekit.packed import MANIFEST, SHARD_SUFFIX, is_packed
 
-    if "://" in dataset:
-        return is_packed(dataset)
+    if is_packed(dataset):
+        return True
     folder = Path(dataset).expanduser()
-    if not (folder / MANIFEST).is_file():
+    if "://" in dataset or not (folder / MANIFEST).is_file() or not any(folder.glob(f"*{SHARD_SUFFIX}")):
         return False
     try:
-        record = json.loads((folder / MANIFEST).read_text())
+        json.loads((folder / MANIFEST).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
-        return any(folder.glob(f"*{SHARD_SUFFIX}"))
-    return isinstance(record, dict) and record.get("format") == FORMAT
+        return True  # damaged
+    return False
 
 
 def packed_val_split(dataset: str | None) -> float | None:
     """The validation fraction a pack was split with when `dataset` is a pack (None otherwise, or unreadable)."""
-    if not dataset or "://" in dataset or not _is_pack(dataset):
+    if not dataset or "://" in dataset:
         return None
-    from aekit.packed import MANIFEST
+    from aekit.packed import FORMAT, MANIFEST
 
     try:
-        value = json.loads((Path(dataset).expanduser() / MANIFEST).read_text()).get("val_split")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        record = json.loads((Path(dataset).expanduser() / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
+    value = record.get("val_split") if isinstance(record, dict) and record.get("format") == FORMAT else None
     return float(value) if isinstance(value, (int, float)) else None
 
 

@@ -231,10 +231,11 @@ def check_output_file(path: Path, suffix: str) -> None:
     check_writable(path.parent)
 
 
-def check_output_folder(path: Path) -> None:
+def check_output_folder(path: Path, holds: str = "the images", flag: str = "-o") -> None:
+    """AekitError unless `path` is (or can become) a folder files can be written in; `holds` says what goes there."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise AekitError(f"-o {path} is a file; pass a folder for the images.")
+        raise AekitError(f"{flag} {path} is a file; pass a folder for {holds}.")
     check_writable(path)
 
 

@@ -384,16 +384,14 @@ def bench(
     from aekit import runs
     from aekit.bench import BenchOptions, bench_run, write_outputs
     from aekit.cli.render import render_bench
-    from aekit.edge import check_writable
+    from aekit.edge import check_output_folder
 
     options = BenchOptions.from_text(
         batch_sizes, parts, device, allow_fallback, seconds, runs_, warmup, threads, min_psnr, quality_images, not no_keras
     )
     options.validate()  # every option checked before a run is loaded or anything is exported
     if output is not None:  # checked now, not after minutes of benchmarking
-        if output.exists() and not output.is_dir():
-            raise AekitError(f"--output {output} is a file. Pass a folder for bench.json, bench.csv and bench.png.")
-        check_writable(output)
+        check_output_folder(output, "bench.json, bench.csv and bench.png", "--output")
     run_dir = runs.require_finished_run(run) if run else (None if model else runs.newest_finished_run())
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
