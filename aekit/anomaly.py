@@ -2,10 +2,13 @@
 
 TensorFlow-free (the edge side): images go through an exported encoder and decoder
 (aekit.edge sessions); an image is an anomaly when its reconstruction MSE is above a
-threshold set at a quantile of the MSE of normal images.
+threshold set at a quantile of the MSE of normal images. A threshold records what it was
+calibrated on ("calibrated_on"): the run's own training images reconstruct better than unseen
+ones, so calibrate on its validation split ("val") or on other normal images. How well scores
+separate labelled normal and anomalous sets (ROC AUC, rates, histogram): aekit.anomaly_report.
 
     >>> encoder, decoder = open_sessions("export/encoder.onnx", "export/decoder.onnx")
-    >>> limit = calibrate(encoder, decoder, "normal.npy", quantile=0.99, threshold_file="threshold.json")
+    >>> limit = calibrate(encoder, decoder, "val", quantile=0.99, threshold_file="threshold.json")
     >>> result = score(encoder, decoder, "incoming/", limit, output="scores.csv")
     >>> result.anomalies, result.normal
     (12, 988)
@@ -32,12 +35,19 @@ from aekit.edge import (
 from aekit.errors import AekitError
 from aekit.manifest import MANIFEST
 from aekit.metrics import mse_per_image, psnr_from_mse
-from aekit.sources import iter_images
+from aekit.sources import count_images, iter_images
 
 METRIC = "reconstruction_mse"
 SCORES_CSV = "reconstruction.csv"  # what reconstruct writes into its folder
 GRID_PNG = "reconstructions.png"
+GRID_MIN_CELL = 64  # pixels on a cell's short side in reconstructions.png: tiny images become readable
+GRID_GAP, GRID_PAD = 4, 6  # pixels between cells, and around the picture
 CALIBRATE_HINT = "aekit score --calibrate NORMAL_IMAGES --encoder ENCODER --decoder DECODER --threshold FILE"
+VALIDATION = "val"  # --calibrate val: the validation split of the run the files were exported from
+# What a threshold was calibrated on, as its JSON's "calibrated_on" says ("" when the run could not be read).
+TRAINING_IMAGES = "training images"
+VALIDATION_IMAGES = "validation images"
+OTHER_IMAGES = "images outside the run's training source"
 
 
 # --- the pair of files ---------------------------------------------------------
@@ -92,8 +102,8 @@ def check_same_run(encoder: EncoderSession, decoder: DecoderSession) -> None:
 class Scores:
     """Reconstruction error of every image of a source, in the source's order.
 
-    `originals` and `reconstructions` hold the first few images (float32 in [0, 1],
-    (k, H, W, C)) when they were asked for, else None.
+    `originals` and `reconstructions` hold a few images (float32 in [0, 1], (k, H, W, C)) when
+    they were asked for, else None; `kept` (k,) is their positions in the source.
     """
 
     names: list[str]
@@ -101,6 +111,7 @@ class Scores:
     psnr: np.ndarray  # (N,) float64, dB
     originals: np.ndarray | None = None
     reconstructions: np.ndarray | None = None
+    kept: np.ndarray | None = None  # (k,) int64 indices into names/mse/psnr
 
     def __len__(self) -> int:
         return len(self.names)
@@ -135,8 +146,12 @@ def _round_trip(
     images: np.ndarray,
     names: list[str] | None = None,
     source: str | Path | None = None,
+    scaling=None,
 ):
-    """(model inputs, reconstructions, per-image MSE, per-image PSNR); AekitError on NaN or infinite values anywhere."""
+    """(model inputs, reconstructions, per-image MSE, per-image PSNR); AekitError on NaN or infinite values anywhere.
+
+    `scaling`: the whole source's PixelScaling (EncoderSession.source_scaling); None: the model's rule for this batch.
+    """
     images = np.asarray(images)
     batch = images if images.ndim == 4 else images[..., None]
     if np.issubdtype(batch.dtype, np.floating) and (bad := _first_bad(batch, names)):
@@ -144,8 +159,8 @@ def _round_trip(
         raise AekitError(
             f"Image {bad}{where} has NaN or infinite pixels. Drop or repair it: images must be uint8 (0-255) or float in [0, 1]."
         )
-    inputs = encoder.to_model_input(batch)
-    latents = encoder.encode(batch)
+    inputs = encoder.to_model_input(batch, scaling)
+    latents = encoder.encode(batch, scaling=scaling)
     if bad := _first_bad(latents, names):
         raise AekitError(
             f"{encoder.path.name} turned image {bad} into NaN or infinite latents, so the file is broken. "
@@ -172,30 +187,70 @@ def reconstruction_errors(encoder: EncoderSession, decoder: DecoderSession, imag
 
 
 def score_path(
-    encoder: EncoderSession, decoder: DecoderSession, source: str | Path, batch_size: int = 256, on_batch=None, keep: int = 0
+    encoder: EncoderSession,
+    decoder: DecoderSession,
+    source: str | Path,
+    batch_size: int = 256,
+    on_batch=None,
+    keep: int = 0,
+    pixel_max: float | None = None,
 ) -> Scores:
     """Reconstruction MSE and PSNR of every image of `source` (folder, .npz/.npy or IDX), read in batches.
 
     Args:
-        keep: also return the first `keep` originals and reconstructions (for a picture).
+        keep: also return `keep` originals and reconstructions (for a picture), spread evenly over the source
+            (first and last included; the first `keep` when its size cannot be read from its headers). Only those
+            are held, so memory stays one batch plus `keep` images.
         on_batch: called with each batch's image count (progress bars).
     """
-    names, mses, psnrs, kept_in, kept_out = [], [], [], [], []
-    for batch_names, images in iter_images(source, batch_size):
-        inputs, recon, mse, psnr = _round_trip(encoder, decoder, images, batch_names, source)
+    total = count_images(source) if keep > 0 else None
+    scaling = encoder.source_scaling(source, pixel_max)  # the whole source, by the training rule (aekit.pixels)
+    return score_batches(encoder, decoder, iter_images(source, batch_size), source, on_batch, keep, total, scaling)
+
+
+def array_batches(images: np.ndarray, batch_size: int = 256):
+    """(names, images) batches of an in-memory (N, H, W, C) array, named by index like a .npy source."""
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        yield [str(i) for i in range(start, stop)], images[start:stop]
+
+
+def score_batches(
+    encoder: EncoderSession,
+    decoder: DecoderSession,
+    batches,
+    source,
+    on_batch=None,
+    keep: int = 0,
+    total: int | None = None,
+    scaling=None,
+) -> Scores:
+    """`score_path` over (names, images) batches; `total` (the image count, when known) spreads the `keep` images."""
+    wanted = np.arange(max(keep, 0))  # the first `keep`, unless the size is known
+    if keep > 0 and total is not None and total > keep:
+        from aekit.data import spread  # the one rule for "evenly spaced, first and last included"
+
+        wanted = spread(total, keep)
+    names, mses, psnrs, kept_in, kept_out, kept_at = [], [], [], [], [], []
+    for batch_names, images in batches:
+        inputs, recon, mse, psnr = _round_trip(encoder, decoder, images, batch_names, source, scaling)
+        start = len(names)
         names += batch_names
         mses.append(mse)
         psnrs.append(psnr)
-        if sum(len(k) for k in kept_in) < keep:
-            kept_in.append(inputs)
-            kept_out.append(recon)
+        rows = wanted[(wanted >= start) & (wanted < start + len(batch_names))] - start
+        if rows.size:
+            kept_in.append(inputs[rows])
+            kept_out.append(recon[rows])
+            kept_at += (rows + start).tolist()
         if on_batch:
             on_batch(len(batch_names))
     if not mses:
         raise AekitError(f"{source} holds no images. Pass a non-empty image folder, array or IDX file.")
-    originals = np.concatenate(kept_in)[:keep] if kept_in else None
-    recons = np.concatenate(kept_out)[:keep] if kept_out else None
-    return Scores(names, np.concatenate(mses), np.concatenate(psnrs), originals, recons)
+    originals = np.concatenate(kept_in) if kept_in else None
+    recons = np.concatenate(kept_out) if kept_out else None
+    kept = np.array(kept_at, np.int64) if kept_in else None
+    return Scores(names, np.concatenate(mses), np.concatenate(psnrs), originals, recons, kept)
 
 
 def write_scores_csv(path: Path, scores: Scores, flags: np.ndarray | None = None) -> None:
@@ -213,18 +268,55 @@ def write_scores_csv(path: Path, scores: Scores, flags: np.ndarray | None = None
     write_text(Path(path), buffer.getvalue())
 
 
-def save_grid(originals: np.ndarray, reconstructions: np.ndarray, path: Path, scale: int = 3) -> None:
-    """Originals on the top row, reconstructions below (Pillow, no matplotlib on the edge)."""
-    from PIL import Image
+def grid_scale(height: int, width: int, min_cell: int = GRID_MIN_CELL) -> int:
+    """The whole-number upscale that makes an image's short side at least `min_cell` pixels (1 when it already is)."""
+    return max(1, math.ceil(min_cell / max(1, min(height, width))))
+
+
+def save_grid(
+    originals: np.ndarray, reconstructions: np.ndarray, path: Path, psnr: np.ndarray | None = None, min_cell: int = GRID_MIN_CELL
+) -> tuple[int, int]:
+    """A labelled picture: originals on the top row, their reconstructions below, each one's PSNR under it.
+
+    Pillow only (no matplotlib on the edge). Images (k, H, W, C) float in [0, 1] are upscaled by a whole number
+    (nearest neighbour, `grid_scale`) so each cell is at least `min_cell` pixels on its short side: 8x8 images become
+    64x64 cells, 28x28 become 84x84, 64x64 stay 64x64. Written atomically.
+
+    Returns:
+        The picture's (width, height) in pixels.
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
     from aekit.runs import atomic_path
 
-    top, bottom = (np.concatenate(list(to_uint8(x)), axis=1) for x in (originals, reconstructions))
-    grid = np.concatenate([top, np.full((2, *top.shape[1:]), 255, np.uint8), bottom])
-    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    count, height, width = originals.shape[:3]
+    scale = grid_scale(height, width, min_cell)
+    cell_w, cell_h = width * scale, height * scale
+    font = ImageFont.load_default()
+    labels = ("original", "reconstruction", *(("PSNR",) if psnr is not None else ()))
+    margin = max(font.getbbox(text)[2] for text in labels) + 2 * GRID_PAD
+    text_h = font.getbbox("0123456789 dB")[3] + GRID_GAP
+    size = (
+        margin + count * cell_w + (count - 1) * GRID_GAP + GRID_PAD,
+        2 * GRID_PAD + 2 * cell_h + GRID_GAP + (text_h + GRID_GAP if psnr is not None else 0),
+    )
+    picture = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(picture)
+    rows_y = (GRID_PAD, GRID_PAD + cell_h + GRID_GAP)
+    for images, top in zip((originals, reconstructions), rows_y):
+        for i, pixels in enumerate(to_uint8(images)):
+            cell = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
+            picture.paste(cell.resize((cell_w, cell_h), Image.NEAREST), (margin + i * (cell_w + GRID_GAP), top))
+    text_y = rows_y[1] + cell_h + GRID_GAP
+    for text, middle in zip(labels, (rows_y[0] + cell_h // 2, rows_y[1] + cell_h // 2, text_y + text_h // 2)):
+        draw.text((GRID_PAD, middle), text, fill="black", font=font, anchor="lm")
+    if psnr is not None:
+        for i, value in enumerate(np.asarray(psnr, np.float64)):
+            centre = margin + i * (cell_w + GRID_GAP) + cell_w // 2
+            draw.text((centre, text_y + text_h // 2), f"{value:.1f} dB", fill="black", font=font, anchor="mm")
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        picture.save(tmp, format="PNG")
+    return size
 
 
 # --- thresholds ----------------------------------------------------------------------
@@ -251,6 +343,7 @@ class Threshold:
     decoder: str = ""
     run: str = ""  # the run the encoder and decoder were exported from ("" when unknown)
     run_weights_sha256: str = ""  # the run's weights they were exported from ("" when unknown: older files)
+    calibrated_on: str = ""  # TRAINING_IMAGES, VALIDATION_IMAGES, OTHER_IMAGES, or "" (not known)
 
     def to_json(self) -> dict:
         return {
@@ -263,6 +356,7 @@ class Threshold:
             "decoder": self.decoder,
             "run": self.run,
             "run_weights_sha256": self.run_weights_sha256,
+            "calibrated_on": self.calibrated_on,
         }
 
     @classmethod
@@ -287,7 +381,8 @@ class Threshold:
             raise AekitError(f"{origin} has quantile {quantile!r}; expected a number between 0 and 1. {fix}")
         if not _finite_number(count) or count != int(count) or count < 1:
             raise AekitError(f"{origin} has calibration_images {count!r}; expected a positive whole number. {fix}")
-        texts = {k: data.get(k, "") for k in ("calibration_source", "encoder", "decoder", "run", "run_weights_sha256")}
+        keys = ("calibration_source", "encoder", "decoder", "run", "run_weights_sha256", "calibrated_on")
+        texts = {k: data.get(k, "") for k in keys}
         if texts["run_weights_sha256"] is None:  # null: not recorded
             texts["run_weights_sha256"] = ""
         if not all(isinstance(v, str) for v in texts.values()):
@@ -310,6 +405,96 @@ class Threshold:
                 f"Calibrate again: {CALIBRATE_HINT}."
             ) from None
         return cls.from_json(data, origin=str(path))
+
+
+def load_threshold(path: str | Path, encoder_file: str | Path, required: bool = True) -> Threshold | None:
+    """`Threshold.load(path)`, but a missing file's error suggests `--calibrate val` when the encoder's run folder is there.
+
+    Args:
+        required: False returns None for a missing file (scoring labelled sets needs no threshold for its ROC AUC).
+    """
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return Threshold.load(path)
+    if not required:
+        return None
+    run = _run_of(encoder_file)
+    hint = CALIBRATE_HINT.replace("NORMAL_IMAGES", VALIDATION).replace("FILE", str(path))
+    if run and Path(run).is_dir():
+        fix = f"Calibrate first on run {run}'s validation split: {hint}, or --calibrate NORMAL_IMAGES it never trained on."
+    else:
+        fix = f"Calibrate first: {CALIBRATE_HINT.replace('FILE', str(path))}, with normal images the run never trained on."
+    raise AekitError(f"No threshold file {path}. {fix}")
+
+
+def _run_of(encoder_file: str | Path) -> str:
+    """The run folder the manifest beside an exported file names ("" when it cannot be read)."""
+    from aekit.manifest import Manifest
+
+    try:
+        return str(Manifest.load(Path(encoder_file).parent, verify=False).run or "")
+    except AekitError:
+        return ""
+
+
+def calibration_origin(run: str | Path, source: str | Path) -> str:
+    """What `source` is to `run`, from the "data" entry of the run's config.json, comparing resolved paths.
+
+    Returns:
+        TRAINING_IMAGES when `source` is the training source, lies inside it (a subfolder) or holds it (a folder
+        above it); VALIDATION_IMAGES when it is the run's separate validation file (an IDX t10k file beside the
+        training file); OTHER_IMAGES when it shares no file with it (or the run trained on a TFDS name); "" when
+        the run's config cannot be read (no run recorded, its folder moved).
+    """
+    from aekit.recipe import read_config
+
+    if not run:
+        return ""
+    try:
+        data = read_config(Path(run))["data"]
+    except AekitError:
+        return ""
+    trained, kind = data.get("source"), data.get("kind")
+    if not isinstance(trained, str) or kind in ("tfds", "bundled") or not trained:
+        return OTHER_IMAGES
+    trained_path, path = Path(trained).expanduser().resolve(), Path(source).expanduser().resolve()
+    validation = str(data.get("validation") or "")
+    if kind == "idx" and validation.startswith("IDX file ") and path == trained_path / validation.removeprefix("IDX file "):
+        return VALIDATION_IMAGES
+    if path == trained_path or trained_path in path.parents or path in trained_path.parents:
+        return TRAINING_IMAGES
+    return OTHER_IMAGES
+
+
+def calibration_warning(threshold: Threshold) -> str | None:
+    """Why a threshold set on the run's training images misleads (None for any other threshold)."""
+    if threshold.calibrated_on != TRAINING_IMAGES:
+        return None
+    flagged = f"{(1 - threshold.quantile) * 100:.3g}%"
+    return (
+        f"{threshold.calibration_source} holds the training images of run {threshold.run}. The model has seen them, so they "
+        f"reconstruct better than unseen normal images: a threshold at quantile {threshold.quantile:g} of their MSE flags "
+        f"more than {flagged} of new normal images. Calibrate on images it never trained on: --calibrate {VALIDATION} "
+        "(the run's validation split) or --calibrate NORMAL_IMAGES."
+    )
+
+
+def read_validation(encoder: EncoderSession) -> tuple:
+    """(stored images (N, H, W, C), description, PixelScaling) of the validation split of the run `encoder` came from."""
+    run = str(encoder.manifest.run or "")
+    if not run:
+        raise AekitError(
+            f"--calibrate {VALIDATION} reads the validation split of the run the files were exported from, but the manifest "
+            f"beside {encoder.path} names no run. Pass --calibrate NORMAL_IMAGES instead."
+        )
+    if not Path(run).is_dir():
+        raise AekitError(
+            f"--calibrate {VALIDATION} reads the validation split of run {run}, which is not there (moved or deleted). "
+            "Export again from the run's folder, or pass --calibrate NORMAL_IMAGES instead."
+        )
+    from aekit.data import validation_images
+
+    return validation_images(Path(run))
 
 
 def check_quantile(quantile: float) -> None:
@@ -362,17 +547,37 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
 
 
 def check_score_request(
-    source, calibrate_on, quantile: float, threshold_file: Path, output: Path | None, overwrite: bool = False
+    source,
+    calibrate_on,
+    quantile: float,
+    threshold_file: Path,
+    output: Path | None,
+    overwrite: bool = False,
+    normal=None,
+    anomalous=None,
+    histogram: Path | None = None,
 ) -> None:
     """Refuses a score request that cannot finish, or would replace an existing file unasked, before a file is opened."""
-    if source is None and calibrate_on is None:
-        raise AekitError("Nothing to do: pass images to score, and/or --calibrate NORMAL_IMAGES.")
+    if source is None and calibrate_on is None and normal is None and anomalous is None:
+        raise AekitError(
+            "Nothing to do: pass images to score, --calibrate NORMAL_IMAGES (or val), and/or --normal and --anomalous "
+            "labelled images."
+        )
+    if (normal is None) != (anomalous is None):
+        given, missing = ("--normal", "--anomalous") if anomalous is None else ("--anomalous", "--normal")
+        raise AekitError(f"{given} needs {missing} too: the ROC AUC compares labelled normal and anomalous images. Pass both.")
+    if histogram is not None and normal is None:
+        raise AekitError("--histogram draws the --normal and --anomalous scores. Pass both, or leave out --histogram.")
     if calibrate_on is not None:
         check_quantile(quantile)
         check_threshold_output(threshold_file, overwrite)
     if output is not None:
         check_output_file(output, ".csv")
         check_not_overwriting(output, overwrite)
+    if histogram is not None:
+        from aekit.anomaly_report import check_histogram_output
+
+        check_histogram_output(histogram, overwrite)
 
 
 def check_threshold_output(path: Path, overwrite: bool = False, sessions=()) -> None:
@@ -400,20 +605,31 @@ def calibrate(
     """Sets the threshold at `quantile` of the reconstruction MSE of the normal images in `source`.
 
     Args:
+        source: normal images (a path), or the text VALIDATION ("val") for the validation split of the run the
+            files were exported from (a folder named val: pass Path("val") or "./val").
         threshold_file: where to save it as JSON (atomically); None keeps it in memory only. An existing
             file is replaced only with `overwrite` (a manifest.json never).
 
     Returns:
-        The Threshold (its `mse` is the value; `calibration_images` how many normal images set it).
+        The Threshold (its `mse` is the value; `calibration_images` how many normal images set it; `calibrated_on`
+        whether they were the run's training images, see `calibration_origin` and `calibration_warning`).
     """
     check_quantile(quantile)
     if threshold_file is not None:
         check_threshold_output(Path(threshold_file), overwrite, (encoder, decoder))
     check_same_run(encoder, decoder)
-    scores = score_path(encoder, decoder, source, batch_size, on_batch)
-    run = encoder.manifest.run
-    limit = calibrate_threshold(scores.mse, quantile, str(source), str(encoder.path), str(decoder.path), str(run or ""))
+    run = str(encoder.manifest.run or "")
+    if isinstance(source, str) and source == VALIDATION:
+        images, description, scaling = read_validation(encoder)
+        label, origin = description, VALIDATION_IMAGES  # description: "validation split of RUN (...)"
+        # The run's own validation images: scaled as the run scaled its training source.
+        scores = score_batches(encoder, decoder, array_batches(images, batch_size), label, on_batch, scaling=scaling)
+    else:
+        label, origin = str(source), calibration_origin(run, source)
+        scores = score_path(encoder, decoder, source, batch_size, on_batch)
+    limit = calibrate_threshold(scores.mse, quantile, label, str(encoder.path), str(decoder.path), run)
     limit.run_weights_sha256 = encoder.manifest.run_weights_sha256 or ""
+    limit.calibrated_on = origin
     if threshold_file is not None:
         from aekit.runs import write_json
 
@@ -465,6 +681,16 @@ def score(
     if output is not None:
         check_output_file(Path(output), ".csv")
         check_not_overwriting(Path(output), overwrite)
+    check_threshold_fits(encoder, decoder, threshold)
+    scores = score_path(encoder, decoder, source, batch_size, on_batch)
+    flags = scores.mse > threshold.mse
+    if output is not None:
+        write_scores_csv(Path(output), scores, flags)
+    return ScoreResult(scores, threshold, flags, Path(output) if output is not None else None)
+
+
+def check_threshold_fits(encoder: EncoderSession, decoder: DecoderSession, threshold: Threshold) -> None:
+    """Refuses a threshold calibrated for another run, or for other weights of this run, than the files come from."""
     if not np.isfinite(threshold.mse):
         raise AekitError(f"The threshold MSE is {threshold.mse}; expected a finite number. Calibrate again: {CALIBRATE_HINT}.")
     check_same_run(encoder, decoder)
@@ -481,11 +707,6 @@ def score(
             f"{threshold.run_weights_sha256[:12]}) than {encoder.path} was exported from ({weights[:12]}, e.g. after "
             f"train --resume). Calibrate again with these files: {CALIBRATE_HINT}."
         )
-    scores = score_path(encoder, decoder, source, batch_size, on_batch)
-    flags = scores.mse > threshold.mse
-    if output is not None:
-        write_scores_csv(Path(output), scores, flags)
-    return ScoreResult(scores, threshold, flags, Path(output) if output is not None else None)
 
 
 def check_reconstruct_output(output: Path, grid: int = 10, overwrite: bool = False) -> None:
@@ -523,7 +744,8 @@ def reconstruct(
     overwrite: bool = False,
 ) -> Reconstruction:
     """Round trip encoder -> decoder over `source`: writes output/reconstruction.csv (name,mse,psnr) and,
-    with grid > 0, output/reconstructions.png (the first `grid` originals above their reconstructions).
+    with grid > 0, output/reconstructions.png (`grid` originals spread over the source, above their
+    reconstructions and PSNR; see `save_grid`).
 
     Existing files of those names are replaced only with `overwrite` (folders of those names never)."""
     output = Path(output)
@@ -538,5 +760,5 @@ def reconstruct(
     picture = None
     if grid > 0 and scores.originals is not None:
         picture = output / GRID_PNG
-        save_grid(scores.originals, scores.reconstructions, picture)
+        save_grid(scores.originals, scores.reconstructions, picture, scores.psnr[scores.kept])
     return Reconstruction(scores, output / SCORES_CSV, picture)

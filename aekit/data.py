@@ -22,7 +22,19 @@ import numpy as np
 
 from aekit.errors import AekitError
 from aekit.pixels import PixelScaling
-from aekit.sources import IMAGE_SUFFIXES, as_nhwc, idx_files, npz_keys, read_array, read_idx, read_image_folder, source_kind
+from aekit.sources import (
+    IMAGE_SUFFIXES,
+    as_nhwc,
+    idx_files,
+    image_files,
+    npz_keys,
+    read_array,
+    read_idx,
+    read_image_folder,
+    source_kind,
+    split_key,
+)
+from aekit.splits import Split, folder_groups, split_indices
 
 DEFAULT_DATASET = "mnist"
 BUNDLED_SAMPLE = "bundled-mnist-sample"
@@ -45,6 +57,7 @@ class DataSplits:
         kind: "tfds", "idx", "npz", "npy", "images" or "bundled".
         validation: where the validation images came from, in words.
         note: set when the source is not what was asked for (offline fallback).
+        split: how a single-split source was split (aekit.splits), None when the source has two.
     """
 
     train: np.ndarray
@@ -55,6 +68,7 @@ class DataSplits:
     validation: str
     note: str | None = None
     val_split: float = 0.1
+    split: Split | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -70,6 +84,7 @@ class DataSplits:
             "stored_dtype": str(self.train.dtype),
             "validation": self.validation,
             "val_split": self.val_split,
+            "split": self.split.to_json() if self.split else {"rule": "given", "val_split": None},
             "pixel_scaling": self.scaling.to_json(),
             "note": self.note,
         }
@@ -156,6 +171,10 @@ def load_data(
     dataset: str | None = None,
     val_split: float = 0.1,
     data_dir: str | None = None,
+    *,
+    seed: int = 0,
+    val_from_end: bool = False,
+    pixel_max: float | None = None,
 ) -> DataSplits | PackedSplits:
     """Loads a training source named the way `--dataset` names it.
 
@@ -165,9 +184,12 @@ def load_data(
             packed by `aekit data pack` (returned as PackedSplits, split as packed). None
             means TFDS MNIST when it is prepared or downloadable, else the MNIST
             sample bundled with aekit (see `DataSplits.note`).
-        val_split: for sources with a single split, the LAST fraction taken as
-            validation, so runs on the same data are comparable.
+        val_split: for sources with a single split, the fraction held out for validation: a
+            seeded random draw, stratified over the sub-folders of an image folder (aekit.splits).
         data_dir: TFDS data directory (TFDS's default when None).
+        seed: the draw's seed (the run's seed): same seed and files, same validation images.
+        val_from_end: hold out the LAST fraction instead (data ordered on purpose, e.g. time series).
+        pixel_max: the value of white when the source is not 0-255 or 0-1 (aekit.pixels).
 
     Returns:
         DataSplits with images shaped (N, H, W, C).
@@ -179,38 +201,68 @@ def load_data(
     """
     if not 0.0 < val_split < 1.0:
         raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}.")
+    rule = _SplitRule(val_split, seed, val_from_end, pixel_max)
     if dataset is not None and _is_pack(dataset):  # shards: checked (sizes and sha256), then streamed, never loaded whole
         from aekit.packed import PackedDataset
 
         # A local pack is recorded by its absolute path: a run, its export and bench find it from any folder.
         packed = PackedDataset.open(dataset if "://" in dataset else str(Path(dataset).expanduser().resolve()))
-        return PackedSplits(packed, packed.manifest.val_split)
+        splits = PackedSplits(packed, packed.manifest.val_split)
+        if pixel_max is not None and splits.scaling.pixel_max != pixel_max:
+            raise AekitError(
+                f"--pixel-max {pixel_max:g}: {dataset} is a pack, scaled when it was packed ({splits.scaling.describe()}). "
+                "Drop --pixel-max, or pack the source again with it."
+            )
+        return splits
     if dataset is None:
-        splits = _load_default(val_split, data_dir)
+        splits = _load_default(rule, data_dir)
     elif dataset == BUNDLED_SAMPLE:
-        splits = _load_bundled(val_split)
+        splits = _load_bundled(rule)
     else:
-        path = Path(dataset).expanduser()
+        path_text, key = split_key(dataset)
+        path = Path(path_text).expanduser()
         if path.exists():
-            splits = _load_path(path.resolve(), val_split)
-        elif _looks_like_path(dataset):
-            raise AekitError(f"Dataset path {dataset} does not exist. Check the path, or pass a TFDS name such as mnist.")
+            splits = _load_path(path.resolve(), rule, key)
+        elif _looks_like_path(path_text):
+            raise AekitError(f"Dataset path {path_text} does not exist. Check the path, or pass a TFDS name such as mnist.")
         else:
-            splits = _load_tfds(dataset, val_split, data_dir, fallback=False)
-    _check_splits(splits)
+            splits = _load_tfds(dataset, rule, data_dir, fallback=False)
+    _check_splits(splits, pixel_max)
     splits.val_split = val_split
     return splits
+
+
+@dataclass(frozen=True)
+class _SplitRule:
+    """How a source with one split is divided, and the white level named for it."""
+
+    val_split: float
+    seed: int
+    from_end: bool
+    pixel_max: float | None
+
+    def apply(self, images, groups: list[str] | None = None):
+        """(train, val, description, Split) of images (an array, or a list of files to read later)."""
+        split = split_indices(len(images), self.val_split, self.seed, groups, self.from_end)
+        if isinstance(images, list):
+            return [images[i] for i in split.train], [images[i] for i in split.val], split.describe(), split
+        return images[split.train], images[split.val], split.describe(), split
+
+    def scaling(self, *parts: np.ndarray) -> PixelScaling:
+        return PixelScaling.for_images(*parts, pixel_max=self.pixel_max)
 
 
 def _is_pack(dataset: str) -> bool:
     """A folder `aekit data pack` wrote: its dataset.json names aekit's format, or is unreadable beside
     shards (PackedDataset.open reports the damage); a folder with another program's dataset.json is an
     ordinary folder."""
+    folder = Path(dataset).expanduser()
+    if "://" not in dataset and not (folder / "dataset.json").is_file():
+        return False  # no pack here: decided without the TensorFlow file system (the edge reads runs' sources)
     from aekit.packed import MANIFEST, SHARD_SUFFIX, is_packed
 
     if is_packed(dataset):
         return True
-    folder = Path(dataset).expanduser()
     if "://" in dataset or not (folder / MANIFEST).is_file() or not any(folder.glob(f"*{SHARD_SUFFIX}")):
         return False
     try:
@@ -253,10 +305,43 @@ def dataset_identity(record: dict) -> str:
 
 
 def reload_data(record: dict, data_dir: str | None = None) -> DataSplits:
-    """Loads the data a run was trained on again, from the `data` record in its config.json."""
-    splits = load_data(dataset_identity(record), record.get("val_split", 0.1), data_dir)
+    """Loads the data a run was trained on again, from the `data` record in its config.json.
+
+    The split and the pixel scaling are the recorded ones (a run recorded before seeded splits
+    held out the last fraction, and is read that way).
+    """
+    splits = load_data(dataset_identity(record), record.get("val_split", 0.1), data_dir, **split_options(record))
     check_same_data(record, splits, "the run")
     return splits
+
+
+def split_options(record: dict) -> dict:
+    """load_data's seed, val_from_end and pixel_max as a run's `data` record gives them."""
+    split = record.get("split") if isinstance(record.get("split"), dict) else {"rule": "last"}
+    scaling = record.get("pixel_scaling") if isinstance(record.get("pixel_scaling"), dict) else {}
+    return {
+        "seed": int(split.get("seed") or 0),
+        "val_from_end": split.get("rule") == "last",
+        "pixel_max": scaling.get("pixel_max"),
+    }
+
+
+def validation_images(run_dir: str | Path) -> tuple[np.ndarray, str, PixelScaling]:
+    """The stored validation images of a run (N, H, W, C), where they came from in words, and their scaling.
+
+    TensorFlow-free for file sources (what the edge can re-read); a TFDS name or a pack needs
+    the training side, and is refused with the fix.
+    """
+    from aekit.recipe import read_config
+
+    record = read_config(Path(run_dir)).get("data") or {}
+    if record.get("packed") or record.get("kind") == "tfds":
+        raise AekitError(
+            f"The run {run_dir} trained on {record.get('packed') or record.get('source')}, which only the training "
+            "side reads. Calibrate on a folder or array of normal images instead (--calibrate PATH)."
+        )
+    splits = reload_data(record)
+    return splits.val, f"validation split of {run_dir} ({splits.validation}, {splits.source})", splits.scaling
 
 
 INFERENCE_VALUES = 512 * 28 * 28  # values per image batch of an inference call: 512 MNIST digits (~0.4 M)
@@ -437,11 +522,11 @@ def _looks_like_path(dataset: str) -> bool:
     )
 
 
-def _load_default(val_split: float, data_dir: str | None) -> DataSplits:
-    return _load_tfds(DEFAULT_DATASET, val_split, data_dir, fallback=True)
+def _load_default(rule: _SplitRule, data_dir: str | None) -> DataSplits:
+    return _load_tfds(DEFAULT_DATASET, rule, data_dir, fallback=True)
 
 
-def _load_tfds(name: str, val_split: float, data_dir: str | None, fallback: bool) -> DataSplits:
+def _load_tfds(name: str, rule: _SplitRule, data_dir: str | None, fallback: bool) -> DataSplits:
     import tensorflow_datasets as tfds
 
     try:
@@ -455,7 +540,7 @@ def _load_tfds(name: str, val_split: float, data_dir: str | None, fallback: bool
         if not network_reachable():
             if fallback:
                 return _load_bundled(
-                    val_split,
+                    rule,
                     note=f"TFDS {name} is not prepared and its download host is unreachable; "
                     "trained on the MNIST sample bundled with aekit instead",
                 )
@@ -477,15 +562,15 @@ def _load_tfds(name: str, val_split: float, data_dir: str | None, fallback: bool
     train = _tfds_images(builder, "train")
     # Split names are known once prepared; when TFDS does not list them, try "test".
     held_out = next((s for s in ("test", "validation") if s in splits), None if splits else "test")
-    val = None
+    val, split = None, None
     if held_out:
         try:
             val, validation = _tfds_images(builder, held_out), f"TFDS split '{held_out}'"
         except (ValueError, KeyError):
             val = None
     if val is None:
-        train, val, validation = split_last(train, val_split)
-    return DataSplits(train, val, PixelScaling.for_images(train), f"tfds:{name}", "tfds", validation)
+        train, val, validation, split = rule.apply(train)
+    return DataSplits(train, val, rule.scaling(train, val), f"tfds:{name}", "tfds", validation, split=split)
 
 
 def _tfds_images(builder, split: str) -> np.ndarray:
@@ -499,27 +584,35 @@ def _tfds_images(builder, split: str) -> np.ndarray:
     return as_nhwc(np.concatenate(chunks), f"TFDS {builder.name} {split}")
 
 
-def _load_bundled(val_split: float, note: str | None = None) -> DataSplits:
+def _load_bundled(rule: _SplitRule, note: str | None = None) -> DataSplits:
     folder = resources.files("aekit") / "sample"
     with resources.as_file(folder) as path:
         images = read_idx(path / "mnist-sample-images-idx3-ubyte.gz")
-    train, val, validation = split_last(images, val_split)
-    return DataSplits(train, val, PixelScaling.for_images(images), BUNDLED_SAMPLE, "bundled", validation, note=note)
+    train, val, validation, split = rule.apply(images)
+    return DataSplits(train, val, rule.scaling(images), BUNDLED_SAMPLE, "bundled", validation, note=note, split=split)
 
 
-def _load_path(path: Path, val_split: float) -> DataSplits:
+def _load_path(path: Path, rule: _SplitRule, key: str | None = None) -> DataSplits:
     kind = source_kind(path)
+    if key is not None and kind != "npz":
+        raise AekitError(f"{path}:{key}: only a .npz file holds named arrays. Drop :{key}.")
     if kind == "idx":
-        return _load_idx(idx_files(path), val_split, path)
+        return _load_idx(idx_files(path), rule, path)
     if kind == "npz":
-        return _load_npz(path, val_split)
-    images = read_array(path) if kind == "npy" else read_image_folder(path)
-    train, val, validation = split_last(images, val_split)
-    return DataSplits(train, val, PixelScaling.for_images(images), str(path), kind, validation)
+        return _load_npz(path, rule, key)
+    groups = None
+    if kind == "npy":
+        images = read_array(path)
+    else:
+        images = read_image_folder(path)
+        groups = folder_groups([str(f.relative_to(path)) for f in image_files(path)])
+    train, val, validation, split = rule.apply(images, groups)
+    return DataSplits(train, val, rule.scaling(images), str(path), kind, validation, split=split)
 
 
-def _load_idx(files: list[Path], val_split: float, origin: Path) -> DataSplits:
+def _load_idx(files: list[Path], rule: _SplitRule, origin: Path) -> DataSplits:
     by_split = {("test" if f.name.lower().startswith(("t10k", "test")) else "train"): f for f in files}
+    split = None
     if "train" in by_split and "test" in by_split:
         train = read_idx(by_split["train"])
         val = read_idx(by_split["test"])
@@ -530,29 +623,23 @@ def _load_idx(files: list[Path], val_split: float, origin: Path) -> DataSplits:
         if len(set(shapes.values())) > 1:
             listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
             raise AekitError(f"The IDX files in {origin} hold images of different sizes ({listed}). Keep one size per folder.")
-        train, val, validation = split_last(np.concatenate(parts), val_split)
-    return DataSplits(train, val, PixelScaling.for_images(train), str(origin), "idx", validation)
+        train, val, validation, split = rule.apply(np.concatenate(parts))
+    return DataSplits(train, val, rule.scaling(train, val), str(origin), "idx", validation, split=split)
 
 
-def _load_npz(path: Path, val_split: float) -> DataSplits:
-    if {"x_train", "x_test"} <= set(npz_keys(path)):
+def _load_npz(path: Path, rule: _SplitRule, key: str | None = None) -> DataSplits:
+    """A .npz: array `key` split by the rule; else x_train with x_test as validation when both are there."""
+    split, source = None, str(path) if key is None else f"{path}:{key}"
+    if key is None and {"x_train", "x_test"} <= set(npz_keys(path)):
         train, val, validation = read_array(path, "x_train"), read_array(path, "x_test"), "array x_test"
     else:
-        train, val, validation = split_last(read_array(path), val_split)
+        train, val, validation, split = rule.apply(read_array(path, key))
     if train.shape[1:] != val.shape[1:]:
         raise AekitError(f"{path}: x_train images are {train.shape[1:]} but x_test are {val.shape[1:]}. Make them match.")
-    return DataSplits(train, val, PixelScaling.for_images(train), str(path), "npz", validation)
+    return DataSplits(train, val, rule.scaling(train, val), source, "npz", validation, split=split)
 
 
-def split_last(images, val_split: float):
-    """(train, val, description): the LAST `val_split` fraction held out (images, or a list of files to read)."""
-    n_val = max(1, int(round(len(images) * val_split)))
-    if n_val >= len(images):
-        raise AekitError(f"{len(images)} images are too few to hold out {val_split:.0%} for validation. Add images.")
-    return images[:-n_val], images[-n_val:], f"last {val_split:g} of the source ({n_val} images)"
-
-
-def _check_splits(splits: DataSplits) -> None:
+def _check_splits(splits: DataSplits, pixel_max: float | None = None) -> None:
     if len(splits.train) == 0 or len(splits.val) == 0:
         raise AekitError(
             f"{splits.source} gave {len(splits.train)} training and {len(splits.val)} validation images. Add images."
@@ -562,10 +649,20 @@ def _check_splits(splits: DataSplits) -> None:
             f"{splits.source}: training images are {splits.train.shape[1:]} but validation images are "
             f"{splits.val.shape[1:]}. Give both splits one image size."
         )
-    val_scaling = PixelScaling.for_images(splits.val)  # same NaN/range checks on the held-out part
-    if val_scaling != splits.scaling or splits.train.dtype.kind != splits.val.dtype.kind:
+    if (splits.train.dtype.kind == "f") != (splits.val.dtype.kind == "f"):
         raise AekitError(
-            f"{splits.source}: training images are {splits.train.dtype} scaled by 1/{splits.scaling.divide_by:g} but "
-            f"validation images are {splits.val.dtype} scaled by 1/{val_scaling.divide_by:g}. Store both splits alike "
-            "(uint8 0-255, or float 0-1)."
+            f"{splits.source}: training images are {splits.train.dtype} but validation images are {splits.val.dtype}. "
+            "Store both splits alike (uint8 0-255, or float 0-1)."
         )
+    # Each split alone must read as the same units as the whole (a 0-1 split beside a 0-255 one is a mistake).
+    for name, part in (("training", splits.train), ("validation", splits.val)):
+        try:
+            alone = PixelScaling.for_images(part, pixel_max=pixel_max)
+        except AekitError:
+            continue  # a dim part of a bright whole is not evidence of other units
+        if alone != splits.scaling:
+            other = "validation" if name == "training" else "training"
+            raise AekitError(
+                f"{splits.source}: the {name} images read as {alone.describe()} but the {other} images do not "
+                f"({splits.scaling.describe()} for both together). Store both splits alike (uint8 0-255, or float 0-1)."
+            )

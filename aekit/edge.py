@@ -2,8 +2,9 @@
 
 Imports only numpy, onnxruntime or ai-edge-litert (and Pillow for image folders).
 A session reads the `manifest.json` beside the file for the expected shapes and
-the pixel scaling, accepts uint8 or float images (one image or a batch) and
-returns float32 latents or images in [0, 1]. `device="cuda"` runs on CUDA or
+the pixel scaling, accepts uint8 or float images (one image or a batch), scales them by
+aekit.pixels' rule for the model (whole sources by the training rule, see `source_scaling`)
+and returns float32 latents or images in [0, 1]. `device="cuda"` runs on CUDA or
 raises (NoCudaError) unless `allow_fallback=True`; `session.provider` says what ran.
 
     >>> encoder = EncoderSession("runs/demo/export/encoder.onnx")
@@ -24,9 +25,9 @@ import numpy as np
 
 from aekit.errors import AekitError
 from aekit.manifest import MANIFEST, FileEntry, Manifest
-from aekit.pixels import UINT8_MAX, PixelScaling
+from aekit.pixels import UINT8_MAX, PixelRange, PixelScaling
 from aekit.runtimes import check_device, open_runner, run_batched
-from aekit.sources import IMAGE_SUFFIXES, iter_images
+from aekit.sources import IMAGE_SUFFIXES, iter_images, source_range
 
 INT8_LEVELS = 255  # codes use -128..127
 
@@ -83,7 +84,7 @@ class _Session:
         if self.entry.role != self.role:
             raise AekitError(f"{self.path.name} is an {self.entry.role}, not an {self.role}. Pass the {self.role} file.")
         self.runner = open_runner(self.path, self.requested_device, threads, allow_fallback)
-        self.scaling = PixelScaling(float(self.manifest.pixel_scaling["divide_by"]))
+        self.scaling = PixelScaling.from_json(self.manifest.pixel_scaling)  # how the model's training images were scaled
         self.image_shape = tuple(self.manifest.model["input_shape"])
         self.latent_dim = int(self.manifest.model["latent_dim"])
         _check_shapes(self)
@@ -120,8 +121,15 @@ class EncoderSession(_Session):
 
     role = "encoder"
 
-    def encode(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def encode(
+        self, images: np.ndarray, batch_size: int = 256, scaling: PixelScaling | None = None, pixel_max: float | None = None
+    ) -> np.ndarray:
         """Encodes one image (H, W, C) or a batch (N, H, W, C), uint8 or float, in the manifest's shape.
+
+        Args:
+            scaling: how to scale these images (a whole source's, from `source_scaling`); None: the
+                model's rule for them (`to_model_input`).
+            pixel_max: the images' white level, when they are not 0-255 or 0-1 (aekit.pixels).
 
         Returns:
             (latent_dim,) for one image, (N, latent_dim) for a batch; float32.
@@ -144,19 +152,37 @@ class EncoderSession(_Session):
                 f"Expected images of shape {self.image_shape} (or a batch of them), received {images.shape}. "
                 "Resize the images to the model's input shape."
             )
-        inputs = self.to_model_input(batch)
+        inputs = self.to_model_input(batch, scaling, pixel_max)
         codes = run_batched(self.runner, inputs, batch_size)
         return codes[0] if single else codes
 
-    def to_model_input(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype == np.uint8:
-            # Stored 0-255 pixels: the manifest's scaling (divide by 255) whatever the training source was.
-            return (self.scaling if self.scaling.divide_by == UINT8_MAX else PixelScaling(UINT8_MAX)).to_model_numpy(batch)
-        if not np.issubdtype(batch.dtype, np.floating):
-            raise AekitError(f"Images have dtype {batch.dtype}; expected uint8 (0-255) or float (0-1).")
-        if batch.size and (np.nanmax(batch) > 1.0 or np.nanmin(batch) < 0.0 or not np.isfinite(batch).all()):
-            raise AekitError("Float images must lie in [0, 1] with no NaN. Divide 0-255 data by 255 or pass uint8.")
-        return batch.astype(np.float32)
+    def to_model_input(
+        self, batch: np.ndarray, scaling: PixelScaling | None = None, pixel_max: float | None = None
+    ) -> np.ndarray:
+        """Float32 model inputs in [0, 1]: `scaling` (a whole source's), or the model's rule for this batch.
+
+        The model's rule (PixelScaling.for_model): its --pixel-max when it was trained with one, else
+        integers as 0-255 and floats as 0-1 (or 0-255 when they reach above 1), as training reads them.
+        """
+        if scaling is None:
+            scaling = self.scaling.for_model(PixelRange.of(batch), pixel_max)
+        elif batch.size:
+            found = PixelRange.of(batch)
+            if found.low < 0 or found.high > scaling.divide_by:
+                raise AekitError(
+                    f"Images span [{found.low:g}, {found.high:g}], outside the source's [0, {scaling.divide_by:g}]. "
+                    "Scale the whole source alike."
+                )
+        return scaling.to_model_numpy(batch)
+
+    def source_scaling(self, source: str | Path, pixel_max: float | None = None) -> PixelScaling:
+        """The scaling for a whole source, by the training rule (aekit.pixels): what `train` would use on it.
+
+        A model trained with --pixel-max takes that white level unless `pixel_max` names another. One
+        pass over the source reads its range; a source train would refuse is refused with the same fix.
+        """
+        named = pixel_max if pixel_max is not None else self.scaling.pixel_max
+        return PixelScaling.for_range(source_range(source), named, f"The images of {source}")
 
 
 class DecoderSession(_Session):
@@ -317,8 +343,11 @@ def encode_path(
     batch_size: int = 256,
     on_batch=None,
     overwrite: bool = False,
+    pixel_max: float | None = None,
 ) -> dict:
     """Encodes every image of `source` in batches into an .npz: latents, names, and int8 parameters if asked.
+
+    The source is scaled as a whole by the training rule (`EncoderSession.source_scaling`).
 
     The file also records the encoder, its run and the run's weights (so decode can refuse another run's
     decoder). An existing `output` is replaced only with `overwrite`; the source itself never.
@@ -333,8 +362,9 @@ def encode_path(
             raise AekitError(f"{encoder.path.parent / MANIFEST} has no latent_quantization. Re-export the run with this aekit.")
         quantizer = LatentQuantizer.from_json(params)
     names, chunks = [], []
+    scaling = encoder.source_scaling(source, pixel_max)
     for batch_names, images in iter_images(source, batch_size):
-        codes = encoder.encode(images, batch_size)
+        codes = encoder.encode(images, batch_size, scaling)
         chunks.append(quantizer.quantize(codes) if quantizer else codes.astype(np.float32))
         names += batch_names
         if on_batch:
@@ -360,6 +390,7 @@ def encode_path(
         "latent_dtype": latent_dtype,
         "bytes_per_image": int(latents.shape[1] * latents.itemsize),
         "output": str(output),
+        "pixel_scaling": scaling.describe(),
     }
 
 

@@ -89,12 +89,15 @@ class PackOptions:
         shard_size: images per shard.
         fingerprint: sha256 over the source files' names, sizes and mtimes (None for TFDS and the
             bundled sample), so a source changed since it was packed is noticed.
+        seed, val_from_end: the split rule (aekit.splits) for single-split sources.
     """
 
     dataset: str
     val_split: float
     shard_size: int
     fingerprint: str | None = None
+    seed: int = 0
+    val_from_end: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -107,15 +110,31 @@ class PackOptions:
             raise ValueError(f"options.dataset is {dataset!r}, not a source name")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ValueError(f"options.fingerprint is {fingerprint!r}, not a sha256")
+        seed = data.get("seed", 0)
+        # Packs written before seeded splits held out the last fraction.
+        from_end = data.get("val_from_end", True)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"options.seed is {seed!r}, not a seed")
+        if not isinstance(from_end, bool):
+            raise ValueError(f"options.val_from_end is {from_end!r}, not true or false")
         return cls(
             dataset,
             _fraction(data["val_split"], "options.val_split"),
             _count(data["shard_size"], "options.shard_size"),
             fingerprint,
+            seed,
+            from_end,
         )
 
     def same_request(self, other: PackOptions) -> bool:
-        return (self.dataset, self.val_split, self.shard_size) == (other.dataset, other.val_split, other.shard_size)
+        return self.request() == other.request()
+
+    def request(self) -> tuple:
+        return (self.dataset, self.val_split, self.shard_size, self.seed, self.val_from_end)
+
+    def describe(self) -> str:
+        split = "the last fraction" if self.val_from_end else f"seed {self.seed}"
+        return f"val_split {self.val_split:g} ({split}), shard_size {self.shard_size}"
 
 
 @dataclass(frozen=True)
@@ -126,6 +145,7 @@ class ShardRecord:
     images: int
     sha256: str
     bytes: int
+    high: int | None = None  # its brightest stored value, for the pixel rule (None: packed before it was recorded)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -136,7 +156,16 @@ class ShardRecord:
         file, sha256 = _plain_name(data["file"]), data["sha256"]
         if not isinstance(sha256, str) or not SHA256_TEXT.fullmatch(sha256):
             raise ValueError(f"shard {file} has sha256 {sha256!r}, not 64 hex digits")
-        return cls(file, _count(data["images"], f"shard {file}'s images"), sha256, _count(data["bytes"], f"shard {file}'s bytes"))
+        high = data.get("high")
+        if high is not None and (isinstance(high, bool) or not isinstance(high, int) or not 0 <= high <= UINT8_MAX):
+            raise ValueError(f"shard {file} has high {high!r}, not a uint8 value")
+        return cls(
+            file,
+            _count(data["images"], f"shard {file}'s images"),
+            sha256,
+            _count(data["bytes"], f"shard {file}'s bytes"),
+            high,
+        )
 
 
 @dataclass
@@ -212,8 +241,11 @@ class PackManifest:
         shape = _image_shape(data["image_shape"])
         scaling = data["pixel_scaling"]
         divide_by = scaling.get("divide_by") if isinstance(scaling, dict) else None
-        if isinstance(divide_by, bool) or not isinstance(divide_by, int | float) or divide_by != UINT8_MAX:
-            raise ValueError(f"pixel_scaling divide_by is {divide_by!r}; aekit packs store uint8 and divide by {UINT8_MAX:g}")
+        pixel_max = scaling.get("pixel_max") if isinstance(scaling, dict) else None
+        if isinstance(divide_by, bool) or not isinstance(divide_by, int | float) or not 0 < divide_by <= UINT8_MAX:
+            raise ValueError(f"pixel_scaling divide_by is {divide_by!r}; packs store uint8, divided by at most {UINT8_MAX:g}")
+        if divide_by != UINT8_MAX and pixel_max != divide_by:
+            raise ValueError(f"pixel_scaling divide_by is {divide_by!r} but pixel_max {pixel_max!r}; they must agree")
         options = PackOptions.from_json(data["options"])
         splits = {split: _split_records(data["splits"], split, options.shard_size) for split in SPLITS}
         seen: set[str] = set()
@@ -239,7 +271,7 @@ class PackManifest:
             options=options,
             val_split=_fraction(data["val_split"], "val_split"),
             note=note,
-            pixel_scaling=PixelScaling(float(divide_by)),
+            pixel_scaling=PixelScaling(float(divide_by), float(pixel_max) if pixel_max is not None else None),
             **text,
         )
         for split in SPLITS:
@@ -405,6 +437,9 @@ def pack(
     shard_size: int = DEFAULT_SHARD_SIZE,
     workers: int = 0,
     on_progress: Progress | None = None,
+    seed: int = 0,
+    val_from_end: bool = False,
+    pixel_max: float | None = None,
 ) -> PackResult:
     """Packs a training source into uint8 TFRecord shards plus dataset.json in `out`.
 
@@ -413,12 +448,18 @@ def pack(
             PNG/JPEG images, a .npz/.npy file, `bundled-mnist-sample`.
         out: the pack folder (local or any tf.io.gfile file system). New, empty, or holding an
             unfinished or finished pack of the same source and options.
-        val_split: for single-split sources, the LAST fraction held out for validation.
+        val_split: for single-split sources, the fraction held out for validation, drawn by
+            aekit.splits' rule (seeded, stratified over an image folder's sub-folders).
         data_dir: TFDS data directory.
         shard_size: images per shard (the last of a split may hold fewer).
         workers: processes decoding an image folder; 1 = this process only; 0 = one per core for folders
             of AUTO_PARALLEL_IMAGES or more (starting a process costs ~0.25 s), else this process.
         on_progress: called with (images done, images in all) after each chunk written.
+        seed, val_from_end: the split rule (aekit.splits): the draw's seed, or the last fraction.
+        pixel_max: the source's white level when it is not 0-255 or 0-1 (aekit.pixels). Shards hold
+            uint8; an image folder is stored as it is and its scaling decided from the shards'
+            brightest values once all are written (a refused range keeps the shards: the same
+            command with --pixel-max finishes the pack without writing them again).
 
     Returns:
         PackResult. Running it again with the same arguments continues an interrupted pack,
@@ -434,14 +475,17 @@ def pack(
         raise AekitError(f"--workers must be 0 (every core) or more, got {workers}.")
     if not 0.0 < val_split < 1.0:
         raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}.")
+    from aekit.pixels import check_pixel_max
+
+    check_pixel_max(pixel_max)
     tf = _tf()
     out = _folder_name(out)
-    options, image_list = _options_for(source, val_split, shard_size)
+    options, image_list = _options_for(source, val_split, shard_size, seed, val_from_end)
     prior = _claim_folder(tf, out, options)  # refuses foreign folders before the source is read
     reader = (
-        _FolderReader(Path(options.dataset), image_list, val_split)
+        _FolderReader(Path(options.dataset), image_list, options)
         if image_list is not None
-        else _load_arrays(source, val_split, data_dir)
+        else _load_arrays(source, options, data_dir, pixel_max)
     )
     plan = {split: _plan_split(split, reader.counts[split], shard_size) for split in SPLITS}
     total = sum(reader.counts.values())
@@ -465,6 +509,7 @@ def pack(
 
     def describe(splits: dict[str, list[ShardRecord]]) -> PackManifest:
         return PackManifest(
+            pixel_scaling=reader.pixel_scaling(splits, pixel_max),
             image_shape=list(reader.image_shape),
             source=reader.source,
             kind=reader.kind,
@@ -568,7 +613,11 @@ def _read_manifest(tf, folder: str, shown: str | None = None) -> PackManifest:
 
 def repack_command(options: PackOptions, out: str) -> str:
     """The `aekit data pack` command that makes (or repairs) the pack `options` describe in `out`."""
-    return f"aekit data pack {_q(options.dataset)} {_q(out)} --shard-size {options.shard_size} --val-split {options.val_split!r}"
+    split = " --val-from-end" if options.val_from_end else f" --seed {options.seed}" if options.seed else ""
+    return (
+        f"aekit data pack {_q(options.dataset)} {_q(out)} --shard-size {options.shard_size} --val-split {options.val_split!r}"
+        + split
+    )
 
 
 # --- the folder: claiming, state, atomic writes ------------------------------------------------
@@ -615,8 +664,7 @@ def _claim_folder(tf, out: str, options: PackOptions) -> dict:
 def _check_same(out: str, previous: PackOptions, options: PackOptions, what: str) -> None:
     if not previous.same_request(options):
         raise AekitError(
-            f"{out} {what} of {previous.dataset} (val_split {previous.val_split:g}, shard_size {previous.shard_size}), "
-            f"not of {options.dataset} (val_split {options.val_split:g}, shard_size {options.shard_size}). "
+            f"{out} {what} of {previous.dataset} ({previous.describe()}), not of {options.dataset} ({options.describe()}). "
             "Pick another OUT, or delete that folder first."
         )
     if previous.fingerprint != options.fingerprint:
@@ -689,13 +737,14 @@ def _write_shard(tf, folder, name, first_index, count, chunk_stream, advance, im
     image_value, index_value = feature["image"].bytes_list.value, feature["index"].int64_list.value
     image_value.append(b"")
     index_value.append(0)
-    written = last = 0
+    written = last = high = 0
     try:
         with tf.io.TFRecordWriter(partial) as writer:
             while written < count:
                 chunk = next(chunk_stream)
                 if chunk.shape[1:] != tuple(image_shape) or chunk.dtype != np.uint8:
                     raise AssertionError(f"chunk {chunk.shape} {chunk.dtype} in a pack of {image_shape} uint8")
+                high = max(high, int(chunk.max())) if chunk.size else high
                 for image in chunk:
                     image_value[0] = image.tobytes()
                     index_value[0] = first_index + written
@@ -707,7 +756,7 @@ def _write_shard(tf, folder, name, first_index, count, chunk_stream, advance, im
                     last = len(chunk)
         if written != count:
             raise AssertionError(f"{name}: wrote {written} images, planned {count}")
-        record = ShardRecord(name, count, _sha256(tf, partial), tf.io.gfile.stat(partial).length)
+        record = ShardRecord(name, count, _sha256(tf, partial), tf.io.gfile.stat(partial).length, high)
         tf.io.gfile.rename(partial, final, overwrite=True)
         return record, last
     except BaseException:
@@ -719,7 +768,9 @@ def _write_shard(tf, folder, name, first_index, count, chunk_stream, advance, im
 # --- sources -----------------------------------------------------------------------------------
 
 
-def _options_for(source: str, val_split: float, shard_size: int) -> tuple[PackOptions, list[Path] | None]:
+def _options_for(
+    source: str, val_split: float, shard_size: int, seed: int = 0, val_from_end: bool = False
+) -> tuple[PackOptions, list[Path] | None]:
     """(the options identifying a pack, the image files when the source is an image folder), from the
     source's file listing: no pixels read."""
     from aekit.sources import idx_files, image_files, source_kind
@@ -728,7 +779,7 @@ def _options_for(source: str, val_split: float, shard_size: int) -> tuple[PackOp
         raise AekitError("Name a source to pack: a TFDS name, a folder of IDX files or images, or a .npz/.npy file.")
     path = Path(source).expanduser()
     if not path.exists():
-        return PackOptions(source, val_split, shard_size, None), None
+        return PackOptions(source, val_split, shard_size, None, seed, val_from_end), None
     path = path.resolve()
     if path.is_dir() and is_packed(str(path)):
         raise AekitError(f"{path} is already a packed dataset. Train from it directly: aekit train --dataset {_q(str(path))}.")
@@ -739,15 +790,19 @@ def _options_for(source: str, val_split: float, shard_size: int) -> tuple[PackOp
         stat = file.stat()
         name = file.relative_to(path) if path.is_dir() else file.name
         digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return PackOptions(str(path), val_split, shard_size, digest.hexdigest()), files if kind == "images" else None
+    options = PackOptions(str(path), val_split, shard_size, digest.hexdigest(), seed, val_from_end)
+    return options, files if kind == "images" else None
 
 
-def _load_arrays(source: str, val_split: float, data_dir: str | None) -> _ArrayReader:
+def _load_arrays(source: str, options: PackOptions, data_dir: str | None, pixel_max: float | None) -> _ArrayReader:
     """The source loaded as aekit.data loads `--dataset`; its errors name SOURCE, pack's argument."""
     from aekit.data import load_data
 
     try:
-        return _ArrayReader(load_data(source, val_split, data_dir))
+        splits = load_data(
+            source, options.val_split, data_dir, seed=options.seed, val_from_end=options.val_from_end, pixel_max=pixel_max
+        )
+        return _ArrayReader(splits)
     except AekitError as exc:
         text = str(exc)
         for said, meant in (
@@ -771,20 +826,24 @@ class _ArrayReader:
         self.source, self.kind, self.validation, self.note = splits.source, splits.kind, splits.validation, splits.note
         self.scaling, self.source_dtype = splits.scaling, str(splits.train.dtype)
         if splits.train.dtype == np.uint8:
-            self.stored_as = "as-is"
+            self.stored_as = "as-is"  # and divided by the source's own scaling (255, or its --pixel-max)
+        elif splits.scaling.divide_by == UINT8_MAX:
+            self.stored_as = "round(x)"
         elif splits.scaling.divide_by == 1.0:
             self.stored_as = "round(x * 255)"
-        elif np.issubdtype(splits.train.dtype, np.floating):
-            self.stored_as = "round(x)"
         else:
-            self.stored_as = "cast to uint8"
+            self.stored_as = f"round(x * 255 / {splits.scaling.divide_by:g})"
 
     def to_uint8(self, images: np.ndarray) -> np.ndarray:
         if images.dtype == np.uint8:
             return np.ascontiguousarray(images)
-        if self.scaling.divide_by == 1.0:
-            images = np.asarray(images, np.float64) * UINT8_MAX
+        if self.scaling.divide_by != UINT8_MAX:
+            images = np.asarray(images, np.float64) * (UINT8_MAX / self.scaling.divide_by)
         return np.clip(np.rint(images), 0, UINT8_MAX).astype(np.uint8)
+
+    def pixel_scaling(self, splits, pixel_max: float | None) -> PixelScaling:
+        """How the stored uint8 become model inputs: the source's own scaling when stored as-is, else / 255."""
+        return self.scaling if self.stored_as == "as-is" else PixelScaling(UINT8_MAX)
 
     @contextmanager
     def session(self, workers: int):
@@ -809,16 +868,18 @@ class _FolderReader:
     stored_as = "as-is"
     note = None
 
-    def __init__(self, folder: Path, files: list[Path], val_split: float):
+    def __init__(self, folder: Path, files: list[Path], options: PackOptions):
         """`files`: aekit.sources.image_files(folder), the order read_image_folder reads."""
-        from aekit.data import split_last
         from aekit.sources import ACCEPTED, IMAGE_SUFFIXES, read_image
+        from aekit.splits import folder_groups, split_indices
 
         self.folder = folder
         if not files:
             raise AekitError(f"{folder} contains no IDX files and no {'/'.join(IMAGE_SUFFIXES)} images. Pass {ACCEPTED}.")
-        train, val, self.validation = split_last(files, val_split)
-        self.files = {"train": train, "val": val}
+        groups = folder_groups([str(f.relative_to(folder)) for f in files])
+        split = split_indices(len(files), options.val_split, options.seed, groups, options.val_from_end)
+        self.validation = split.describe()
+        self.files = {"train": [files[i] for i in split.train], "val": [files[i] for i in split.val]}
         self.counts = {split: len(names) for split, names in self.files.items()}
         pixels, self.mode = read_image(files[0])
         self.first = (str(files[0].relative_to(folder)), pixels.shape)
@@ -826,6 +887,15 @@ class _FolderReader:
         self.source = str(folder)
         self.workers = 1
         self.chunk = max(1, min(DECODE_CHUNK, DECODE_CHUNK_BYTES // math.prod(self.image_shape)))
+
+    def pixel_scaling(self, splits, pixel_max: float | None) -> PixelScaling:
+        """The pixel rule (aekit.pixels) on the shards' brightest values: the folder is stored as it is."""
+        from aekit.pixels import PixelRange
+
+        highs = [record.high for records in splits.values() for record in records]
+        high = UINT8_MAX if any(h is None for h in highs) else float(max(highs, default=0))
+        found = PixelRange("u", 0.0, high, sum(record.images for records in splits.values() for record in records))
+        return PixelScaling.for_range(found, pixel_max, f"The images of {self.folder}")
 
     @contextmanager
     def session(self, workers: int):

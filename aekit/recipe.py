@@ -15,9 +15,10 @@ from pathlib import Path
 from aekit import runs
 from aekit.data import dataset_identity
 from aekit.errors import AekitError
+from aekit.pixels import check_pixel_max
 
 # Recipe fields added after runs were already being recorded, with the value those runs trained with.
-RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999}
+RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999, "val_from_end": True}
 
 # The batch, rate and warm-up a run gets when it does not set them (TrainConfig.resolve).
 CPU_BATCH = 64  # global batch on a CPU (any number of CPU replicas)
@@ -55,6 +56,8 @@ class TrainConfig:
 
     dataset: str | None = None
     val_split: float = 0.1
+    val_from_end: bool = False  # hold out the last val_split instead of a seeded, stratified draw (aekit.splits)
+    pixel_max: float | None = None  # the source's white level when not 0-255 or 0-1 (aekit.pixels)
     epochs: int = 25
     batch_size: int | None = None  # None: CPU_BATCH, or GPU_BATCH_PER_REPLICA per GPU
     learning_rate: float | None = None  # None: BASE_LEARNING_RATE scaled to the batch (see resolve)
@@ -74,7 +77,18 @@ class TrainConfig:
     steps_per_execution: int = 0  # training steps per tf.function call (0: auto, ~10 ms of device work per call)
 
     # Settings that define the model or the data; a resumed run must keep them.
-    FIXED_ON_RESUME = ("dataset", "val_split", "filters", "latent_dim", "bn_momentum", "seed", "lr_schedule", "precision")
+    FIXED_ON_RESUME = (
+        "dataset",
+        "val_split",
+        "val_from_end",
+        "pixel_max",
+        "filters",
+        "latent_dim",
+        "bn_momentum",
+        "seed",
+        "lr_schedule",
+        "precision",
+    )
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -85,6 +99,7 @@ class TrainConfig:
             raise AekitError(f"--learning-rate must be a positive number, got {self.learning_rate}. Try 5e-3.")
         if not (math.isfinite(self.val_split) and 0.0 < self.val_split < 1.0):
             raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {self.val_split}. Try 0.1.")
+        check_pixel_max(self.pixel_max)
         if not (math.isfinite(self.worker_timeout) and self.worker_timeout > 0):
             raise AekitError(f"--worker-timeout must be a positive number of seconds, got {self.worker_timeout}.")
         if self.lr_schedule not in ("cosine", "constant"):

@@ -11,8 +11,10 @@ The rules, one set for every caller:
   grey ("L") when it is L, 1, I or I;16, else RGB; every later image is converted to it. All images
   must share one size. 16-bit grey images are scaled to 8 bits (value * 255 / 65535, rounded).
 - gzip is recognised by its magic bytes (1f 8b), never by the `.gz` suffix.
-- In a .npz the images are the first of NPZ_KEYS present (images, x, x_train, x_test), else the
-  only array it holds. Training also validates on x_test when x_train and x_test are both there.
+- In a .npz the images are the array named after a colon (`file.npz:x_test`), else the first of
+  NPZ_KEYS present (images, x, x_train, x_test), else the only array it holds (`npz_choice` says
+  which was read when there were several). Training also validates on x_test when x_train and
+  x_test are both there and no array is named.
 - Arrays are N x H x W or N x H x W x C with C in 1, 3, 4, integer or float: never pickles or
   object arrays, never an empty side.
 - Nothing is allocated from a header alone: IDX and .npy headers are checked against the file's
@@ -38,6 +40,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from aekit.errors import AekitError
+from aekit.pixels import PixelRange
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow's modes for 16-bit grey PNGs (and "I", how some versions open them): scaled to 8 bits, not clipped.
@@ -63,11 +66,40 @@ Batches = Iterator[tuple[list[str], np.ndarray]]
 # --- whole sources -------------------------------------------------------------
 
 
+def split_key(source: str | Path) -> tuple[str, str | None]:
+    """("file.npz", "key") for "file.npz:key"; any other source unchanged, with None."""
+    text = str(source)
+    head, sep, key = text.rpartition(":")
+    if sep and key and head.lower().endswith(".npz") and not any(c in key for c in "/\\") and not Path(text).exists():
+        return head, key
+    return text, None
+
+
+def npz_choice(source: str | Path) -> str | None:
+    """When a .npz holding several arrays is read without naming one: which array is read, in words."""
+    text, key = split_key(source)
+    path = Path(text)
+    if key is not None or path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    keys = npz_keys(path)
+    if len(keys) < 2:
+        return None
+    chosen = _pick_npz_key(path, keys)
+    others = ", ".join(k for k in keys if k != chosen)
+    return f"read array {chosen!r} of {path.name} (it also holds {others}); name another with {path.name}:KEY"
+
+
 def source_kind(path: str | Path) -> str:
     """What a path holds: "idx", "npz", "npy" or "images" (a folder of PNG/JPEG files).
 
     Raises AekitError for a missing path or a file aekit does not read.
     """
+    text, key = split_key(path)
+    if key is not None:
+        path = Path(text)
+        if not path.is_file():
+            raise AekitError(f"{path} does not exist. Pass {ACCEPTED}.")
+        return "npz"
     path = Path(path)
     if not path.exists():
         raise AekitError(f"{path} does not exist. Pass {ACCEPTED}.")
@@ -96,10 +128,11 @@ def iter_images(path: str | Path, batch_size: int | None = 256) -> Batches:
         >>> [len(b) for _, b in iter_images("../shared/data/mnist", 4096)]
         [4096, 4096, 1808]
     """
-    path = Path(path)
+    kind = source_kind(path)
+    text, key = split_key(path)
+    path = Path(text)
     if batch_size is not None and batch_size < 1:
         raise AekitError(f"--batch-size must be at least 1, got {batch_size}.")
-    kind = source_kind(path)
     if kind == "idx":
         start = 0
         for file in idx_files(path):
@@ -109,7 +142,7 @@ def iter_images(path: str | Path, batch_size: int | None = 256) -> Batches:
     elif kind == "images":
         yield from iter_image_folder(path, batch_size)
     else:
-        yield from iter_array(path, batch_size)
+        yield from iter_array(path, batch_size, key)
 
 
 def read_images(path: str | Path) -> np.ndarray:
@@ -120,6 +153,20 @@ def read_images(path: str | Path) -> np.ndarray:
     return batches[0] if len(batches) == 1 else np.concatenate(batches)
 
 
+def source_range(path: str | Path, batch_size: int = 256) -> PixelRange:
+    """The dtype kind and pixel extremes of a whole source, read batch by batch (for aekit.pixels' rule)."""
+    found = None
+    for names, images in iter_images(path, batch_size):
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            bad = names[int(np.argmin(np.isfinite(images.reshape(len(images), -1)).all(axis=1)))]
+            raise AekitError(f"Image {bad!r} of {path} has NaN or infinite pixels. Drop or repair it.")
+        part = PixelRange.of(images, f"The images of {path}")
+        found = part if found is None else found.merge(part)
+    if found is None:
+        raise AekitError(f"{path} holds no images. Pass a non-empty source.")
+    return found
+
+
 def count_images(path: str | Path) -> int | None:
     """How many images `iter_images` will yield, from headers only; None when it cannot tell cheaply."""
     try:
@@ -128,7 +175,8 @@ def count_images(path: str | Path) -> int | None:
             return len(image_files(path))
         if kind == "idx":
             return sum(idx_header_of(file)[0] for file in idx_files(path))
-        return int(_array_header(Path(path))[0][0])
+        text, key = split_key(path)
+        return int(_array_header(Path(text), key)[0][0])
     except (AekitError, IndexError):
         return None
 

@@ -105,8 +105,9 @@ def _train(config: TrainConfig, run_dir: Path, callback: TrainCallback, placemen
         model = _build_model(config, placement, splits.image_shape, steps_per_epoch)
         state = _Checkpoints(run_dir, model, placement)
         history, start_epoch, start_step = _restore(state, config, steps_per_epoch)
+        plan = _plan_schedule(run_dir, config, model, steps_per_epoch, start_epoch, start_step)
         if placement.is_chief:
-            _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch)
+            _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch, plan)
         batches = _training_batches(config, placement, splits, steps_per_epoch, start_epoch, start_step)
         run = _Run(config, placement, run_dir, splits, steps_per_epoch, model, state, callback)
         history = _train_epochs(run, batches, history, start_epoch, start_step)
@@ -158,7 +159,14 @@ def _claim(run_dir: Path, placement: Placement):
 
 
 def _load_data(config: TrainConfig, placement: Placement) -> tuple[DataSplits | PackedSplits, int]:
-    splits = load_data(config.dataset, config.val_split, config.data_dir)
+    splits = load_data(
+        config.dataset,
+        config.val_split,
+        config.data_dir,
+        seed=config.seed,
+        val_from_end=config.val_from_end,
+        pixel_max=config.pixel_max,
+    )
     check_divisible(splits.image_shape, len(config.filters))
     steps_per_epoch = _check_batch(config, placement, splits.count("train"))
     if isinstance(splits, PackedSplits):  # each worker reads its own shards: they must feed it
@@ -192,7 +200,7 @@ def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_p
             synchronized_bn=placement.num_replicas > 1,
             fused_bn=True,
         )
-        optimizer = FusedAdam(learning_rate=_schedule(config, steps_per_epoch), beta_2=config.adam_beta_2)
+        optimizer = FusedAdam(learning_rate=_schedule(config), beta_2=config.adam_beta_2)
         if placement.precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(autoencoder.trainable_variables)
@@ -281,9 +289,9 @@ def _has_trained(run_dir: Path) -> bool:
 
 
 def _prepare_run_folder(
-    run_dir: Path, config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int
+    run_dir: Path, config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int, plan: dict | None
 ) -> None:
-    runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch))
+    runs.write_json(run_dir / runs.CONFIG, _config_record(config, splits, placement, steps_per_epoch, plan))
     (run_dir / runs.METRICS).unlink(missing_ok=True)  # unfinished again until this run ends
     runs.remove_partials(run_dir)  # what a killed run was writing when it died
 
@@ -594,22 +602,103 @@ def _check_batch(config: TrainConfig, placement: Placement, n_train: int) -> int
     return n_train // config.batch_size
 
 
-def _schedule(config: TrainConfig, steps_per_epoch: int):
-    import keras
+FINAL_RATE = 0.01  # the cosine schedule ends at this fraction of the peak
 
+
+def _schedule(config: TrainConfig):
+    """The optimizer's learning rate: a number, or a RunSchedule whose plan `_plan_schedule` sets once restored."""
     if config.lr_schedule == "constant":
         return config.learning_rate
-    # A linear warm-up from a tenth of the peak (at most a quarter of the run), then a cosine
-    # decay to 1% of the peak by the last step of the run.
-    total = config.epochs * steps_per_epoch
-    warmup = min(config.warmup_steps, total // 4)
-    return keras.optimizers.schedules.CosineDecay(
-        config.learning_rate / 10 if warmup else config.learning_rate,
-        decay_steps=total - warmup,
-        alpha=0.01,
-        warmup_target=config.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
+    return _run_schedule_class()()
+
+
+def _run_schedule_class():
+    import keras
+    import tensorflow as tf
+
+    class RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        """The run's plan (see `_plan_schedule`): a warm-up and cosine decay over the steps first planned,
+        then, for each resume that changed the steps left, a cosine from the rate reached to 1% of the peak."""
+
+        def __init__(self, plan: dict | None = None):
+            self.plan = plan
+
+        def __call__(self, step):
+            plan, step = self.plan, tf.cast(step, tf.float32)
+            warmup = plan["warmup_steps"]
+            base = keras.optimizers.schedules.CosineDecay(
+                plan["peak"] / 10 if warmup else plan["peak"],
+                decay_steps=plan["base_total_steps"] - warmup,
+                alpha=FINAL_RATE,
+                warmup_target=plan["peak"] if warmup else None,
+                warmup_steps=warmup,
+            )
+            rate = base(step)
+            for piece in plan["extensions"]:
+                start, end = float(piece["from_step"]), float(piece["to_step"])
+                done = tf.clip_by_value((step - start) / max(end - start, 1.0), 0.0, 1.0)
+                cosine = piece["to_lr"] + (piece["from_lr"] - piece["to_lr"]) * 0.5 * (1.0 + tf.cos(math.pi * done))
+                rate = tf.where(step >= start, tf.cast(cosine, rate.dtype), rate)
+            return rate
+
+        def get_config(self) -> dict:
+            return {"plan": self.plan}
+
+    return RunSchedule
+
+
+def _plan_schedule(run_dir: Path, config: TrainConfig, model: _Model, steps_per_epoch: int, start_epoch: int, start_step: int):
+    """The learning-rate plan of this (re)start, set on the optimizer's schedule and recorded in config.json.
+
+    A new run plans a warm-up and cosine decay over all its steps. A resume whose steps left still end
+    where the plan ends keeps it, so the run is the run it would have been. A resume that moves the end
+    (more --epochs, another --batch-size) continues from the rate it reached, with a cosine down to 1%
+    of the peak at the new last step: no jump. A new --learning-rate starts that cosine at the new peak.
+    """
+    if config.lr_schedule != "cosine":
+        return None
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # LossScaleOptimizer wraps the one that steps
+    schedule = optimizer._learning_rate  # the RunSchedule given to the constructor
+    done = int(optimizer.iterations.numpy())
+    end = done + (config.epochs - start_epoch) * steps_per_epoch - start_step
+    previous = _previous_plan(run_dir) if done else None
+    if previous is None:
+        total = max(end, 1)
+        plan = {"peak": config.learning_rate, "warmup_steps": min(config.warmup_steps, total // 4), "base_total_steps": total}
+        plan["extensions"] = []
+    else:
+        plan = {**previous, "extensions": list(previous["extensions"])}
+        last_end = plan["extensions"][-1]["to_step"] if plan["extensions"] else plan["base_total_steps"]
+        if last_end != end or plan.get("current_peak", plan["peak"]) != config.learning_rate:
+            schedule.plan = plan
+            reached = float(schedule(done).numpy())
+            new_peak = plan.get("current_peak", plan["peak"]) != config.learning_rate
+            plan["extensions"].append(
+                {
+                    "from_step": done,
+                    "to_step": max(end, done + 1),
+                    "from_lr": config.learning_rate if new_peak else reached,
+                    "to_lr": FINAL_RATE * config.learning_rate,
+                }
+            )
+            plan["current_peak"] = config.learning_rate
+    schedule.plan = plan
+    return plan
+
+
+def _previous_plan(run_dir: Path) -> dict | None:
+    """The plan config.json recorded; for a run recorded before plans, the one its recipe implied."""
+    if not runs.is_run_dir(run_dir):
+        return None
+    record = read_config(run_dir)
+    if isinstance(record.get("lr_plan"), dict):
+        return record["lr_plan"]
+    recipe, steps = TrainConfig.from_json(record["recipe"]), record.get("steps_per_epoch")
+    if recipe.lr_schedule != "cosine" or not isinstance(steps, int) or recipe.learning_rate is None:
+        return None
+    total = recipe.epochs * steps
+    warmup = min(recipe.warmup_steps or 0, total // 4)
+    return {"peak": recipe.learning_rate, "warmup_steps": warmup, "base_total_steps": total, "extensions": []}
 
 
 def make_train_steps(strategy, model, optimizer, batches, precision: str):
@@ -758,7 +847,9 @@ def _write_outputs(run_dir, history, encoder, decoder, autoencoder, predict, gri
     plot_reconstructions(grid_images, _predict_numpy(predict, grid_images), run_dir / runs.RECONSTRUCTIONS)
 
 
-def _config_record(config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int) -> dict:
+def _config_record(
+    config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int, plan: dict | None = None
+) -> dict:
     import keras
     import tensorflow as tf
 
@@ -773,6 +864,7 @@ def _config_record(config: TrainConfig, splits: DataSplits, placement: Placement
         "data": splits.describe(),
         "placement": placement.describe(),
         "steps_per_epoch": steps_per_epoch,
+        "lr_plan": plan,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "pid": os.getpid(),
     }

@@ -58,7 +58,20 @@ def pack(
     out: Annotated[
         str, typer.Argument(help="Folder for the shards and dataset.json: new or empty, or an earlier pack to resume.")
     ],
-    val_split: Annotated[float, typer.Option(help="For single-split sources: the LAST fraction, held out for validation.")] = 0.1,
+    val_split: Annotated[
+        float,
+        typer.Option(
+            help="For single-split sources: the fraction held out for validation, a seeded random draw "
+            "(stratified over an image folder's sub-folders)."
+        ),
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the validation draw (train's --seed, to split as train would).")] = 0,
+    val_from_end: Annotated[
+        bool, typer.Option("--val-from-end", help="Hold out the LAST --val-split instead (data ordered on purpose).")
+    ] = False,
+    pixel_max: Annotated[
+        Optional[float], typer.Option(help="The value of white when pixels are not 0-255 or 0-1 (e.g. 16, 4095).")
+    ] = None,
     shard_size: Annotated[int, typer.Option(help="Images per shard file.")] = DEFAULT_SHARD_SIZE,
     workers: Annotated[
         int,
@@ -105,7 +118,16 @@ def pack(
 
     try:
         result = pack_source(
-            source, out, val_split=val_split, data_dir=data_dir, shard_size=shard_size, workers=workers, on_progress=on_progress
+            source,
+            out,
+            val_split=val_split,
+            data_dir=data_dir,
+            shard_size=shard_size,
+            workers=workers,
+            on_progress=on_progress,
+            seed=seed,
+            val_from_end=val_from_end,
+            pixel_max=pixel_max,
         )
     except KeyboardInterrupt:
         if task is not None:

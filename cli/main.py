@@ -164,7 +164,11 @@ TRAIN_HELP = {
     "filters": "Channels of each stride-2 conv block. Image sides must divide by 2^blocks.",
     "latent_dim": "Size of the latent code.",
     "bn_momentum": "BatchNorm moving-average momentum.",
-    "val_split": "For sources with one split: the LAST fraction held out for validation.",
+    "val_split": "For sources with one split: the fraction held out for validation, a seeded random draw "
+    "(stratified over an image folder's sub-folders).",
+    "val_from_end": "Hold out the LAST --val-split of the source instead, for data ordered on purpose (time series, frames).",
+    "pixel_max": "The value of white when pixels are not 0-255 or 0-1 (e.g. 16 for 0-16 digits, 4095 for 12-bit); "
+    "recorded in the run and its exports.",
     "gpus": "0 = CPU; N = MirroredStrategy over N GPUs. Default: every visible GPU, else CPU.",
     "cpu_replicas": "Split the CPU into N logical devices and mirror over them (multi-replica path without GPUs).",
     "precision": "auto | float32 | mixed_float16 | mixed_bfloat16. auto: mixed_float16 on GPUs, float32 on CPU.",
@@ -192,7 +196,7 @@ RECIPE_DEFAULTS = {
 }
 
 
-def train_option(name: str, *flags: str):
+def train_option(name: str, *flags: str, **extra):
     """The typer.Option of a train setting: its help text, with the default recipe's value where it has one."""
     text = TRAIN_HELP[name]
     if name in RECIPE_DEFAULTS:
@@ -201,7 +205,7 @@ def train_option(name: str, *flags: str):
             ",".join(map(str, value)) if isinstance(value, tuple) else format(value, "g") if isinstance(value, float) else value
         )
         text += f" (default: {shown})"
-    return typer.Option(*flags, help=text)
+    return typer.Option(*flags, help=text, **extra)
 
 
 @app.command()
@@ -217,6 +221,8 @@ def train(
     latent_dim: Annotated[Optional[int], train_option("latent_dim")] = None,
     bn_momentum: Annotated[Optional[float], train_option("bn_momentum")] = None,
     val_split: Annotated[Optional[float], train_option("val_split")] = None,
+    val_from_end: Annotated[Optional[bool], train_option("val_from_end", "--val-from-end", show_default=False)] = None,
+    pixel_max: Annotated[Optional[float], train_option("pixel_max")] = None,
     gpus: Annotated[Optional[int], train_option("gpus")] = None,
     cpu_replicas: Annotated[Optional[int], train_option("cpu_replicas")] = None,
     precision: Annotated[Optional[str], train_option("precision")] = None,
@@ -251,6 +257,8 @@ def train(
         "latent_dim": latent_dim,
         "bn_momentum": bn_momentum,
         "val_split": val_split,
+        "val_from_end": val_from_end,
+        "pixel_max": pixel_max,
         "gpus": gpus,
         "cpu_replicas": cpu_replicas,
         "precision": precision,
@@ -414,12 +422,23 @@ EDGE_DEVICE_HELP = (
 )
 EDGE_FALLBACK_HELP = "With --device cuda: run on the CPU when CUDA cannot, instead of failing."
 THREADS_HELP = "CPU threads, 1 to 4 per logical core (default: the physical cores)."
+SOURCE_HELP = "Image folder, .npz/.npy file (FILE.npz:KEY picks an array) or *-images-idx3-ubyte[.gz] file."
+PIXEL_MAX_HELP = "The images' value of white when not 0-255 or 0-1 (default: the one the model was trained with, if any)."
+
+
+def say_npz_choice(source) -> None:
+    """One line on stderr when a .npz of several arrays is read without naming one."""
+    from aekit.sources import npz_choice
+
+    note = npz_choice(source)
+    if note:
+        err_console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command()
 @edge_errors
 def encode(
-    source: Annotated[Path, typer.Argument(help="Image folder, .npz/.npy file or *-images-idx3-ubyte[.gz] file.")],
+    source: Annotated[Path, typer.Argument(help=SOURCE_HELP)],
     model: Annotated[Path, typer.Option(help="Exported encoder (.onnx or .tflite) with its manifest.json beside it.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Latents file to write (.npz).")],
     latent_dtype: Annotated[
@@ -432,6 +451,7 @@ def encode(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the output file if it already exists (never the source itself).")
     ] = False,
+    pixel_max: Annotated[Optional[float], typer.Option(help=PIXEL_MAX_HELP)] = None,
 ):
     """Encode images into latent codes (TensorFlow-free)."""
     from aekit.cli.render import counting_progress
@@ -440,9 +460,17 @@ def encode(
 
     check_encode_output(source, output, overwrite)  # before the model is loaded
     encoder = EncoderSession(model, device, threads, allow_fallback)
+    say_npz_choice(source)
     with counting_progress(err_console, "encoding", count_images(source)) as advance:
         summary = encode_path(
-            encoder, source, output, latent_dtype, _positive(batch_size, "--batch-size"), advance, overwrite=overwrite
+            encoder,
+            source,
+            output,
+            latent_dtype,
+            _positive(batch_size, "--batch-size"),
+            advance,
+            overwrite=overwrite,
+            pixel_max=pixel_max,
         )
     out_console.print(
         f"Encoded {summary['images']:,} images → {summary['output']} ({summary['latent_dim']} × {summary['latent_dtype']} "
@@ -485,7 +513,13 @@ def reconstruct(
     decoder: Annotated[Path, typer.Option(help="Exported decoder file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for reconstruction.csv and reconstructions.png.")],
     batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
-    grid: Annotated[int, typer.Option(help="Images in the originals-beside-reconstructions picture.")] = 10,
+    grid: Annotated[
+        int,
+        typer.Option(
+            help="Images in reconstructions.png, spread evenly over the source, each above its reconstruction and PSNR "
+            "(cells upscaled to 64 px or more); 0: no picture."
+        ),
+    ] = 10,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
     threads: Annotated[Optional[int], typer.Option(help=THREADS_HELP)] = None,
@@ -528,14 +562,29 @@ def score(
     encoder: Annotated[Path, typer.Option(help="Exported encoder file.")] = ...,
     decoder: Annotated[Path, typer.Option(help="Exported decoder file.")] = ...,
     calibrate: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
-            help="Normal images: set the threshold at their --quantile of reconstruction MSE and save it to --threshold."
+            help="Normal images the run never trained on, or 'val' for the run's validation split (a folder named val: "
+            "./val): set the threshold at their --quantile of reconstruction MSE and save it to --threshold."
         ),
     ] = None,
     quantile: Annotated[float, typer.Option(help="Quantile of normal scores used as the threshold.")] = 0.99,
     threshold: Annotated[Path, typer.Option(help="Threshold JSON to write (with --calibrate) or read.")] = Path("threshold.json"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="CSV of per-image scores and flags.")] = None,
+    normal: Annotated[
+        Optional[Path],
+        typer.Option(help="Labelled normal images (with --anomalous): report ROC AUC, and the threshold's false-positive rate."),
+    ] = None,
+    anomalous: Annotated[
+        Optional[Path],
+        typer.Option(help="Labelled anomalous images (with --normal): report ROC AUC, and the threshold's detection rate."),
+    ] = None,
+    histogram: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="PNG of the --normal and --anomalous MSE distributions (default: score_histogram.png beside --threshold)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images at a time.")] = 256,
     device: Annotated[str, typer.Option(help=EDGE_DEVICE_HELP)] = "cpu",
     allow_fallback: Annotated[bool, typer.Option("--allow-fallback", help=EDGE_FALLBACK_HELP)] = False,
@@ -543,28 +592,59 @@ def score(
     json_out: Annotated[bool, typer.Option("--json", help="Print the counts (and what ran the files) as JSON.")] = False,
     overwrite: Annotated[
         bool,
-        typer.Option("--overwrite", help="Replace the --threshold file (with --calibrate) and the -o CSV if they already exist."),
+        typer.Option(
+            "--overwrite",
+            help="Replace the --threshold file (with --calibrate), the -o CSV and the --histogram PNG if they already exist.",
+        ),
     ] = False,
 ):
-    """Anomaly scores: reconstruction error per image against a threshold calibrated on normal data."""
-    from aekit import anomaly
+    """Anomaly scores: reconstruction error per image against a threshold calibrated on normal data.
+
+    With --normal and --anomalous (labelled sets): how well the scores separate them (ROC AUC, the threshold's
+    false-positive and detection rates) and a histogram of both.
+    """
+    from aekit import anomaly, anomaly_report
     from aekit.cli.render import counting_progress
     from aekit.sources import count_images
 
-    anomaly.check_score_request(source, calibrate, quantile, threshold, output, overwrite)
-    limit = anomaly.Threshold.load(threshold) if calibrate is None else None
+    if normal is not None and histogram is None:
+        histogram = anomaly_report.default_histogram(threshold)
+    anomaly.check_score_request(source, calibrate, quantile, threshold, output, overwrite, normal, anomalous, histogram)
+    limit = None if calibrate is not None else anomaly.load_threshold(threshold, encoder, required=source is not None)
     enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
     batch_size = _positive(batch_size, "--batch-size")
     report = {"ran_on": {"encoder": enc.ran_on(), "decoder": dec.ran_on()}}
     if calibrate is not None:
-        with counting_progress(err_console, "calibrating", count_images(calibrate)) as advance:
+        total = None if calibrate == anomaly.VALIDATION else count_images(calibrate)
+        with counting_progress(err_console, "calibrating", total) as advance:
             limit = anomaly.calibrate(enc, dec, calibrate, quantile, threshold, batch_size, advance, overwrite=overwrite)
         report["calibration"] = limit.to_json()
+        if warning := anomaly.calibration_warning(limit):
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         if not json_out:
             out_console.print(
                 f"Threshold MSE {limit.mse:.5f} = quantile {limit.quantile:g} of {limit.calibration_images:,} normal "
-                f"images → {threshold}"
+                f"images ({limit.calibrated_on or 'origin unknown'}) → {threshold}"
                 f"{_ran_on(enc, dec)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if normal is not None:
+        counts = [count_images(normal), count_images(anomalous)]
+        with counting_progress(err_console, "evaluating", None if None in counts else sum(counts)) as advance:
+            found = anomaly_report.evaluate(enc, dec, normal, anomalous, limit, histogram, batch_size, advance, overwrite)
+        report["evaluation"] = found.to_json()
+        if not json_out:
+            rates = (
+                f"; threshold MSE {limit.mse:.5f} flags {found.false_positive_rate:.1%} of normal "
+                f"({found.false_positives:,}/{len(found.normal):,}) and detects {found.detection_rate:.1%} of anomalous "
+                f"({found.detections:,}/{len(found.anomalous):,})"
+                if limit is not None
+                else f" (no {threshold}: --calibrate to get the false-positive and detection rates)"
+            )
+            out_console.print(
+                f"{len(found.normal):,} normal, {len(found.anomalous):,} anomalous images: ROC AUC {found.auc:.4f}{rates} "
+                f"→ {found.histogram}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -11,12 +11,23 @@ from aekit import AekitError, data
 from aekit.data import DeviceImages, load_data, network_reachable
 
 
-def test_idx_folder_takes_the_last_fraction_as_validation(mnist_dir):
+def test_idx_folder_holds_out_a_seeded_random_fraction(mnist_dir):
     splits = load_data(str(mnist_dir), val_split=0.2)
     assert splits.train.shape == (8000, 28, 28, 1) and splits.val.shape == (2000, 28, 28, 1)
     assert splits.train.dtype == np.uint8 and splits.scaling.divide_by == 255.0
+    drawn = splits.split.val
+    assert len(drawn) == 2000 and drawn.min() < 500 and drawn.max() > 9500  # from the whole source, not its tail
+    np.testing.assert_array_equal(splits.val[..., 0], read_mnist()[drawn])
+    assert splits.kind == "idx" and "seeded random 0.2" in splits.validation and "seed 0" in splits.validation
+    again, other = load_data(str(mnist_dir), val_split=0.2), load_data(str(mnist_dir), val_split=0.2, seed=1)
+    np.testing.assert_array_equal(again.split.val, drawn)  # a pure function of the seed and the source
+    assert len(np.intersect1d(other.split.val, drawn)) < 600  # another seed, another draw (~400 shared by chance)
+
+
+def test_val_from_end_keeps_the_last_fraction_for_ordered_data(mnist_dir):
+    splits = load_data(str(mnist_dir), val_split=0.2, val_from_end=True)
     np.testing.assert_array_equal(splits.val[..., 0], read_mnist()[-2000:])
-    assert splits.kind == "idx" and "last 0.2" in splits.validation
+    assert "last 0.2" in splits.validation and splits.describe()["split"]["rule"] == "last"
 
 
 def test_idx_folder_with_train_and_test_files_uses_the_test_file(tmp_path, mnist_dir):

@@ -17,7 +17,9 @@ from support import read_mnist
 from typer.testing import CliRunner
 
 from aekit import AekitError
+from aekit.data import load_data
 from aekit.packed import MANIFEST, STATE, PackedDataset, is_packed, pack
+from aekit.splits import split_indices
 
 
 @pytest.fixture(scope="module")
@@ -78,16 +80,17 @@ def test_pack_round_trips_exactly(reference):
     assert data["splits"]["train"]["images"] == 480 and data["splits"]["val"]["images"] == 120
     assert [r["images"] for r in data["splits"]["train"]["shards"]] == [100, 100, 100, 100, 80]
     assert [r["file"] for r in data["splits"]["val"]["shards"]] == ["val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
-    assert data["validation"] == "last 0.2 of the source (120 images)" and data["kind"] == "npz"
+    assert data["validation"] == "seeded random 0.2 of the source (120 images, seed 0)" and data["kind"] == "npz"
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, *shas(out)])  # no state or partial files left
     assert result.written_shards == 7 and result.written_images == 600 and not result.already_packed
 
     packed = PackedDataset.open(out)
     assert packed.counts == {"train": 480, "val": 120} and packed.image_shape == (28, 28, 1) and is_packed(out)
     assert packed.identity == data["identity"] == result.manifest.identity
-    np.testing.assert_array_equal(packed.read("train"), source[:480])
-    np.testing.assert_array_equal(packed.read("val"), source[480:])
-    np.testing.assert_array_equal(packed.read("val", limit=7), source[480:487])
+    split = split_indices(600, 0.2, seed=0)  # the rule training uses on the same source
+    np.testing.assert_array_equal(packed.read("train"), source[split.train])
+    np.testing.assert_array_equal(packed.read("val"), source[split.val])
+    np.testing.assert_array_equal(packed.read("val", limit=7), source[split.val[:7]])
     batches = list(packed.val_batches(50, with_index=True))
     assert [len(x) for x, _ in batches] == [50, 50, 20]
     assert np.concatenate([i.numpy() for _, i in batches]).tolist() == list(range(120))
@@ -105,7 +108,7 @@ def test_float_sources_are_stored_as_rounded_uint8(tmp_path):
     data = json.loads((tmp_path / "out" / MANIFEST).read_text())
     assert data["stored_as"] == "round(x * 255)" and data["source_dtype"] == "float32"
     packed = PackedDataset.open(tmp_path / "out")
-    np.testing.assert_array_equal(packed.read("train"), images[:120, ..., None])
+    np.testing.assert_array_equal(packed.read("train"), images[split_indices(150, 0.2).train, ..., None])
     assert result.manifest.count("val") == 30
 
 
@@ -127,7 +130,7 @@ def test_every_file_goes_through_tf_io_gfile(digits, tmp_path):
     result = pack(str(digits), out, val_split=0.2, shard_size=100)
     assert result.kept_shards == 1 and is_packed(out) and not tf.io.gfile.exists(f"{out}/{STATE}")
     packed = PackedDataset.open(out)
-    np.testing.assert_array_equal(packed.read("val"), read_mnist(600)[480:, ..., None])
+    np.testing.assert_array_equal(packed.read("val"), read_mnist(600)[split_indices(600, 0.2).val, ..., None])
     assert pack(str(digits), out, val_split=0.2, shard_size=100).already_packed
 
 
@@ -239,7 +242,7 @@ def test_refusals(digits, reference, tmp_path):
 
 def test_train_stream_is_a_pure_function_of_seed_and_epoch(reference):
     packed = PackedDataset.open(reference[0], verify=False)
-    source = read_mnist(600)[..., None]
+    source = read_mnist(600)[split_indices(600, 0.2).train, ..., None]  # the train split, in its stored order
     steps = packed.steps_per_epoch(32, 1)
     assert steps == 15
 
@@ -307,14 +310,15 @@ def test_image_folder_packs_in_parallel_like_read_image_folder(tmp_path):
         sub = folder / ("a" if i % 3 else "b")  # nested, so the order is read_image_folder's, not the writing order
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray(digit).save(sub / f"{i:03d}.png")
-    expected = read_image_folder(folder)
+    expected = load_data(str(folder))  # the same split, stratified over a/ and b/
     result = pack(str(folder), tmp_path / "out", shard_size=16, workers=2)
     assert result.workers == 2 and result.manifest.kind == "images"
     packed = PackedDataset.open(tmp_path / "out")
     assert packed.counts == {"train": 54, "val": 6} and len(packed.shards["train"]) == 4
-    np.testing.assert_array_equal(packed.read("train"), expected[:54])
-    np.testing.assert_array_equal(packed.read("val"), expected[54:])
-    assert packed.manifest.validation == "last 0.1 of the source (6 images)"
+    np.testing.assert_array_equal(packed.read("train"), expected.train)
+    np.testing.assert_array_equal(packed.read("val"), expected.val)
+    assert packed.manifest.validation == expected.validation and "stratified over 2 sub-folders" in expected.validation
+    assert read_image_folder(folder).shape == (60, 28, 28, 1)
     serial = pack(str(folder), tmp_path / "serial", shard_size=16)  # workers=0: too few images to start processes
     assert serial.workers == 1 and serial.manifest.identity == result.manifest.identity
 
@@ -412,7 +416,7 @@ def train_shard(data, index=0):
 @pytest.mark.parametrize(
     "mutate, words",
     [
-        (lambda d: d["pixel_scaling"].update(divide_by=1.0), r"divide_by is 1\.0; aekit packs store uint8 and divide by 255"),
+        (lambda d: d["pixel_scaling"].update(divide_by=1.0), r"divide_by is 1\.0 but pixel_max None; they must agree"),
         (lambda d: d["pixel_scaling"].update(divide_by=0), "divide_by is 0;"),
         (lambda d: d["pixel_scaling"].update(divide_by=float("nan")), "divide_by is nan;"),
         (lambda d: d["pixel_scaling"].update(divide_by="255"), "divide_by is '255';"),
