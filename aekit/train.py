@@ -595,9 +595,16 @@ def _check_batch(config: TrainConfig, placement: Placement, n_train: int) -> int
             f"Use a multiple of {replicas}, e.g. --batch-size {lower}."
         )
     if config.batch_size > n_train:
+        if n_train < replicas:
+            raise AekitError(
+                f"{n_train} training images cannot give each of the {replicas} replicas one image per step. "
+                "Add images, or train on fewer replicas."
+            )
+        # A quarter of the images keeps four steps an epoch; never fewer than one image per replica.
+        fits = max(replicas, n_train // 4 // replicas * replicas)
         raise AekitError(
             f"--batch-size {config.batch_size} is larger than the {n_train} training images. "
-            f"Use --batch-size {max(replicas, n_train // 4 // replicas * replicas)} or fewer, or add data."
+            f"Use --batch-size {fits} (at most {n_train // replicas * replicas} fits), or add data."
         )
     return n_train // config.batch_size
 

@@ -334,3 +334,26 @@ def test_the_default_batch_fills_the_gpus_and_the_rate_and_warm_up_follow_it():
     assert explicit.batch_size == 128 and explicit.learning_rate == pytest.approx(5e-3 * 2**0.5) and explicit.warmup_steps == 75
     kept = TrainConfig(batch_size=1024, learning_rate=3e-3, warmup_steps=0).resolve(gpus=2)
     assert (kept.batch_size, kept.learning_rate, kept.warmup_steps) == (1024, 3e-3, 0)
+
+
+def test_resume_with_more_epochs_continues_the_learning_rate_without_a_jump(tmp_path):
+    """30 then --epochs 40 once jumped the rate from 5e-5 back to 9e-4; the plan now continues from where it was."""
+    from aekit.recipe import prepare_resume
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "patches.npz"
+    np.savez(source, images=rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8))
+    run = tmp_path / "run"
+    common = {"batch_size": 32, "gpus": 0, "filters": (4,), "latent_dim": 4, "warmup_steps": 2}
+    first = train(TrainConfig(dataset=str(source), epochs=3, **common), run)  # 9 steps, cosine to 1% of the peak
+    rates = [row["learning_rate"] for row in first.history]
+    assert rates[-1] == pytest.approx(0.01 * 5e-3, rel=1e-3)
+    resumed = train(prepare_resume(run, TrainConfig(epochs=5), {"epochs"}), run)
+    later = [row["learning_rate"] for row in resumed.history[3:]]
+    assert max(later) <= rates[-1] * 1.001  # no jump back up: it goes on from the rate it reached
+    plan = json.loads((run / "config.json").read_text())["lr_plan"]
+    assert plan["base_total_steps"] == 9 and plan["extensions"] == [
+        {"from_step": 9, "to_step": 15, "from_lr": pytest.approx(rates[-1], rel=1e-4), "to_lr": pytest.approx(5e-5)}
+    ]
+    again = train(prepare_resume(run, TrainConfig(epochs=6), {"epochs"}), run)  # a second extension, still smooth
+    assert again.history[-1]["learning_rate"] <= later[-1] * 1.001
