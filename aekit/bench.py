@@ -3,8 +3,10 @@
 Each row is one (runtime, precision, device, part, batch size): warm-up runs, then
 timed runs for a duration or a count, giving images/s and latency percentiles.
 Quality (MSE, PSNR, SSIM of encoder -> decoder on held-out images) is measured
-once per (runtime, precision) and shown on its rows. A row that cannot run is a
-failed row with its reason; the table never crashes as a whole.
+once per (runtime, precision) and shown on the rows that ran; a part whose file
+failed is measured with the Keras partner in its place, and its row says so. A row
+that cannot run is a failed row with its own reason and no quality figures; the
+table never crashes as a whole.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ DEVICES = ("auto", "cuda", "cpu")
 MAX_SECONDS = 3600.0  # per batch size and part: a benchmark that would run for hours is a typo
 KERAS = "keras"
 STATUS_PASSED, STATUS_LOW, STATUS_FAILED = "passed", "quality below floor", "failed"
+# SSIM's standard window (Wang et al. 2004, tf.image.ssim's default): 11x11 Gaussian, sigma 1.5. Smaller
+# images get the largest odd window that fits, sigma scaled alike; under 3 px a side no window means anything.
+SSIM_WINDOW, SSIM_SIGMA, SSIM_MIN_WINDOW = 11, 1.5, 3
 
 
 @dataclass
@@ -131,6 +136,20 @@ class Row:
     mse: float | None = None
     psnr: float | None = None
     ssim: float | None = None
+    # The Keras model that stood in for the other part when this row's quality was measured
+    # ("keras decoder"): its file failed, or only one file was benchmarked (--model). None: no stand-in.
+    quality_partner: str | None = None
+    quality_note: str | None = None  # why a figure is missing (e.g. SSIM on images too small), or how it was measured
+
+
+@dataclass
+class Quality:
+    """Round-trip quality of one target on the held-out images; `ssim` is None when `ssim_note` says why."""
+
+    mse: float
+    psnr: float
+    ssim: float | None
+    ssim_note: str | None = None
 
 
 @dataclass
@@ -199,10 +218,12 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
     """
     options.validate()
     threads = options.threads or default_threads()
+    window = ssim_window(images.shape[1:3])
     result = BenchResult(header=_header(options, threads))
+    result.header["quality"] = _quality_header(images, window)
     for target in targets:
         session = _open(target, options, threads)
-        quality = _quality(session, images) if session.error is None else None
+        quality = _quality(session, images, window) if session.error is None else None
         for part in options.parts:
             for batch in options.batch_sizes:
                 row = Row(
@@ -218,14 +239,13 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
                     file_bytes=session.bytes_for(part),
                     rss_mb=session.rss_mb,
                 )
-                if quality:
-                    row.mse, row.psnr, row.ssim = quality
                 failed = _failed_part_reason(target, part)
-                if session.error or failed:
-                    row.reason = session.error or failed
+                if failed or session.error:
+                    row.reason = failed or session.error  # a failed file's own reason first, not its target's
                 else:
                     _time_row(row, session, part, images, batch, options)
-                    if row.reason is None:
+                    if row.reason is None:  # only a row that ran shows quality figures
+                        _set_quality(row, target, part, quality)
                         below = row.psnr is not None and row.psnr < options.min_psnr
                         row.status = STATUS_LOW if below else STATUS_PASSED
                         if below:
@@ -251,6 +271,21 @@ def write_outputs(result: BenchResult, folder: Path) -> None:
     runs.write_text(folder / "bench.csv", buffer.getvalue())
     _plot(result, folder / "bench.png")
     result.output = folder
+
+
+def _set_quality(row: Row, target: Target, part: str, quality: Quality | None) -> None:
+    """The target's round-trip figures on a row that ran, naming the Keras model that stood in for a part, if any."""
+    if quality is None:
+        return
+    row.mse, row.psnr, row.ssim = quality.mse, quality.psnr, quality.ssim
+    notes = [quality.ssim_note] if quality.ssim_note else []
+    if target.runtime != KERAS:
+        stand_ins = [p for p in ("encoder", "decoder") if p != part and not isinstance(target.files.get(p), Path)]
+        if stand_ins:
+            row.quality_partner = " and ".join(f"keras {p}" for p in stand_ins)
+            why = "; ".join(f"{p} file failed" for p in stand_ins if p in target.failed_parts) or "only this file is benchmarked"
+            notes.insert(0, f"round trip through the Keras {' and '.join(stand_ins)} ({why})")
+    row.quality_note = "; ".join(notes) or None
 
 
 def _failed_part_reason(target: Target, part: str) -> str | None:
@@ -385,24 +420,78 @@ def _time_row(row: Row, session: _OpenTarget, part: str, images: np.ndarray, bat
     row.latency_ms_p50, row.latency_ms_p90, row.latency_ms_p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
 
 
-def _quality(session: _OpenTarget, images: np.ndarray) -> tuple[float, float, float] | None:
+def _quality(session: _OpenTarget, images: np.ndarray, window: tuple[int, float] | None) -> Quality | None:
     try:
         recon = np.concatenate([session.run("roundtrip", images[i : i + 256]) for i in range(0, len(images), 256)])
     except Exception as exc:
         session.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return None
     per_image = mse_per_image(images, recon)
-    return float(per_image.mean()), float(psnr_from_mse(per_image).mean()), ssim(images, recon)
+    value, note = None, None
+    if window is None:
+        note = _no_ssim_note(images.shape[1:3])
+    else:
+        try:
+            value = ssim(images, recon, window)
+        except Exception as exc:  # SSIM is one figure of three: its failure is a note, not a failed row
+            note = f"SSIM not measured: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    return Quality(float(per_image.mean()), float(psnr_from_mse(per_image).mean()), value, note)
 
 
-def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
-    """Mean SSIM over images in [0, 1] (TensorFlow's tf.image.ssim, 11x11 Gaussian window)."""
+def ssim_window(image_size: tuple[int, int]) -> tuple[int, float] | None:
+    """(filter_size, filter_sigma) of SSIM's Gaussian window for (height, width) images; None under 3 px a side.
+
+    The standard 11x11 window with sigma 1.5 where it fits; else the largest odd size that
+    fits the smaller side, with sigma scaled alike: 8x8 images get (7, 0.95).
+    """
+    side = min(int(s) for s in image_size)
+    if side < SSIM_MIN_WINDOW:
+        return None
+    size = min(SSIM_WINDOW, side)
+    size -= 1 - size % 2  # odd, so the window has a centre pixel
+    return size, SSIM_SIGMA * size / SSIM_WINDOW
+
+
+def _no_ssim_note(image_size: tuple[int, int]) -> str:
+    return (
+        f"SSIM not measured: images are {image_size[0]}x{image_size[1]} px, "
+        f"and SSIM needs a window of at least {SSIM_MIN_WINDOW}x{SSIM_MIN_WINDOW}"
+    )
+
+
+def ssim(originals: np.ndarray, reconstructions: np.ndarray, window: tuple[int, float] | None = None) -> float:
+    """Mean SSIM over (N, H, W, C) images in [0, 1] (TensorFlow's tf.image.ssim).
+
+    Args:
+        window: (filter_size, filter_sigma) of the Gaussian window. Default: ssim_window of the images,
+            the standard 11x11 / 1.5 where it fits. AekitError if the images are too small for any window.
+    """
     import tensorflow as tf
 
+    window = window or ssim_window(originals.shape[1:3])
+    if window is None:
+        raise AekitError(f"{_no_ssim_note(originals.shape[1:3])}. Use MSE or PSNR for images this small.")
+    size, sigma = window
     values = tf.image.ssim(
-        tf.constant(originals, tf.float32), tf.constant(np.clip(reconstructions, 0, 1), tf.float32), max_val=1.0
+        tf.constant(originals, tf.float32),
+        tf.constant(np.clip(reconstructions, 0, 1), tf.float32),
+        max_val=1.0,
+        filter_size=size,
+        filter_sigma=sigma,
     )
     return float(tf.reduce_mean(values))
+
+
+def _quality_header(images: np.ndarray, window: tuple[int, float] | None) -> dict:
+    """How quality was measured: on which images, and SSIM's window (None, with the reason, if none fits)."""
+    height, width = images.shape[1:3]
+    return {
+        "images": len(images),
+        "image_size": [int(height), int(width)],
+        "ssim_window": window[0] if window else None,
+        "ssim_sigma": round(window[1], 4) if window else None,
+        "ssim_note": None if window else _no_ssim_note((height, width)),
+    }
 
 
 def _header(options: BenchOptions, threads: int) -> dict:
@@ -468,13 +557,14 @@ def bench_run(
         model: one exported .onnx/.tflite file; its partner part comes from Keras
             (the run named in the manifest beside it) for quality figures.
         dataset: held-out images to use instead of the run's validation split.
-        on_export: called with each (format, quantize) exported because nothing was.
+        on_export: called with each (format, quantize) exported because nothing was; the header's
+            "exported_now" lists them ("onnx:int8") and "exported_now_files" which files each kept or failed.
     """
     from aekit.data import load_data
     from aekit.export import ExportOptions, export_run, load_run
 
     options.validate()
-    exported = []
+    exported, exported_files = [], {}
     if model is not None:
         model = Path(model)
         fmt = format_of_file(model)
@@ -502,15 +592,19 @@ def bench_run(
         export_dir = Path(run_dir) / "export"
         if not (export_dir / MANIFEST).is_file() or not targets_from_manifest(export_dir, loaded.models):
             for fmt, quantize in DEFAULT_EXPORTS:
-                export_run(run_dir, ExportOptions(formats=(fmt,), quantize=quantize))
+                done = export_run(run_dir, ExportOptions(formats=(fmt,), quantize=quantize))
                 exported.append(f"{fmt}:{quantize}")
+                exported_files[f"{fmt}:{quantize}"] = {
+                    "passed": [e.file for e in done.entries if e.status == "passed"],
+                    "failed": [e.file for e in done.entries if e.status != "passed"],
+                }
                 if on_export:
                     on_export(fmt, quantize)
         targets = targets_from_manifest(export_dir, loaded.models)
         if options.include_keras:
             targets.insert(0, keras_target(loaded.models))
     if dataset is not None:
-        splits = load_data(dataset, loaded.splits.val_split)
+        splits = load_data(dataset, loaded.splits.val_split, pixel_max=loaded.splits.scaling.pixel_max)  # the run's units
         source = splits.source
     else:
         splits, source = loaded.splits, f"{loaded.splits.source} (the run's validation split)"
@@ -527,6 +621,7 @@ def bench_run(
             "images": len(images),
             "data": source,
             "exported_now": exported,
+            "exported_now_files": exported_files,
             "train_val_mse": runs.read_json(Path(run_dir) / runs.METRICS).get("final_val_mse"),
         }
     )

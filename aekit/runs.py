@@ -11,7 +11,7 @@ import io
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -169,7 +169,9 @@ class RunLock:
 
     The lock is an advisory `flock` on `<run>/.lock`, which records the holder's pid and host.
     The kernel drops it when the process ends, however it ends, so a killed run never leaves a
-    stale lock behind: `--resume` just takes it again.
+    stale lock behind: `--resume` just takes it again. A release removes the file, so a finished
+    run folder holds none: the holder unlinks it while still locked, and an acquirer that locked
+    a file meanwhile unlinked (its inode no longer the path's) lets it go and tries again.
 
         >>> with RunLock(run_dir):
         ...     train_into(run_dir)
@@ -185,22 +187,26 @@ class RunLock:
         import fcntl
         import socket
 
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise AekitError(
-                f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder."
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise AekitError(
-                f"{self.path.parent} is in use by {holder}. Wait for it to finish (or stop it), "
-                "or train into another --output folder."
-            ) from None
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise AekitError(
+                    f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder."
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise AekitError(
+                    f"{self.path.parent} is in use by {holder}. Wait for it to finish (or stop it), "
+                    "or train into another --output folder."
+                ) from None
+            if self._is_at_path(fd):
+                break
+            os.close(fd)  # the holder we waited on removed this file on release: lock the path's new one
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self.fd = fd
@@ -208,8 +214,22 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock; the file stays (removing it would race a new holder)
+            # Unlinked while still held: a process that opened it meanwhile sees, once it gets the lock,
+            # that the path no longer names its file, and starts over (acquire). Closing drops the flock.
+            if self._is_at_path(self.fd):
+                with suppress(OSError):  # left behind (read-only folder?), it is only a stale name: harmless
+                    self.path.unlink()
+            os.close(self.fd)
             self.fd = None
+
+    def _is_at_path(self, fd: int) -> bool:
+        """Whether the file open as `fd` is still the one at self.path (not unlinked or replaced)."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
     def __enter__(self) -> RunLock:
         return self.acquire()

@@ -391,7 +391,7 @@ def bench(
     """Measure throughput, latency and reconstruction error of every export (and Keras)."""
     from aekit import runs
     from aekit.bench import BenchOptions, bench_run, write_outputs
-    from aekit.cli.render import render_bench
+    from aekit.cli.render import export_notice, render_bench
     from aekit.edge import check_output_folder
 
     options = BenchOptions.from_text(
@@ -404,7 +404,9 @@ def bench(
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
     on_export = (
-        None if json_out else (lambda fmt, q: err_console.print(f"  nothing exported yet: exported {fmt} ({q})", highlight=False))
+        None
+        if json_out
+        else (lambda fmt, q: err_console.print(f"  nothing was exported yet: exported {export_notice(fmt, q)}", highlight=False))
     )
     with err_console.status("benchmarking...", spinner="dots") if not json_out else contextlib.nullcontext():
         result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export)

@@ -7,7 +7,10 @@ shell pipes stay clean.
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,10 +18,43 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aekit import runs
+from aekit.bench import SSIM_WINDOW
 from aekit.train import TrainCallback, TrainResult
 
 out_console = Console()
 err_console = Console(stderr=True)
+
+
+def aekit_command() -> str:
+    """How the user can type aekit again, for "Next:" hints: `aekit` when that is on PATH, else the path invoked.
+
+    After `make install` the command is .venv/bin/aekit, not on PATH: the hint then shows
+    `.venv/bin/aekit` (as typed, when argv[0] has a slash) or the resolved path. Anything that is not
+    an aekit entry point (pytest, python -m) gets plain `aekit`.
+    """
+    invoked = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if Path(invoked).name not in ("aekit", "aekit.exe"):
+        return "aekit"
+    try:
+        found = shutil.which(invoked) if "/" not in invoked else invoked
+        running = Path(found or invoked).resolve()
+        on_path = shutil.which("aekit")
+        if on_path and Path(on_path).resolve() == running:
+            return "aekit"
+    except OSError:
+        return "aekit"
+    return shlex.quote(invoked if "/" in invoked else str(running))
+
+
+def _next_steps(console: Console, steps: tuple[tuple[str, str], ...]) -> None:
+    """ "Next:" and one aligned `command  # why` line per step; commands are left unmarked for copy and paste."""
+    width = max(len(command) for command, _ in steps)
+    console.print(
+        "Next:\n" + "\n".join(f"  {command:<{width}}  # {why}" for command, why in steps),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 class TrainProgress(TrainCallback):
@@ -49,7 +85,8 @@ class TrainProgress(TrainCallback):
         )
         self.console.print(
             f"  data: {data['source']} — {data['train_images']:,} train / {data['val_images']:,} val images "
-            f"{'x'.join(map(str, data['image_shape']))} {data['stored_dtype']}; validation = {data['validation']}",
+            f"{'x'.join(map(str, data['image_shape']))} {data['stored_dtype']} ({data['pixel_scaling'].get('rule', '')}); "
+            f"validation = {data['validation']}",
             highlight=False,
         )
         if data.get("note"):
@@ -102,20 +139,17 @@ def render_train_summary(console: Console, result: TrainResult) -> None:
     )
     console.print(table)
     if result.wrote_files:
-        run = shlex.quote(str(result.run_dir))
+        run, aekit = shlex.quote(str(result.run_dir)), aekit_command()
+        encoder = shlex.quote(str(result.run_dir / "export" / "encoder.onnx"))
         console.print(f"Run saved to [bold]{escape(str(result.run_dir))}[/]", highlight=False)
-        steps = (
-            (f"aekit export --run {run} --format onnx", "ONNX encoder + decoder, checked against Keras"),
-            (f"aekit bench --run {run}", "their speed and reconstruction quality"),
-            (f"aekit encode --model {run}/export/encoder.onnx IMAGES -o codes.npz", "images to latent codes"),
-            (f"tensorboard --logdir {run}/{runs.TENSORBOARD}", "needs: pip install tensorboard"),
-        )
-        width = max(len(command) for command, _ in steps)
-        console.print(
-            "Next:\n" + "\n".join(f"  {command:<{width}}  # {why}" for command, why in steps),
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
+        _next_steps(
+            console,
+            (
+                (f"{aekit} export --run {run} --format onnx", "ONNX encoder + decoder, checked against Keras"),
+                (f"{aekit} bench --run {run}", "their speed and reconstruction quality"),
+                (f"{aekit} encode --model {encoder} IMAGES -o codes.npz", "images to latent codes"),
+                (f"tensorboard --logdir {shlex.quote(str(result.run_dir / runs.TENSORBOARD))}", "needs: pip install tensorboard"),
+            ),
         )
     else:
         console.print("This worker is not the chief; the chief wrote the run folder.")
@@ -182,6 +216,7 @@ def render_export(console: Console, result) -> None:
             status,
         )
     console.print(table)
+    console.print(export_outcome(result.entries), highlight=False)
     console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)
     console.print(
         "agreement = PSNR of the file's reconstructions against Keras' (what the export adds); "
@@ -189,6 +224,58 @@ def render_export(console: Console, result) -> None:
         style="dim",
         highlight=False,
     )
+    passed = {e.file for e in result.entries if e.status == "passed"}
+    if passed:
+        aekit, run = aekit_command(), shlex.quote(str(result.run_dir))
+        encoder = next((f for f in sorted(passed) if f.startswith("encoder")), None)
+        steps = [(f"{aekit} bench --run {run}", "speed and reconstruction quality of the exports")]
+        if encoder:
+            model = shlex.quote(str(result.output / encoder))
+            steps.append((f"{aekit} encode --model {model} IMAGES -o codes.npz", "images to latent codes"))
+        _next_steps(console, tuple(steps))
+
+
+def export_outcome(entries) -> str:
+    """What an export did, in words: which files it kept and which failed (an export writes nothing else)."""
+    if not entries:
+        return "Nothing was exported: the plan held no file. Pass --format and --parts, e.g. --format onnx."
+    kept = [e.file for e in entries if e.status == "passed"]
+    failed = [e.file for e in entries if e.status != "passed"]
+    if not failed:
+        return f"Exported {_count(kept, 'file')}, each checked against Keras: {', '.join(kept)}."
+    if not kept:
+        return f"No file was kept: {', '.join(failed)} failed (see status); nothing new was written but the manifest."
+    return f"Exported {_count(kept, 'file')} ({', '.join(kept)}); {', '.join(failed)} failed and {_was(failed)} not kept."
+
+
+FORMAT_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "savedmodel": "SavedModel"}
+
+
+def export_notice(fmt: str, quantize: str, passed: list[str] | None = None, failed: list[str] | None = None) -> str:
+    """An export that bench ran itself, in words: "the ONNX encoder and decoder in int8: kept encoder_int8.onnx; ...".
+
+    `passed`/`failed`: the files it kept and the files that failed their check (unknown when None).
+    """
+    precision = "float32 (not quantized)" if quantize == "none" else f"{quantize} (quantized)"
+    line = f"the {FORMAT_NAMES.get(fmt, fmt)} encoder and decoder in {precision}"
+    if passed is None and failed is None:
+        return line
+    words = [f"kept {', '.join(passed)}" if passed else "kept no file"]
+    if failed:
+        words.append(f"{', '.join(failed)} failed {_its(failed)} check against Keras and {_was(failed)} not kept")
+    return f"{line}: {'; '.join(words)}"
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _was(items: list) -> str:
+    return "was" if len(items) == 1 else "were"
+
+
+def _its(items: list) -> str:
+    return "its" if len(items) == 1 else "their"
 
 
 def render_bench(console: Console, result) -> None:
@@ -199,9 +286,26 @@ def render_bench(console: Console, result) -> None:
         f"[bold]aekit bench[/] — run {h['run']}; {h['images']} images from {h['data']}\n"
         f"CPU {h['cpu']} ({h['cpu_count']} cores, {h['options']['threads']} threads); {gpus}; "
         f"onnxruntime {v.get('onnxruntime-gpu') or v.get('onnxruntime')}, LiteRT {v.get('ai-edge-litert')}, "
-        f"TensorFlow {v.get('tensorflow')}; training val MSE {h['train_val_mse']:.5f}",
+        f"TensorFlow {v.get('tensorflow')}; training val MSE "
+        + (f"{h['train_val_mse']:.5f}" if h.get("train_val_mse") is not None else "not recorded"),
         highlight=False,
     )
+    if h.get("exported_now"):
+        console.print("Nothing was exported, so bench exported first:", highlight=False)
+    for key in h.get("exported_now") or []:
+        fmt, quantize = key.split(":", 1)
+        files = (h.get("exported_now_files") or {}).get(key, {})
+        console.print(f"  {export_notice(fmt, quantize, files.get('passed'), files.get('failed'))}", highlight=False)
+    quality = h.get("quality") or {}
+    if quality.get("ssim_note"):
+        console.print(f"  [yellow]note:[/] {escape(quality['ssim_note'])}", highlight=False)
+    elif quality.get("ssim_window") and quality["ssim_window"] != SSIM_WINDOW:
+        size, (height, width) = quality["ssim_window"], quality["image_size"]
+        console.print(
+            f"  note: SSIM with a {size}x{size} window, sigma {quality['ssim_sigma']:g} (images are {height}x{width} px, "
+            f"smaller than the standard {SSIM_WINDOW}x{SSIM_WINDOW}): not comparable with SSIM of larger images",
+            highlight=False,
+        )
     console = _wide(console)
     table = Table(title_justify="left")
     for column, justify in (
@@ -230,6 +334,8 @@ def render_bench(console: Console, result) -> None:
         status = {"passed": "[green]passed[/]", "failed": f"[red]failed[/]: {escape(r.reason or '')}"}.get(
             r.status, f"[yellow]{r.status}[/]"
         )
+        if r.status != "failed" and r.quality_partner:
+            status += f"; quality with the {escape(r.quality_partner.replace('keras', 'Keras'))}"
         table.add_row(
             r.part,
             r.runtime,
@@ -255,7 +361,7 @@ def render_bench(console: Console, result) -> None:
     if best:
         console.print(
             f"Fastest encoder: {best.runtime} {best.precision} on {best.provider} at batch {best.batch_size}, "
-            f"{best.images_per_sec:,.0f} images/s (PSNR {best.psnr:.2f} dB).",
+            f"{best.images_per_sec:,.0f} images/s" + (f" (PSNR {best.psnr:.2f} dB)." if best.psnr is not None else "."),
             highlight=False,
         )
     if result.output:

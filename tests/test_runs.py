@@ -172,3 +172,64 @@ def test_a_malformed_tf_config_is_one_line(tmp_path, small_npz):
         timeout=120,
     )
     assert proc.returncode == 2 and "TF_CONFIG must be an object" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_finished_run_folder_holds_no_lock_file(trained_run, tmp_path, small_npz):
+    assert runs.is_finished(trained_run) and not (trained_run / runs.RunLock.NAME).exists()
+    lock = runs.RunLock(tmp_path / "run").acquire()
+    assert (tmp_path / "run" / ".lock").is_file()
+    lock.release()
+    assert list((tmp_path / "run").iterdir()) == []  # released: the file went with the lock
+    with runs.RunLock(tmp_path / "run"):  # and the folder can be taken again
+        assert (tmp_path / "run" / ".lock").read_text().startswith(f"pid {os.getpid()} ")
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_lock_won_on_a_file_its_holder_removed_is_taken_again_on_the_new_file(tmp_path, monkeypatch):
+    import fcntl
+
+    holder = runs.RunLock(tmp_path / "run").acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_the_holder_releases(fd, op):
+        if not calls:  # the race: we opened the holder's file, then it released (and unlinked) before our flock
+            holder.release()
+        calls.append(fd)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_releases)
+    second = runs.RunLock(tmp_path / "run").acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    try:
+        path = tmp_path / "run" / ".lock"
+        assert len(calls) == 2  # the first file, no longer at the path, was let go and the path's new one locked
+        assert os.fstat(second.fd).st_ino == os.stat(path).st_ino and path.read_text().startswith(f"pid {os.getpid()} ")
+        with pytest.raises(AekitError, match="is in use by pid"):  # and it really holds the folder
+            runs.RunLock(tmp_path / "run").acquire()
+    finally:
+        second.release()
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_next_hints_name_the_aekit_the_user_can_type(tmp_path, monkeypatch):
+    from aekit.cli.render import aekit_command
+
+    other = tmp_path / "elsewhere" / "aekit"  # an aekit on PATH that is not the running one
+    other.parent.mkdir()
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    cases = [
+        (["/usr/bin/pytest"], str(AEKIT.parent), "aekit"),  # not an aekit entry point (pytest, python -m)
+        ([str(AEKIT)], str(AEKIT.parent), "aekit"),  # the running aekit is the one on PATH
+        (["aekit"], str(AEKIT.parent), "aekit"),
+        ([".venv/bin/aekit"], "/nonexistent", ".venv/bin/aekit"),  # after make install: not on PATH, shown as typed
+        ([str(AEKIT)], str(other.parent), str(AEKIT)),  # another aekit on PATH: the one that ran
+    ]
+    monkeypatch.chdir(AEKIT.parents[2])
+    for argv, path, expected in cases:
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.setenv("PATH", path)
+        assert aekit_command() == expected, (argv, path)
+    spaced = tmp_path / "my venv" / "bin" / "aekit"
+    monkeypatch.setattr(sys, "argv", [str(spaced)])
+    assert aekit_command() == f"'{spaced}'"  # quoted for the shell
