@@ -48,7 +48,7 @@ edge-check: install install-edge
 	rm -rf $(CHECK_DIR)
 
 # The demo: the default recipe for 8 epochs on the 10,000 MNIST digits bundled with aekit, online or
-# not (~32 s of training on 2 CPU cores, val MSE 0.0098, PSNR 21.0 dB); it ends with the commands to run next.
+# not (val MSE 0.0095, PSNR 21.3 dB; 32-90 s of training on 2 CPU cores); it ends with the commands to run next.
 demo: install
 	$(BIN)/aekit train --dataset bundled-mnist-sample --epochs 8
 

@@ -201,7 +201,7 @@ def load_data(
     """
     if not 0.0 < val_split < 1.0:
         raise AekitError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}.")
-    rule = _SplitRule(val_split, seed, val_from_end, pixel_max)
+    rule = _SplitRule(val_split, seed, val_from_end, pixel_max, dataset or DEFAULT_DATASET)
     if dataset is not None and _is_pack(dataset):  # shards: checked (sizes and sha256), then streamed, never loaded whole
         from aekit.packed import PackedDataset
 
@@ -240,6 +240,7 @@ class _SplitRule:
     seed: int
     from_end: bool
     pixel_max: float | None
+    source: str = "the source"
 
     def apply(self, images, groups: list[str] | None = None):
         """(train, val, description, Split) of images (an array, or a list of files to read later)."""
@@ -249,7 +250,13 @@ class _SplitRule:
         return images[split.train], images[split.val], split.describe(), split
 
     def scaling(self, *parts: np.ndarray) -> PixelScaling:
-        return PixelScaling.for_images(*parts, pixel_max=self.pixel_max)
+        """The rule on the whole source; `parts` (train, validation) must be stored alike."""
+        if len(parts) == 2 and (parts[0].dtype.kind == "f") != (parts[1].dtype.kind == "f"):
+            raise AekitError(
+                f"The training images are {parts[0].dtype} but the validation images are {parts[1].dtype}. "
+                "Store both splits alike (uint8 0-255, or float 0-1)."
+            )
+        return PixelScaling.for_images(*parts, pixel_max=self.pixel_max, what=f"The images of {self.source}")
 
 
 def _is_pack(dataset: str) -> bool:

@@ -612,11 +612,26 @@ def _check_batch(config: TrainConfig, placement: Placement, n_train: int) -> int
 FINAL_RATE = 0.01  # the cosine schedule ends at this fraction of the peak
 
 
-def _schedule(config: TrainConfig):
-    """The optimizer's learning rate: a number, or a RunSchedule whose plan `_plan_schedule` sets once restored."""
+def _schedule(config: TrainConfig, steps_per_epoch: int | None = None):
+    """The optimizer's learning rate: a number, or a RunSchedule whose plan `_plan_schedule` sets once restored
+    (given `steps_per_epoch`, the plan of a new run of `config.epochs`)."""
     if config.lr_schedule == "constant":
         return config.learning_rate
-    return _run_schedule_class()()
+    schedule = _run_schedule_class()()
+    if steps_per_epoch is not None:
+        schedule.plan = _new_plan(config, config.epochs * steps_per_epoch)
+    return schedule
+
+
+def _new_plan(config: TrainConfig, total_steps: int) -> dict:
+    """A new run's plan: a warm-up (at most a quarter of the run), then a cosine decay to 1% by the last step."""
+    total = max(total_steps, 1)
+    return {
+        "peak": config.learning_rate,
+        "warmup_steps": min(config.warmup_steps, total // 4),
+        "base_total_steps": total,
+        "extensions": [],
+    }
 
 
 def _run_schedule_class():
@@ -670,9 +685,7 @@ def _plan_schedule(run_dir: Path, config: TrainConfig, model: _Model, steps_per_
     end = done + (config.epochs - start_epoch) * steps_per_epoch - start_step
     previous = _previous_plan(run_dir) if done else None
     if previous is None:
-        total = max(end, 1)
-        plan = {"peak": config.learning_rate, "warmup_steps": min(config.warmup_steps, total // 4), "base_total_steps": total}
-        plan["extensions"] = []
+        plan = _new_plan(config, end)
     else:
         plan = {**previous, "extensions": list(previous["extensions"])}
         last_end = plan["extensions"][-1]["to_step"] if plan["extensions"] else plan["base_total_steps"]

@@ -541,6 +541,7 @@ def reconstruct(
     check_output_folder(output)  # before the models are loaded
     anomaly.check_reconstruct_output(output, grid, overwrite)
     enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
+    say_npz_choice(source)
     with counting_progress(err_console, "reconstructing", count_images(source)) as advance:
         result = anomaly.reconstruct(
             enc, dec, source, output, _positive(batch_size, "--batch-size"), grid, advance, overwrite=overwrite
@@ -614,6 +615,9 @@ def score(
     anomaly.check_score_request(source, calibrate, quantile, threshold, output, overwrite, normal, anomalous, histogram)
     limit = None if calibrate is not None else anomaly.load_threshold(threshold, encoder, required=source is not None)
     enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
+    for named in (source, calibrate, normal, anomalous):
+        if named is not None and str(named) != anomaly.VALIDATION:
+            say_npz_choice(named)
     batch_size = _positive(batch_size, "--batch-size")
     report = {"ran_on": {"encoder": enc.ran_on(), "decoder": dec.ran_on()}}
     if calibrate is not None:

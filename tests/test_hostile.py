@@ -151,7 +151,7 @@ def test_splits_that_disagree_are_refused(tmp_path):
         x_train=np.random.default_rng(0).random((20, 8, 8), dtype=np.float32),
         x_test=np.full((5, 8, 8), 200, np.uint8),
     )
-    with pytest.raises(AekitError, match="training images are float32 scaled by 1/1 but validation images are uint8"):
+    with pytest.raises(AekitError, match="training images are float32 but the validation images are uint8"):
         load_data(str(tmp_path / "mixed.npz"))
     folder = tmp_path / "idx"
     folder.mkdir()
