@@ -3,8 +3,10 @@
 Makes a folder of photo-like RGB patches in nested sub-folders (photos/<kind>/set1|set2/*.png: four
 kinds of picture, each in two exposures, so every sub-folder differs), trains the same model with
 each split rule, and compares the reported validation PSNR with the PSNR of new patches drawn from
-the same generators (held out from both). Also times the anomaly report on labelled normal and
-anomalous sets. Prints a table; writes benchmarks/own_images.json.
+the same generators (held out from both). Then exports the stratified run to ONNX and sets an
+anomaly threshold (quantile 0.99) on its training folder and on its validation split, and measures
+each on new normal patches and on anomalous ones (noise, and patches of a kind never trained on).
+Prints two tables; writes benchmarks/results/own_images.json.
 
     python benchmarks/own_images.py [--side 32] [--per-folder 120] [--epochs 8]
 """
@@ -56,6 +58,47 @@ def held_out(per_folder: int, side: int, seed: int) -> np.ndarray:
     return np.stack([patch(k, v, rng, side) for k in KINDS for v in ("set1", "set2") for _ in range(per_folder)])
 
 
+def anomalies(count: int, side: int, seed: int) -> np.ndarray:
+    """Images no sub-folder holds: uniform noise and diagonal rainbow stripes, half each."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / (side - 1)
+    noise = rng.integers(0, 256, (count // 2, side, side, 3), dtype=np.uint8)
+    stripes = []
+    for _ in range(count - count // 2):
+        phase = rng.random(3) * 6.28
+        stripes.append(0.5 + 0.5 * np.sin(side * 0.6 * (x + y)[..., None] + phase))
+    return np.concatenate([noise, (np.stack(stripes) * 255).astype(np.uint8)])
+
+
+def threshold_rows(run: Path, photos: Path, fresh: np.ndarray, odd: np.ndarray, folder: Path) -> list[dict]:
+    from aekit.anomaly import calibrate, open_sessions
+    from aekit.anomaly_report import evaluate
+    from aekit.export import ExportOptions, export_run
+
+    export_run(run, ExportOptions.from_text("onnx"))
+    np.save(folder / "normal.npy", fresh)
+    np.save(folder / "anomalous.npy", odd)
+    encoder, decoder = open_sessions(run / "export" / "encoder.onnx", run / "export" / "decoder.onnx")
+    rows = []
+    for label, source in (("training folder", str(photos)), ("validation split (--calibrate val)", "val")):
+        limit = calibrate(encoder, decoder, source, quantile=0.99)
+        started = time.perf_counter()
+        report = evaluate(encoder, decoder, folder / "normal.npy", folder / "anomalous.npy", limit)
+        rows.append(
+            {
+                "calibrated_on": label,
+                "images": limit.calibration_images,
+                "threshold_mse": limit.mse,
+                "recorded_as": limit.calibrated_on,
+                "false_positive_rate": report.false_positive_rate,
+                "detection_rate": report.detection_rate,
+                "roc_auc": report.auc,
+                "evaluate_seconds": time.perf_counter() - started,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=32)
@@ -68,7 +111,7 @@ def main() -> None:
     from aekit.metrics import mse_per_image, psnr_from_mse
     from aekit.train import TrainConfig, train
 
-    rows = []
+    rows, thresholds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "photos"
         make_folder(photos, args.per_folder, args.side, seed=0)
@@ -96,6 +139,8 @@ def main() -> None:
                     "seconds": time.perf_counter() - started,
                 }
             )
+        odd = anomalies(len(fresh), args.side, seed=7)
+        thresholds = threshold_rows(Path(tmp) / "run-0", photos, (fresh * 255).round().astype(np.uint8), odd, Path(tmp))
     print(f"{len(KINDS) * 2} sub-folders x {args.per_folder} patches of {args.side}x{args.side}x3, {args.epochs} epochs")
     print(f"{'split rule':32} {'val PSNR':>9} {'held-out':>9} {'gap dB':>7} {'train loss':>11} {'val MSE':>9} {'val from':>14}")
     for r in rows:
@@ -103,7 +148,16 @@ def main() -> None:
             f"{r['rule']:32} {r['val_psnr']:9.2f} {r['held_out_psnr']:9.2f} {r['gap_db']:+7.2f} "
             f"{r['final_train_loss']:11.5f} {r['final_val_mse']:9.5f} {str(r['val_sub_folders']):>14}"
         )
-    Path(__file__).with_name("own_images.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    print(f"\nanomaly threshold at quantile 0.99; normal = {len(fresh)} new patches, anomalous = {len(odd)} noise/stripes")
+    print(f"{'calibrated on':36} {'images':>6} {'threshold':>10} {'normal flagged':>15} {'detected':>9} {'ROC AUC':>8}")
+    for r in thresholds:
+        print(
+            f"{r['calibrated_on']:36} {r['images']:6d} {r['threshold_mse']:10.5f} {r['false_positive_rate']:15.1%} "
+            f"{r['detection_rate']:9.1%} {r['roc_auc']:8.3f}"
+        )
+    out = Path(__file__).with_name("results") / "own_images.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows, "thresholds": thresholds}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
