@@ -25,7 +25,12 @@ $(EDGE_STAMP): pyproject.toml
 	test -x $(EDGE_VENV)/bin/python || $(PYTHON) -m venv $(EDGE_VENV)
 	$(EDGE_VENV)/bin/python -m pip install --upgrade pip
 	$(EDGE_VENV)/bin/python -m pip install -e '.[edge]'
+	# The edge tests' own tools: pytest, and onnx to build small test models by hand (no TensorFlow).
+	$(EDGE_VENV)/bin/python -m pip install 'pytest>=8.0' 'onnx>=1.16'
 	touch $(EDGE_STAMP)
+
+# The tests of the TensorFlow-free side, run where TensorFlow is not installed (their few TensorFlow tests skip).
+EDGE_TESTS := tests/test_anomaly.py tests/test_lazy.py tests/test_sources.py tests/test_splits.py tests/test_pixels.py
 
 # ruff: the linter and formatter configured in pyproject.toml.
 lint: install
@@ -39,6 +44,7 @@ test: install lint
 # Proves the packaging: the edge venv has no TensorFlow and still encodes a real export.
 edge-check: install install-edge
 	! $(EDGE_VENV)/bin/python -c "import tensorflow" 2>/dev/null
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS)
 	rm -rf $(CHECK_DIR)
 	AEKIT_OFFLINE=1 $(BIN)/aekit train --dataset aekit/sample --epochs 1 --filters 8,16 --latent-dim 8 -o $(CHECK_DIR)/run --quiet
 	$(BIN)/aekit export --run $(CHECK_DIR)/run --format onnx,tflite > /dev/null

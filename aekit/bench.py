@@ -23,6 +23,7 @@ import numpy as np
 
 from aekit import runs
 from aekit.errors import AekitError
+from aekit.lazy import pyplot, tf
 from aekit.manifest import MANIFEST, Manifest, export_format, format_of_file
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.runtimes import NoCudaError, check_threads, default_threads, open_runner  # shared with the edge sessions
@@ -367,15 +368,11 @@ def _open(target: Target, options: BenchOptions, threads: int) -> _OpenTarget:
 
 
 def _keras_callable(model):
-    import tensorflow as tf
-
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     return lambda batch: fn(batch).numpy()
 
 
 def _keras_device() -> tuple[str, str]:
-    import tensorflow as tf
-
     gpus = tf.config.list_logical_devices("GPU")
     return ("cuda", gpus[0].name) if gpus else ("cpu", "TensorFlow CPU")
 
@@ -466,7 +463,6 @@ def ssim(originals: np.ndarray, reconstructions: np.ndarray, window: tuple[int, 
         window: (filter_size, filter_sigma) of the Gaussian window. Default: ssim_window of the images,
             the standard 11x11 / 1.5 where it fits. AekitError if the images are too small for any window.
     """
-    import tensorflow as tf
 
     window = window or ssim_window(originals.shape[1:3])
     if window is None:
@@ -510,12 +506,7 @@ def _header(options: BenchOptions, threads: int) -> dict:
 
 
 def _plot(result: BenchResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = pyplot.subplots(figsize=(6.5, 4))
     series: dict[str, list[tuple[int, float]]] = {}
     part = next((p for p in PARTS if any(r.part == p for r in result.rows)), "encoder")
     for row in result.rows:
@@ -534,7 +525,7 @@ def _plot(result: BenchResult, path: Path) -> None:
     fig.tight_layout()
     with runs.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    pyplot.close(fig)
 
 
 # --- the command's whole job ----------------------------------------------------

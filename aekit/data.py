@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit.errors import AekitError
+from aekit.lazy import tf, tfds
 from aekit.pixels import PixelScaling
 from aekit.sources import (
     IMAGE_SUFFIXES,
@@ -403,8 +404,6 @@ class DeviceImages:
     """
 
     def __init__(self, images: np.ndarray, scaling: PixelScaling, strategy, global_batch: int, seed: int, on_gpu: bool):
-        import tensorflow as tf
-
         if len(images) < global_batch:
             raise AekitError(f"{len(images)} images cannot fill a batch of {global_batch}. Lower --batch-size or add data.")
         self.count, self.scaling, self.global_batch, self.seed = len(images), scaling, global_batch, seed
@@ -423,7 +422,6 @@ class DeviceImages:
 
     def epoch_order(self, epoch: int):
         """The permutation of image indices for `epoch` (int32), a function of (seed, epoch) alone."""
-        import tensorflow as tf
 
         indices = tf.range(self.count, dtype=tf.int32)
         return tf.random.experimental.stateless_shuffle(indices, seed=tf.constant([self.seed, epoch], tf.int64))
@@ -434,7 +432,6 @@ class DeviceImages:
 
     def fetch(self, *args):
         """In replica context: this replica's slice of the global batch, gathered and scaled to float32 [0, 1]."""
-        import tensorflow as tf
 
         *table, ids = args
         table = table[0] if table else self.shared
@@ -534,8 +531,6 @@ def _load_default(rule: _SplitRule, data_dir: str | None) -> DataSplits:
 
 
 def _load_tfds(name: str, rule: _SplitRule, data_dir: str | None, fallback: bool) -> DataSplits:
-    import tensorflow_datasets as tfds
-
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as exc:  # TFDS raises its own DatasetNotFoundError and friends
@@ -581,8 +576,6 @@ def _load_tfds(name: str, rule: _SplitRule, data_dir: str | None, fallback: bool
 
 
 def _tfds_images(builder, split: str) -> np.ndarray:
-    import tensorflow_datasets as tfds
-
     # Batched reads, then one concatenation (batch_size=-1 aborts under tfds.testing.mock_data).
     ds = builder.as_dataset(split=split).map(lambda example: example["image"]).batch(4096)
     chunks = list(tfds.as_numpy(ds))

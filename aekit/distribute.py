@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from aekit.errors import AekitError
+from aekit.lazy import keras, tf
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Public names (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy).
@@ -74,8 +75,6 @@ def tf_config_for(workers: str, task_index: int) -> str:
 
 
 def visible_gpus() -> list[str]:
-    import tensorflow as tf
-
     return [d.name for d in tf.config.list_physical_devices("GPU")]
 
 
@@ -95,8 +94,6 @@ def make_placement(
     Returns:
         A Placement; create models and optimizers inside `placement.strategy.scope()`.
     """
-    import keras
-    import tensorflow as tf
 
     if precision not in PRECISIONS:
         raise AekitError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
@@ -142,8 +139,6 @@ def _resolve(precision: str, on_gpu: bool) -> str:
 
 
 def _logical_cpus(count: int) -> list[str]:
-    import tensorflow as tf
-
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is None or len(current) != count:
@@ -241,8 +236,6 @@ def _accepts(address: str) -> bool:
 
 
 def _multi_worker(gpus: int | None, cpu_replicas: int, precision: str, worker_timeout: float = 300.0) -> Placement:
-    import tensorflow as tf
-
     cluster, role, index = read_tf_config()
     if cpu_replicas > 1:
         raise AekitError("--cpu-replicas splits one machine; under TF_CONFIG run one worker per device instead.")

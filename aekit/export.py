@@ -19,6 +19,7 @@ import numpy as np
 
 from aekit import __version__, runs
 from aekit.errors import AekitError
+from aekit.lazy import keras, tf, tf2onnx
 from aekit.manifest import (
     EXPORT_FORMATS,
     FORMATS,
@@ -54,7 +55,7 @@ MAX_OPSET = 18
 LATENT_CALIBRATION_IMAGES = 10_000
 IN_PROGRESS = ".aekit-export-in-progress"  # names the run while an export writes files; removed with the manifest written
 # How int8 files are made, recorded in each int8 manifest entry. Both hold their quality on
-# AVX2-only x86, VNNI x86 and ARM alike (see README, "int8 on every CPU").
+# AVX2-only x86, VNNI x86 and ARM alike (docs/benchmarks.md, "int8 on every CPU").
 QUANTIZATION_SCHEMES = {
     "onnx": {
         "scheme": "onnxruntime quantize_static, QDQ, MinMax calibration on training images",
@@ -170,7 +171,6 @@ class LoadedRun:
 
 def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
     """Loads a finished run and rebuilds encoder/decoder/autoencoder under the float32 policy."""
-    import keras
 
     from aekit.data import reload_data
     from aekit.model import build_autoencoder
@@ -434,9 +434,6 @@ def _parity_problem(parity: Parity, precision: str) -> str | None:
 
 
 def _write_onnx(model, role: str, path: Path, opset: int, precision: str, calib_inputs: np.ndarray) -> None:
-    import tensorflow as tf
-    import tf2onnx
-
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAMES[role])
     with _quiet():  # tf2onnx prints and logs conversion chatter
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=[spec], opset=opset)
@@ -502,7 +499,6 @@ def _batchnorm_as_depthwise(model):
     b = beta - mean * a: exactly a 1x1 depthwise convolution with kernel a and bias b, which the
     TFLite converter quantizes per channel. Works on aekit's chain models, nested ones included.
     """
-    import keras
 
     x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
     for layer in model.layers[1:]:
@@ -522,8 +518,6 @@ def _batchnorm_as_depthwise(model):
 
 
 def _write_tflite(model, role: str, path: Path, precision: str, calib_inputs: np.ndarray) -> None:
-    import tensorflow as tf
-
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -540,8 +534,6 @@ def _write_tflite(model, role: str, path: Path, precision: str, calib_inputs: np
 
 
 def _write_savedmodel(model, role: str, path: Path) -> None:
-    import tensorflow as tf
-
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAMES[role])
 
     class Serving(tf.Module):
@@ -562,8 +554,6 @@ class _SavedModelRunner:
     runtime = "tensorflow-saved-model"
 
     def __init__(self, path: Path):
-        import tensorflow as tf
-
         self.fn = tf.saved_model.load(str(path)).signatures["serving_default"]
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The convolutional autoencoder: encoder, decoder and the two chained.
 
-Layer for layer the reference model (see DESIGN.md): strided 3x3 convolutions with
+Layer for layer the reference model (docs/design.md): strided 3x3 convolutions with
 LeakyReLU(0.2) and BatchNorm down to a Dense latent, and the mirror image up with
 transposed convolutions and a sigmoid. The sigmoid runs in float32 whatever the
 mixed-precision policy, so outputs stay comparable with [0, 1] targets.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aekit.data import check_divisible
+from aekit.lazy import keras
 
 LEAKY_SLOPE = 0.2
 KERNEL = 3
@@ -46,7 +47,6 @@ def build_autoencoder(
         >>> encoder.count_params(), decoder.count_params(), autoencoder.count_params()
         (69392, 109377, 178769)
     """
-    import keras
     from keras import layers
 
     norm = layers.BatchNormalization

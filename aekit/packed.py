@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from aekit.errors import AekitError
+from aekit.lazy import tf
 from aekit.pixels import UINT8_MAX, PixelScaling
 from aekit.sources import MAX_IMAGE_PIXELS
 
@@ -1454,8 +1455,6 @@ def _first_record(tf, path: str, limit: int) -> tuple[int, int] | None:
 
 
 def _tf():
-    import tensorflow as tf
-
     return tf
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aekit.errors import AekitError
+from aekit.lazy import tf
 
 UINT8_MAX = 255.0
 # A whole source whose brightest pixel is below DIM of its range's white is taken for other units.
@@ -142,7 +143,6 @@ class PixelScaling:
 
     def to_model_tf(self, images):
         """Scales a TensorFlow tensor to float32 model inputs in [0, 1]."""
-        import tensorflow as tf
 
         return tf.cast(images, tf.float32) / self.divide_by
 

@@ -6,25 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from aekit.lazy import pyplot
 from aekit.runs import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_history(history: list[dict], path: Path) -> None:
     """Train loss and validation MSE per epoch, log scale."""
-    plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot.subplots(figsize=(6, 4))
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss (MSE)")
     ax.plot(epochs, [row["val_mse"] for row in history], marker="s", label="validation MSE")
     ax.set_xlabel("epoch")
@@ -36,14 +27,13 @@ def plot_history(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    pyplot.close(fig)
 
 
 def plot_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, path: Path) -> None:
     """Two rows: originals on top, reconstructions below; images are (N, H, W, C) in [0, 1]."""
-    plt = _pyplot()
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    fig, axes = pyplot.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
     for row, (images, title) in enumerate(((originals, "original"), (reconstructions, "reconstructed"))):
         for col in range(n):
             image = np.clip(images[col], 0.0, 1.0)
@@ -58,7 +48,7 @@ def plot_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, pat
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    pyplot.close(fig)
 
 
 def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999, "val_from_end": 
 
 # The batch, rate and warm-up a run gets when it does not set them (TrainConfig.resolve).
 CPU_BATCH = 64  # global batch on a CPU (any number of CPU replicas)
-GPU_BATCH_PER_REPLICA = 256  # per GPU; the global batch is this times the GPUs (README, benchmarks/batch_scaling.py)
+GPU_BATCH_PER_REPLICA = 256  # per GPU; the global batch is this times the GPUs (docs/benchmarks.md, benchmarks/batch_scaling.py)
 BASE_LEARNING_RATE = 5e-3  # the peak rate tuned for CPU_BATCH
 MAX_LEARNING_RATE = 2e-2  # where scaling stops: the highest rate measured to train well (batch 1024)
 WARMUP_IMAGES = 150 * CPU_BATCH  # the warm-up, in images: 150 steps of 64
@@ -30,7 +30,7 @@ WARMUP_IMAGES = 150 * CPU_BATCH  # the warm-up, in images: 150 steps of 64
 
 @dataclass
 class TrainConfig:
-    """The recipe. Its defaults are aekit's default recipe (see README, benchmarks/).
+    """The recipe. Its defaults are aekit's default recipe (docs/benchmarks.md, benchmarks/).
 
     `batch_size` is the GLOBAL batch, split evenly over replicas. None (the
     default) means 64 on a CPU and GPU_BATCH_PER_REPLICA per GPU on GPUs, so
@@ -42,11 +42,11 @@ class TrainConfig:
     than 2e-3 both in a short demo and over 25 epochs). None means 5e-3 scaled
     by sqrt(batch / 64), at most 2e-2, and a warm-up of 9,600 images' worth of
     steps: `resolve()` fills them in for the devices at hand, and config.json
-    records the values used (benchmarks/batch_scaling.py, README).
+    records the values used (benchmarks/batch_scaling.py, docs/benchmarks.md).
 
     Adam's beta_2 is 0.99 rather than Keras' 0.999: the second-moment average then
     forgets the large gradients of the first steps within ~100 steps instead of
-    ~1,000, which measurably helps runs of a few thousand steps (README).
+    ~1,000, which measurably helps runs of a few thousand steps (docs/benchmarks.md).
 
     BatchNorm momentum is 0.9 rather than Keras' 0.99: with a few hundred steps
     per epoch the 0.99 moving statistics lag the weights, and validation (which
@@ -144,6 +144,94 @@ class TrainConfig:
         if "filters" in values:
             values["filters"] = tuple(values["filters"])
         return cls(**values)
+
+
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    """The recipe settings in a YAML, JSON or TOML file, by TrainConfig's field names (dashes allowed).
+
+    `aekit train --config FILE` applies them as if given on the command line; options given there too
+    win. Raises AekitError for an unreadable file, unknown names (listing the known ones) or values of
+    the wrong kind (the recipe's own checks).
+
+    Example (recipe.yaml):
+        filters: [32, 64, 128]
+        latent_dim: 64
+        epochs: 40
+        val_split: 0.2
+    """
+    path = Path(path)
+    if path.suffix.lower() not in RECIPE_SUFFIXES:
+        raise AekitError(f"--config {path}: expected a {', '.join(RECIPE_SUFFIXES)} file of recipe settings.")
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            import json
+
+            data = json.loads(text)
+        elif path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            from aekit.lazy import yaml
+
+            data = yaml.safe_load(text)
+    except AekitError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AekitError(f"--config {path} cannot be read: {exc}. Check the path.") from None
+    except Exception as exc:  # the parsers' own errors (yaml.YAMLError, json/toml decode errors)
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise AekitError(f"--config {path} is not valid {path.suffix[1:].upper()} ({first}). Fix the file.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise AekitError(f"--config {path} holds a {type(data).__name__}; expected a mapping of recipe settings (name: value).")
+    known = {f.name for f in fields(TrainConfig)}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        verb = "is not a recipe setting" if len(unknown) == 1 else "are not recipe settings"
+        raise AekitError(f"--config {path}: {', '.join(unknown)} {verb}. Known: {', '.join(sorted(known))}.")
+    if isinstance(values.get("filters"), list):
+        values["filters"] = tuple(values["filters"])
+    try:
+        TrainConfig(**values).validate()
+    except TypeError as exc:
+        raise AekitError(f"--config {path}: {exc}.") from None
+    except AekitError as exc:
+        raise AekitError(f"--config {path}: {exc}") from None
+    return values
+
+
+def recipe_text(config: TrainConfig) -> str:
+    """A recipe as YAML that `--config` reads back (None: chosen for the devices when training starts)."""
+    lines = []
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is None:
+            shown = "null"
+        elif isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, str):
+            shown = json_string(value)
+        elif isinstance(value, list):
+            shown = "[" + ", ".join(str(v) for v in value) + "]"
+        else:
+            shown = repr(value)
+        lines.append(f"{f.name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def json_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
 
 
 def default_learning_rate(batch: int) -> float:

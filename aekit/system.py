@@ -6,6 +6,7 @@ import platform
 from importlib import metadata
 
 from aekit import __version__
+from aekit.lazy import tf
 
 PACKAGES = (
     "tensorflow",
@@ -44,8 +45,6 @@ def cpu_name() -> str:
 def system_info() -> dict:
     """aekit/Python/library versions, CPU, GPUs TensorFlow sees, onnxruntime providers."""
     import os
-
-    import tensorflow as tf
 
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):

@@ -33,6 +33,7 @@ from aekit.data import (
 )
 from aekit.distribute import Placement, make_placement
 from aekit.errors import AekitError
+from aekit.lazy import keras, summary_pb2, tf
 from aekit.metrics import mse_per_image, psnr_from_mse
 from aekit.plots import reconstruction_grid
 from aekit.recipe import TrainConfig, prepare_resume, read_config  # noqa: F401  (prepare_resume: aekit.train's public name)
@@ -85,7 +86,6 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
         raise AekitError(f"--output {run_dir} is a file, not a folder. Pick a folder name for the run.")
     placement = make_placement(config.gpus, config.cpu_replicas, config.precision, config.worker_timeout)
     config = config.resolve(gpus=placement.num_replicas if placement.on_gpu else 0)  # the batch, rate and warm-up used
-    import tensorflow as tf
 
     try:
         return _train(config, run_dir, callback, placement)
@@ -185,8 +185,6 @@ def _training_batches(config, placement: Placement, splits, steps_per_epoch: int
 
 
 def _build_model(config: TrainConfig, placement: Placement, image_shape, steps_per_epoch: int) -> _Model:
-    import keras
-
     from aekit.kernels import FusedAdam
     from aekit.model import build_autoencoder
 
@@ -211,8 +209,6 @@ class _Checkpoints:
     """The model, optimizer and where training stands, saved together under <run>/checkpoints."""
 
     def __init__(self, run_dir: Path, model: _Model, placement: Placement):
-        import tensorflow as tf
-
         self.run_dir, self.dir = run_dir, run_dir / runs.CHECKPOINTS
         # Finished epochs, steps into the current one, and that epoch's running loss and time.
         self.progress = _Progress()
@@ -237,7 +233,6 @@ def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> 
     A run that trained but whose checkpoint cannot be read is an error naming the file, and
     nothing in the folder is touched: starting again would overwrite the run.
     """
-    import tensorflow as tf
 
     run_dir, progress = state.run_dir, state.progress
     latest = tf.train.latest_checkpoint(str(state.dir)) if state.dir.is_dir() else None
@@ -300,8 +295,6 @@ def _train_epochs(
     run: _Run, batches: DeviceImages | StreamedImages, history: list[dict], start_epoch: int, start_step: int
 ) -> list[dict]:
     """The loop: steps, the divergence check, step checkpoints, Ctrl-C at step boundaries, one row per epoch."""
-    import keras
-    import tensorflow as tf
 
     config, placement, model, state, callback = run.config, run.placement, run.model, run.state, run.callback
     progress, steps_per_epoch = state.progress, run.steps_per_epoch
@@ -439,8 +432,6 @@ class TensorBoardLog:
     TRAIN, VALIDATION = "train", "validation"
 
     def __init__(self, folder: Path, enabled: bool = True):
-        import tensorflow as tf
-
         self.writers = {}
         if enabled:  # event files are append-only streams: no atomic rename, and a torn tail is skipped
             self.writers = {part: tf.summary.create_file_writer(str(folder / part)) for part in (self.TRAIN, self.VALIDATION)}
@@ -468,15 +459,11 @@ class TensorBoardLog:
         self.writers = {}
 
     def _scalars(self, part: str, step: int, **values: float) -> None:
-        import tensorflow as tf
-
         with self.writers[part].as_default():
             for tag, value in values.items():
                 tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_plugin_metadata("scalars"))
 
     def _image(self, part: str, step: int, tag: str, image: np.ndarray) -> None:
-        import tensorflow as tf
-
         # The images plugin's record: [width, height, PNG bytes...] as strings.
         png = tf.io.encode_png(tf.image.convert_image_dtype(image, tf.uint8, saturate=True))
         record = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
@@ -485,8 +472,6 @@ class TensorBoardLog:
 
 
 def _plugin_metadata(plugin: str):
-    from tensorflow.core.framework import summary_pb2
-
     data_class = {"scalars": summary_pb2.DATA_CLASS_SCALAR, "images": summary_pb2.DATA_CLASS_BLOB_SEQUENCE}[plugin]
     plugin_data = summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin)
     return summary_pb2.SummaryMetadata(plugin_data=plugin_data, data_class=data_class)
@@ -523,7 +508,6 @@ class _StopRequest:
 
 def _check_workers_agree(strategy, facts: list[int]) -> None:
     """Stops with a clear error unless every worker has the same data size, steps and resume point."""
-    import tensorflow as tf
 
     names = ("training images", "steps per epoch", "finished epochs", "steps into the epoch", "packed data (shard hashes)")
     local = tf.constant(facts, tf.float64)
@@ -554,8 +538,6 @@ class _Progress:
     """Checkpointed counters of where training stands."""
 
     def __init__(self):
-        import tensorflow as tf
-
         def counter(name, dtype=tf.int64):
             return tf.Variable(0, dtype=dtype, trainable=False, name=name)
 
@@ -635,9 +617,6 @@ def _new_plan(config: TrainConfig, total_steps: int) -> dict:
 
 
 def _run_schedule_class():
-    import keras
-    import tensorflow as tf
-
     class RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
         """The run's plan (see `_plan_schedule`): a warm-up and cosine decay over the steps first planned,
         then, for each resume that changed the steps left, a cosine from the rate reached to 1% of the peak."""
@@ -729,7 +708,6 @@ def make_train_steps(strategy, model, optimizer, batches, precision: str):
     the stream of packed shards. The losses of the steps come back together; the host reads
     them once per call.
     """
-    import tensorflow as tf
 
     scaled = precision == "mixed_float16"
     global_batch_size = batches.global_batch
@@ -779,7 +757,6 @@ def steps_per_call(requested: int, step_macs: float, on_gpu: bool, steps_per_epo
 
 def model_macs(model) -> int:
     """Multiply-adds of one forward pass of one image through a chain of Conv2D/Conv2DTranspose/Dense layers."""
-    import keras
 
     total = 0
     for layer in model.layers:
@@ -870,9 +847,6 @@ def _write_outputs(run_dir, history, encoder, decoder, autoencoder, predict, gri
 def _config_record(
     config: TrainConfig, splits: DataSplits, placement: Placement, steps_per_epoch: int, plan: dict | None = None
 ) -> dict:
-    import keras
-    import tensorflow as tf
-
     return {
         "aekit_version": __version__,
         "recipe": config.to_json(),

@@ -8,9 +8,9 @@ can fix (AekitError) become one line on stderr and exit code 2.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -72,33 +72,10 @@ app = typer.Typer(
 
 
 def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow with native stderr silenced, unless the user asked for its logs.
+    """Imports TensorFlow now (quietly, see aekit.lazy), so a command that needs it fails at once where it is missing."""
+    from aekit.lazy import tf
 
-    TF 2.21 writes absl/oneDNN/CUDA-probe notices to fd 2 before TF_CPP_MIN_LOG_LEVEL
-    takes effect; they are noise on a CPU machine. Python exceptions still propagate.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    try:
-        available = importlib.util.find_spec("tensorflow") is not None
-    except ImportError:  # a broken or blocked install
-        available = False
-    if not available:
-        raise AekitError(
-            "This command needs TensorFlow, and this is an edge install of aekit (encode/decode/reconstruct/score only). "
-            "Install the training side: pip install 'aekit[full]'."
-        )
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
-        import tensorflow  # noqa: F401  (the user asked to see its logs)
-
-        return
-    from aekit.quiet import quiet_native_output
-
-    with quiet_native_output():
-        import tensorflow  # noqa: F401
-    import absl.logging  # TFDS and checkpoint restore log warnings that are aekit's to report
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.load()
 
 
 def user_errors(command, needs_tensorflow: bool = True):
@@ -181,18 +158,16 @@ TRAIN_HELP = {
     "workers": "Multi-worker by hand: host:port of every worker, comma-separated (worker 0 is the chief). Sets TF_CONFIG.",
     "task_index": "With --workers: this worker's index.",
     "worker_timeout": "Multi-worker: seconds to wait for every peer to answer at start-up before giving up.",
+    "adam_beta_2": "Adam's second-moment decay.",
+    "config": "A recipe file (YAML, JSON or TOML) of these settings by name, e.g. latent_dim: 64; options given here win.",
+    "print_recipe": "Print the recipe this command would train with (YAML that --config reads) and exit.",
     "steps_per_execution": "Training steps per tf.function call; the host reads the losses once per call. "
     "0 = auto: about 10 ms of GPU work per call (~100 steps for this model), or 0.25 s of CPU work (~10 steps).",
 }
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# Settings whose help quotes the default recipe's value (the others are chosen when training starts, or flags).
 RECIPE_DEFAULTS = {
-    "epochs",
-    "lr_schedule",
-    "filters",
-    "latent_dim",
-    "bn_momentum",
-    "val_split",
-    "seed",
-    "worker_timeout",
+    name for name in RECIPE_FIELDS if getattr(RECIPE, name) is not None and not isinstance(getattr(RECIPE, name), bool)
 }
 
 
@@ -236,6 +211,9 @@ def train(
     task_index: Annotated[Optional[int], train_option("task_index")] = None,
     worker_timeout: Annotated[Optional[float], train_option("worker_timeout")] = None,
     steps_per_execution: Annotated[Optional[int], train_option("steps_per_execution")] = None,
+    adam_beta_2: Annotated[Optional[float], train_option("adam_beta_2")] = None,
+    config_file: Annotated[Optional[Path], train_option("config", "--config")] = None,
+    print_recipe: Annotated[bool, train_option("print_recipe", "--print-recipe")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as one JSON object on stdout.")] = False,
 ):
@@ -246,38 +224,31 @@ def train(
     from aekit.recipe import plan_run
     from aekit.train import train as run_training
 
-    given = {
-        "dataset": dataset,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule,
-        "warmup_steps": warmup_steps,
-        "filters": parse_filters(filters) if filters is not None else None,
-        "latent_dim": latent_dim,
-        "bn_momentum": bn_momentum,
-        "val_split": val_split,
-        "val_from_end": val_from_end,
-        "pixel_max": pixel_max,
-        "gpus": gpus,
-        "cpu_replicas": cpu_replicas,
-        "precision": precision,
-        "seed": seed,
-        "data_dir": data_dir,
-        "checkpoint_steps": checkpoint_steps,
-        "worker_timeout": worker_timeout,
-        "steps_per_execution": steps_per_execution,
-    }
+    settings = locals()
+    given = {name: settings[name] for name in RECIPE_FIELDS}  # every recipe setting is a train option (tests hold it)
+    if filters is not None:
+        given["filters"] = parse_filters(filters)
     if workers is not None or task_index is not None:
         from aekit.distribute import tf_config_for
 
         if workers is None or task_index is None:
             raise AekitError("--workers and --task-index go together: list every worker and say which one this is.")
         os.environ["TF_CONFIG"] = tf_config_for(workers, task_index)
+    if config_file is not None:  # the file's settings count as given; options on the command line win
+        from aekit.recipe import read_recipe_file
+
+        given = {**read_recipe_file(config_file), **{key: value for key, value in given.items() if value is not None}}
     explicit = {key for key, value in given.items() if value is not None}
     config = TrainConfig(**{key: given[key] for key in explicit})
 
     run_dir, config = plan_run(config, explicit, resume, output, name)
+    if print_recipe:
+        from aekit.recipe import recipe_text
+
+        out_console.print(f"# {'resumes' if (run_dir / runs.CONFIG).is_file() else 'new run in'} {run_dir}", highlight=False)
+        out_console.print("# null: chosen for the devices when training starts (see aekit train --help)", highlight=False)
+        out_console.print(recipe_text(config), end="", highlight=False, soft_wrap=True)
+        return
     split = packed_val_split(config.dataset) if "val_split" in explicit else None
     if split is not None and abs(split - config.val_split) > 1e-9:
         raise AekitError(

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST files beside the repo, small arrays, CPU-only TensorFlow.
+"""Shared fixtures: the real MNIST files beside the repo, small arrays, CPU-only TensorFlow (when installed).
 
 The process is split into two logical CPU devices before TensorFlow starts, so
 the mirrored (2-replica) training path runs in-process. No test touches the
@@ -15,10 +15,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["AEKIT_OFFLINE"] = "1"
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import tensorflow as tf  # noqa: E402
-
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+try:  # the edge venv (make edge-check) runs the TensorFlow-free tests without it
+    import tensorflow as tf  # noqa: E402
+except ImportError:
+    tf = None
+else:
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from support import FIXTURE, FIXTURE_EPOCHS, FIXTURE_IMAGES, MNIST_DIR, read_mnist  # noqa: E402
 
@@ -39,10 +42,11 @@ def small_npz(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def float32_policy():
-    import keras
-
     yield
-    keras.mixed_precision.set_global_policy("float32")
+    if tf is not None:
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.fixture(scope="session")

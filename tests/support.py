@@ -1,10 +1,12 @@
 """Test data and small model sizes shared by the test files (fixtures live in conftest.py)."""
 
 import gzip
+import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("AEKIT_TEST_MNIST", REPO.parent / "shared" / "data" / "mnist"))
@@ -19,3 +21,7 @@ def read_mnist(count: int | None = None) -> np.ndarray:
     raw = gzip.decompress((MNIST_DIR / "t10k-images-idx3-ubyte.gz").read_bytes())
     images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
     return images if count is None else images[:count]
+
+
+# The edge venv (make edge-check) runs the TensorFlow-free test files; their few TensorFlow tests skip there.
+needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="no TensorFlow in the edge venv")

@@ -154,3 +154,37 @@ def test_tf_config_selects_multi_worker_strategy_with_the_same_loop(tmp_path, sm
     assert config["placement"]["strategy"] == "MultiWorkerMirroredStrategy"
     assert config["placement"]["task"] == "worker:0" and config["placement"]["replicas"] == 1
     assert runs.is_finished(tmp_path / "run")
+
+
+def test_every_recipe_setting_is_a_train_option_with_help():
+    import dataclasses
+    import inspect
+
+    from aekit.cli import main
+
+    names = {f.name for f in dataclasses.fields(main.TrainConfig)}
+    assert names <= set(inspect.signature(main.train).parameters) and names <= set(main.TRAIN_HELP)
+    assert set(main.RECIPE_FIELDS) == names
+
+
+def test_a_recipe_file_sets_the_recipe_and_options_win(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("filters: [4, 8]\nlatent-dim: 6\nepochs: 3\nval_split: 0.2\nadam_beta_2: 0.98\n")
+    printed = CliRunner().invoke(
+        app, ["train", "--config", str(tmp_path / "recipe.yaml"), "--epochs", "2", "-o", str(tmp_path / "run"), "--print-recipe"]
+    )
+    assert printed.exit_code == 0, printed.output
+    from aekit.recipe import read_recipe_file
+
+    (tmp_path / "printed.yaml").write_text(printed.stdout)
+    again = read_recipe_file(tmp_path / "printed.yaml")  # what it prints, --config reads back
+    assert again["filters"] == (4, 8) and again["latent_dim"] == 6 and again["epochs"] == 2 and again["val_split"] == 0.2
+    assert again["adam_beta_2"] == 0.98 and again["batch_size"] is None and not (tmp_path / "run").exists()
+    for text, words in (
+        ("filtrs: [4]\n", "filtrs is not a recipe setting. Known: adam_beta_2"),
+        ("epochs: 0\n", "--epochs must be at least 1"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("filters: [4\n", "is not valid YAML"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "bad.yaml")])
+        assert result.exit_code == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -101,6 +101,17 @@ def test_the_edge_side_runs_where_tensorflow_cannot_be_imported(exported, tmp_pa
             app(["encode", "--model", {str(exported / "encoder.onnx")!r}, {str(IDX)!r}, "-o", {str(tmp_path / "z.npz")!r}])
         except SystemExit as exit:
             assert exit.code in (0, None), exit.code
+        enc, dec, idx = {str(exported / "encoder.onnx")!r}, {str(exported / "decoder.tflite")!r}, {str(IDX)!r}
+        for args in (
+            ["decode", "--model", dec, {str(tmp_path / "z.npz")!r}, "-o", {str(tmp_path / "z-images.npz")!r}, "--format", "npz"],
+            ["reconstruct", "--encoder", enc, "--decoder", dec, {str(IDX)!r}, "-o", {str(tmp_path / "recon")!r}],
+            ["score", "--encoder", enc, "--decoder", dec, "--calibrate", idx, "--threshold", {str(tmp_path / "t.json")!r}],
+        ):
+            try:
+                app(args)
+            except SystemExit as exit:
+                assert exit.code in (0, None), (args[0], exit.code)
+            print("ran", args[0])
         try:
             app(["train", "--epochs", "1"])
         except SystemExit as exit:
@@ -112,6 +123,12 @@ def test_the_edge_side_runs_where_tensorflow_cannot_be_imported(exported, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "encoded (3, 16)" in proc.stdout and "Encoded 10,000 images" in proc.stdout
     assert "train exit 2" in proc.stdout and "pip install 'aekit[full]'" in proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("ran ")] == [
+        "ran decode",
+        "ran reconstruct",
+        "ran score",
+    ]
+    assert (tmp_path / "recon" / "reconstructions.png").is_file() and (tmp_path / "t.json").is_file()
     assert np.load(tmp_path / "z.npz")["latents"].shape == (10_000, 16)
 
 

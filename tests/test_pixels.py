@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from support import needs_tensorflow
 
 from aekit import AekitError
 from aekit.pixels import PixelScaling
@@ -26,6 +27,7 @@ def test_float_0_255_is_scaled_like_uint8():
     np.testing.assert_allclose(out, [[0.0, 0.5, 1.0]])
 
 
+@needs_tensorflow
 def test_tf_and_numpy_scaling_agree():
     images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
     scaling = PixelScaling.for_images(images)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from support import needs_tensorflow
 
 from aekit import AekitError
 from aekit.data import load_data
@@ -81,6 +82,7 @@ def test_nested_folders_validate_on_every_sub_folder(tmp_path):
     np.testing.assert_array_equal(ordered.val[0], np.asarray(Image.open(photos / "sky" / "set2" / "004.png")))
 
 
+@needs_tensorflow
 def test_validation_on_a_nested_folder_agrees_with_held_out_images(tmp_path):
     """Trained on 320 patches of eight unlike sub-folders, val PSNR is the PSNR of new patches (the last-N% rule
     reported ~3 dB too high here: its validation was the smooth sky)."""

@@ -314,7 +314,7 @@ def test_auto_steps_per_call_fill_ten_milliseconds_of_a_gpu_a_quarter_second_of_
     from aekit.train import model_macs, steps_per_call
 
     encoder, decoder, autoencoder = build_autoencoder()
-    assert model_macs(encoder) == 1_009_792 and model_macs(autoencoder) == 6_704_768  # DESIGN.md: ~1.0 M and ~6.7 M
+    assert model_macs(encoder) == 1_009_792 and model_macs(autoencoder) == 6_704_768  # docs/design.md: ~1.0 M and ~6.7 M
 
     step_macs = 3 * 6.7e6 * 64  # the reference model, batch 64
     assert steps_per_call(0, step_macs, on_gpu=False, steps_per_epoch=125) == 10  # ~26 ms per step at 100 GFLOP/s
