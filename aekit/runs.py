@@ -25,6 +25,7 @@ METRICS = "metrics.json"
 LOSS_PLOT = "loss.png"
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS = "checkpoints"
+ARRAY_DATA = "data.npz"  # the array a Python call trained on (aekit.api.train), the run's source for export and resume
 TENSORBOARD = "tensorboard"  # TensorBoard event files: train/ and validation/, one point per epoch
 MODEL_FILES = {"encoder": "encoder.keras", "decoder": "decoder.keras", "autoencoder": "autoencoder.keras"}
 HISTORY_FIELDS = ("epoch", "train_loss", "val_mse", "val_psnr", "seconds", "samples_per_sec", "learning_rate")
@@ -49,10 +50,11 @@ def is_run_dir(path: Path) -> bool:
 
 
 def foreign_entries(path: Path) -> list[str]:
-    """What a folder without config.json holds besides what a starting run writes first (lock, checkpoints, temp files)."""
+    """What a folder without config.json holds besides what a starting run writes first (lock, checkpoints, temp files,
+    the array a Python call trains from)."""
     if not path.is_dir():
         return []
-    starting = {".lock", CHECKPOINTS}
+    starting = {".lock", CHECKPOINTS, ARRAY_DATA}
     return sorted(p.name for p in path.iterdir() if p.name not in starting and not p.name.startswith(".partial-"))
 
 
