@@ -28,4 +28,4 @@ class ExportError(AekitError):
 
     def __init__(self, message: str, result=None):
         super().__init__(message)
-        self.result = result  # the aekit.export.ExportResult, failed entries included
+        self.result = result  # the aekit.exporting.export.ExportResult, failed entries included

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def main() -> None:
     from train_vs_reference import run_aekit
 
-    from aekit.recipe import BASE_LEARNING_RATE, CPU_BATCH, WARMUP_IMAGES
+    from aekit.core.recipe import BASE_LEARNING_RATE, CPU_BATCH, WARMUP_IMAGES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist")

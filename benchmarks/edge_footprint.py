@@ -35,7 +35,7 @@ PROBE = textwrap.dedent("""
         imported = time.perf_counter()
         out = model(images.astype("float32") / 255.0, training=False)
     else:
-        from aekit.edge import EncoderSession
+        from aekit.edge.sessions import EncoderSession
         imported = time.perf_counter()
         out = EncoderSession(path).encode(images)
     done = time.perf_counter()
@@ -84,11 +84,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/edge_footprint.json"))
     args = parser.parse_args()
 
-    from aekit.anomaly import roc_auc
-    from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer
-    from aekit.export import ExportOptions, export_run
-    from aekit.metrics import mse_per_image, psnr_from_mse
-    from aekit.sources import iter_images
+    from aekit.core.metrics import mse_per_image, psnr_from_mse
+    from aekit.core.sources import iter_images
+    from aekit.edge.codes import LatentQuantizer
+    from aekit.edge.sessions import DecoderSession, EncoderSession
+    from aekit.edge.thresholds import roc_auc
+    from aekit.exporting.export import ExportOptions, export_run
 
     export = args.run / "export"
     if not (export / "encoder.onnx").is_file() or not (export / "encoder.tflite").is_file():

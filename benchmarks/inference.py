@@ -74,8 +74,9 @@ def time_it(fn, batch: np.ndarray, seconds: float) -> tuple[float, float]:
 
 
 def ensure_run(run: Path | None, data: Path) -> Path:
-    from aekit import runs
-    from aekit.train import TrainConfig, train
+    from aekit.core import runs
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     if run is not None:
         return run
@@ -98,8 +99,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from aekit.export import ExportOptions, export_run, load_run
-    from aekit.runtimes import OnnxRunner, TFLiteRunner
+    from aekit.edge.runtimes import OnnxRunner, TFLiteRunner
+    from aekit.exporting.export import ExportOptions, export_run, load_run
 
     run = ensure_run(args.run, args.data)
     loaded = load_run(run)

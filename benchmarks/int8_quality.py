@@ -32,9 +32,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_quality.json"))
     args = parser.parse_args()
 
-    from aekit.export import ExportOptions, export_run
-    from aekit.system import system_info
-    from aekit.train import TrainConfig, train
+    from aekit.core.recipe import TrainConfig
+    from aekit.core.system import system_info
+    from aekit.exporting.export import ExportOptions, export_run
+    from aekit.training.loop import train
 
     cpu = system_info()["cpu"]
     rows = []

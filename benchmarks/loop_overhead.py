@@ -3,7 +3,7 @@
 Side by side in one run, on this machine's CPU: ms per step of a model so small that its arithmetic
 is negligible (--filters 1,1 --latent-dim 1) and of the reference model, each with K = 1 step per
 tf.function call and with K = 32 (aekit's --steps-per-execution), with Keras' BatchNorm and Adam
-and with aekit's fused training kernels (aekit.kernels), on one device and on 2 logical CPU
+and with aekit's fused training kernels (aekit.training.kernels), on one device and on 2 logical CPU
 replicas (MirroredStrategy); next to a large float32 matmul on the same threads, which gives the
 machine's arithmetic rate. The images are held on the device and gathered in the step, as in
 aekit's training.
@@ -52,11 +52,11 @@ def build_step(strategy, filters, latent, batch: int, fused: bool = True, seed: 
     import keras
     import numpy as np
 
-    from aekit.data import DeviceImages
-    from aekit.kernels import FusedAdam
-    from aekit.model import build_autoencoder
-    from aekit.pixels import PixelScaling
-    from aekit.train import make_train_steps
+    from aekit.core.pixels import PixelScaling
+    from aekit.data.feeds import DeviceImages
+    from aekit.training.kernels import FusedAdam
+    from aekit.training.model import build_autoencoder
+    from aekit.training.steps import make_train_steps
 
     keras.utils.set_random_seed(seed)
     replicas = strategy.num_replicas_in_sync
@@ -75,7 +75,7 @@ def time_steps(strategy, filters, latent, batch: int, k: int, steps: int, fused:
     """(ms per step, MFLOP per step) of aekit's training step, K steps per call."""
     import tensorflow as tf
 
-    from aekit.train import model_macs
+    from aekit.training.steps import model_macs
 
     assert k <= MAX_K
     train_steps, order, model = build_step(strategy, filters, latent, batch, fused)

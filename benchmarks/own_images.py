@@ -71,9 +71,10 @@ def anomalies(count: int, side: int, seed: int) -> np.ndarray:
 
 
 def threshold_rows(run: Path, photos: Path, fresh: np.ndarray, odd: np.ndarray, folder: Path) -> list[dict]:
-    from aekit.anomaly import calibrate, open_sessions
-    from aekit.anomaly_report import evaluate
-    from aekit.export import ExportOptions, export_run
+    from aekit.edge.anomaly import open_sessions
+    from aekit.edge.report import evaluate
+    from aekit.edge.thresholds import calibrate
+    from aekit.exporting.export import ExportOptions, export_run
 
     export_run(run, ExportOptions.from_text("onnx"))
     np.save(folder / "normal.npy", fresh)
@@ -108,8 +109,9 @@ def main() -> None:
 
     import keras
 
-    from aekit.metrics import mse_per_image, psnr_from_mse
-    from aekit.train import TrainConfig, train
+    from aekit.core.metrics import mse_per_image, psnr_from_mse
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     rows, thresholds = [], []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,8 @@
 """How fast `aekit data pack` turns a folder of PNGs into TFRecord shards, with 1 and with 2 decoding processes.
 
 Makes a folder of N PNGs from the real MNIST digits (each digit resized to --size x --size, grey),
-then, side by side in one run, times `aekit.packed.pack()` on it with each --workers value into a fresh
-folder, and next to them the serial in-memory read aekit.sources.read_image_folder does (when the
+then, side by side in one run, times `aekit.data.pack.writer.pack()` on it with each --workers value into a fresh
+folder, and next to them the serial in-memory read aekit.core.sources.read_image_folder does (when the
 images fit in 2 GB). Both packs must come out byte-identical (same identity). Prints a table and
 writes JSON.
 
@@ -89,9 +89,10 @@ def cpu_seconds() -> float:
 
 
 def time_pack(folder: Path, out: Path, workers: int, shard_size: int, executor: str) -> dict:
-    import aekit.packed as packed
+    import aekit.data.pack.sources as pack_sources
+    import aekit.data.pack.writer as packed
 
-    packed.DECODE_EXECUTOR = executor
+    pack_sources.DECODE_EXECUTOR = executor
     shutil.rmtree(out, ignore_errors=True)
     cpu, started = cpu_seconds(), time.perf_counter()
     result = packed.pack(str(folder), out, shard_size=shard_size, workers=workers)
@@ -115,7 +116,7 @@ def time_pack(folder: Path, out: Path, workers: int, shard_size: int, executor: 
 
 
 def time_read_image_folder(folder: Path, images: int) -> dict:
-    from aekit.sources import read_image_folder
+    from aekit.core.sources import read_image_folder
 
     cpu, started = cpu_seconds(), time.perf_counter()
     array = read_image_folder(folder)

@@ -2,7 +2,7 @@
 
 Traces K-step calls of the real training step (images held on the device, gathered in the
 step) with tf.profiler, on one device and on 2 logical CPU replicas, for the reference model
-with Keras' BatchNorm/Adam and with aekit's fused kernels (aekit.kernels). Reads the trace
+with Keras' BatchNorm/Adam and with aekit's fused kernels (aekit.training.kernels). Reads the trace
 (the XSpace protobuf the profiler writes) and prints, per step: the kernels run, the busy time
 and runs by op type (summed over TensorFlow's compute threads), and what the host did besides
 launching the call (the Python thread's events; tf.data iterator events would show here).

@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def run(dataset: str, epochs: int, folder: Path) -> dict:
-    from aekit.train import TrainConfig, train
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     result = train(TrainConfig(dataset=dataset, val_split=0.2, epochs=epochs, gpus=0), folder)
     rates = [row["samples_per_sec"] for row in result.history[1:] or result.history]
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/streaming_speed.json"))
     args = parser.parse_args()
 
-    from aekit.packed import pack
+    from aekit.data.pack.writer import pack
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

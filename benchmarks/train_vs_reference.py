@@ -25,7 +25,7 @@ TRAIN_IMAGES, VAL_IMAGES = 8000, 2000
 
 
 def load_split(data: Path):
-    from aekit.data import load_data
+    from aekit.data.loading import load_data
 
     splits = load_data(str(data), val_split=VAL_IMAGES / (TRAIN_IMAGES + VAL_IMAGES))
     assert len(splits.train) == TRAIN_IMAGES and len(splits.val) == VAL_IMAGES, splits.describe()
@@ -36,7 +36,7 @@ def run_reference(x_train, x_val, epochs: int, seed: int) -> list[dict]:
     """The tutorial's loop: fit on numpy arrays, batch 32, Adam 1e-3, MSE."""
     import keras
 
-    from aekit.model import build_autoencoder
+    from aekit.training.model import build_autoencoder
 
     keras.utils.set_random_seed(seed)
     _, _, autoencoder = build_autoencoder(x_train.shape[1:])
@@ -76,7 +76,8 @@ def run_reference(x_train, x_val, epochs: int, seed: int) -> list[dict]:
 
 
 def run_aekit(data: Path, epochs: int, overrides: dict) -> tuple[list[dict], dict]:
-    from aekit.train import TrainCallback, TrainConfig, train
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import TrainCallback, train
 
     rows: list[dict] = []
 
@@ -118,8 +119,8 @@ def main() -> None:
 
     from loop_overhead import matmul_gflops  # the machine's float32 rate, measured in this run
 
-    from aekit.model import build_autoencoder
-    from aekit.train import model_macs
+    from aekit.training.model import build_autoencoder
+    from aekit.training.steps import model_macs
 
     gflops = matmul_gflops()
     flop_per_image = 3 * 2 * model_macs(build_autoencoder()[2])  # forward + backward of one training image

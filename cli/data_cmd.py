@@ -1,12 +1,11 @@
 """`aekit data`: prepare datasets; `aekit data pack SOURCE OUT` packs a source into TFRecord shards.
 
 Registered in cli/main.py with `app.add_typer(data_app, name="data")`. The library side is
-`aekit.packed`; this module turns options into a `pack` call and its result into a summary.
+`aekit.data.pack`; this module turns options into a `pack` call and its result into a summary.
 """
 
 from __future__ import annotations
 
-import functools
 import shlex
 import time
 from typing import Annotated, Optional
@@ -16,7 +15,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from aekit.packed import AUTO_PARALLEL_IMAGES, DEFAULT_SHARD_SIZE
+from aekit.cli.app import user_errors
+from aekit.data.pack.schema import AUTO_PARALLEL_IMAGES, DEFAULT_SHARD_SIZE
 
 data_app = typer.Typer(
     help="Prepare datasets: pack a source into TFRecord shards for streaming.",
@@ -29,21 +29,6 @@ data_app = typer.Typer(
 @data_app.callback()
 def _data() -> None:
     """Prepare datasets: pack a source into TFRecord shards for streaming."""
-
-
-def user_errors(command):
-    """aekit.cli.main's user_errors (one-line `error:` and exit 2), imported when the command runs.
-
-    Imported late so that cli/main.py can import this module at its top without a cycle.
-    """
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from aekit.cli.main import user_errors as main_user_errors
-
-        return main_user_errors(command)(*args, **kwargs)
-
-    return wrapper
 
 
 @data_app.command()
@@ -85,7 +70,7 @@ def pack(
     Running the same command again continues an interrupted pack and repairs missing or corrupt shards.
     """
     from aekit.cli.render import err_console, out_console
-    from aekit.packed import pack as pack_source
+    from aekit.data.pack.writer import pack as pack_source
 
     progress = None
     if not quiet:
@@ -190,7 +175,7 @@ def check(
 ):
     """Check a pack: every shard present with the size and sha256 dataset.json lists, holding the images it counts."""
     from aekit.cli.render import out_console
-    from aekit.packed import PackedDataset
+    from aekit.data.pack.reader import PackedDataset
 
     data = PackedDataset.open(folder, verify=not fast)
     if not fast:

@@ -17,9 +17,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from aekit import runs
-from aekit.bench import SSIM_WINDOW
-from aekit.train import TrainCallback, TrainResult
+from aekit.benchmarking.quality import SSIM_WINDOW
+from aekit.core import runs
+from aekit.training.loop import TrainCallback, TrainResult
 
 out_console = Console()
 err_console = Console(stderr=True)

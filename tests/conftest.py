@@ -52,7 +52,8 @@ def float32_policy():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A finished small run on 2,000 real digits (val MSE ~0.03), shared read-only; copy it (run_copy) to change it."""
-    from aekit.train import TrainConfig, train
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     data = tmp_path_factory.mktemp("fixture-data") / "digits.npz"
     np.savez(data, images=read_mnist(FIXTURE_IMAGES))

@@ -1,4 +1,4 @@
-"""aekit.anomaly: thresholds, calibration, ROC AUC and the score/reconstruct jobs.
+"""aekit.edge.anomaly: thresholds, calibration, ROC AUC and the score/reconstruct jobs.
 
 The exported files here are tiny hand-built ONNX models (4x4 images, 2 latents) with a
 real manifest beside them, so every score is known in advance: an encoder with zero
@@ -17,28 +17,22 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.anomaly import (
+from aekit.cli.main import app
+from aekit.core.manifest import MANIFEST, SCHEMA_VERSION, Parity, sha256_of
+from aekit.edge.anomaly import Scores, grid_scale, open_sessions, reconstruct, reconstruction_errors, save_grid, score_path
+from aekit.edge.report import HISTOGRAM_SIZE, THRESHOLD_COLOUR, evaluate, histogram_bins
+from aekit.edge.thresholds import (
     OTHER_IMAGES,
     TRAINING_IMAGES,
     VALIDATION_IMAGES,
-    Scores,
     Threshold,
     calibrate,
     calibrate_threshold,
     calibration_origin,
-    grid_scale,
     load_threshold,
-    open_sessions,
-    reconstruct,
-    reconstruction_errors,
     roc_auc,
-    save_grid,
     score,
-    score_path,
 )
-from aekit.anomaly_report import HISTOGRAM_SIZE, THRESHOLD_COLOUR, evaluate, histogram_bins
-from aekit.cli.main import app
-from aekit.manifest import MANIFEST, SCHEMA_VERSION, Parity, sha256_of
 
 SIDE, LATENT = 4, 2
 
@@ -152,7 +146,7 @@ def test_roc_auc_on_separated_reversed_and_tied_scores():
 
 
 def test_threshold_json_round_trips_through_a_file(tmp_path):
-    from aekit.runs import write_json
+    from aekit.core.runs import write_json
 
     limit = Threshold(0.0123456789, 0.99, 2000, "normal.npy", "export/encoder.onnx", "export/decoder.onnx", "/runs/a")
     limit.calibrated_on = VALIDATION_IMAGES
@@ -275,7 +269,7 @@ def test_score_path_keeps_images_spread_evenly_over_the_source_across_batches(ex
     assert score_path(encoder, decoder, source, batch_size=4, keep=50).kept.tolist() == list(range(10))  # all of them
     assert score_path(encoder, decoder, source).originals is None
     batches = ((["a", "b"], np.full((2, SIDE, SIDE, 1), 0.5, np.float32)) for _ in range(3))  # size unknown: the first
-    from aekit.anomaly import score_batches
+    from aekit.edge.anomaly import score_batches
 
     assert score_batches(encoder, decoder, batches, "stream", keep=3).kept.tolist() == [0, 1, 2]
 
@@ -419,9 +413,9 @@ def test_cli_score_refuses_half_a_labelled_pair_and_a_stray_histogram(export, tm
 
 def make_run(folder, data, val_split=0.25):
     """A run folder with the config.json training writes (recipe, model, the data record), for exports to point at."""
-    from aekit.data import load_data
-    from aekit.recipe import TrainConfig
-    from aekit.runs import write_json
+    from aekit.core.recipe import TrainConfig
+    from aekit.core.runs import write_json
+    from aekit.data.loading import load_data
 
     folder.mkdir(parents=True)
     record = {"recipe": TrainConfig().to_json(), "model": {}, "data": load_data(str(data), val_split).describe()}
@@ -476,7 +470,7 @@ def test_calibrate_val_uses_the_runs_validation_split(tmp_path):
     train = constant_images(tmp_path / "train.npy", values)
     run = make_run(tmp_path / "run", train, val_split=0.25)
     enc, dec = make_export(tmp_path / "export", run=str(run))
-    from aekit.data import load_data
+    from aekit.data.loading import load_data
 
     held_out = load_data(str(train), 0.25).val[:, 0, 0, 0]  # the 3 images training never saw
     assert len(held_out) == 3
@@ -635,7 +629,7 @@ def test_cli_score_names_a_threshold_file_of_the_wrong_shape(export, tmp_path):
 
 def test_the_anomaly_module_imports_without_tensorflow():
     script = (
-        "import sys, aekit.anomaly, aekit.anomaly_report; "
+        "import sys, aekit.edge.anomaly, aekit.edge.report; "
         "assert not {'tensorflow', 'keras', 'matplotlib'} & set(sys.modules), sorted(sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

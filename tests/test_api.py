@@ -13,7 +13,7 @@ import pytest
 from support import REPO, read_mnist
 
 import aekit
-from aekit.api import translate
+from aekit.api.messages import translate
 from aekit.errors import AekitError, ExportError, InputError, RunFolderError, UnknownOptionError
 
 # The README's "## Python API" example, copied here so the API is tested whatever the README says.
@@ -208,13 +208,13 @@ def test_errors_name_keyword_arguments_and_leave_no_folder(tmp_path):
     ],
 )
 def test_translate_turns_flags_into_keywords_and_keeps_command_lines(flags, keywords):
-    from aekit.api import TRAIN_FLAGS
+    from aekit.api.messages import TRAIN_FLAGS
 
     assert translate(flags, TRAIN_FLAGS) == keywords
 
 
 def test_bench_and_export_flags_become_their_keywords():
-    from aekit.api import BENCH_FLAGS, EXPORT_FLAGS
+    from aekit.api.messages import BENCH_FLAGS, EXPORT_FLAGS
 
     assert translate("--format tflite cannot be quantized to int8. Use --quantize none.", EXPORT_FLAGS) == (
         "formats='tflite' cannot be quantized to int8. Use quantize='none'."
@@ -234,7 +234,7 @@ heavy = {HEAVY!r}
 loaded = lambda: sorted(m for m in sys.modules if m.split(".")[0] in heavy)
 after_import = loaded()
 names = [aekit.EncoderSession.__name__, aekit.DecoderSession.__name__, aekit.AekitError.__name__, aekit.Run.__name__]
-called = [callable(aekit.train), callable(aekit.export), callable(aekit.bench), aekit.train.TrainConfig.__name__]
+called = [callable(aekit.train), callable(aekit.export), callable(aekit.bench), aekit.TrainConfig.__name__]
 print(json.dumps({{"after_import": after_import, "after_names": loaded(), "names": names, "called": called,
                   "version": aekit.__version__, "dir": sorted(set(aekit.__all__) - set(dir(aekit))), "seconds": seconds}}))
 """

@@ -9,11 +9,12 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from aekit import AekitError, runs
-from aekit.bench import BenchOptions, Target, bench_run, run_bench, write_outputs
+from aekit import AekitError
+from aekit.benchmarking.bench import BenchOptions, Target, bench_run, run_bench, write_outputs
 from aekit.cli.main import app
 from aekit.cli.render import export_notice, export_outcome, render_bench
-from aekit.export import ExportOptions, export_run
+from aekit.core import runs
+from aekit.exporting.export import ExportOptions, export_run
 
 FAST = dict(batch_sizes=(1, 8), runs=4, warmup=1, min_psnr=5.0)  # the small model reaches ~15 dB
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aekit import runs
 from aekit.cli.main import app
+from aekit.core import runs
 
 AEKIT = Path(sys.executable).with_name("aekit")
 TINY_ARGS = ["--filters", "8,16", "--latent-dim", "4", "--gpus", "0"]
@@ -160,11 +160,11 @@ def test_every_recipe_setting_is_a_train_option_with_help():
     import dataclasses
     import inspect
 
-    from aekit.cli import main
+    from aekit.cli import train_cmd
 
-    names = {f.name for f in dataclasses.fields(main.TrainConfig)}
-    assert names <= set(inspect.signature(main.train).parameters) and names <= set(main.TRAIN_HELP)
-    assert set(main.RECIPE_FIELDS) == names
+    names = {f.name for f in dataclasses.fields(train_cmd.TrainConfig)}
+    assert names <= set(inspect.signature(train_cmd.train).parameters) and names <= set(train_cmd.TRAIN_HELP)
+    assert set(train_cmd.RECIPE_FIELDS) == names
 
 
 def test_a_recipe_file_sets_the_recipe_and_options_win(tmp_path):
@@ -173,7 +173,7 @@ def test_a_recipe_file_sets_the_recipe_and_options_win(tmp_path):
         app, ["train", "--config", str(tmp_path / "recipe.yaml"), "--epochs", "2", "-o", str(tmp_path / "run"), "--print-recipe"]
     )
     assert printed.exit_code == 0, printed.output
-    from aekit.recipe import read_recipe_file
+    from aekit.core.recipe import read_recipe_file
 
     (tmp_path / "printed.yaml").write_text(printed.stdout)
     again = read_recipe_file(tmp_path / "printed.yaml")  # what it prints, --config reads back

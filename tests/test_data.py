@@ -7,8 +7,11 @@ import pytest
 from PIL import Image
 from support import read_mnist
 
-from aekit import AekitError, data
-from aekit.data import DeviceImages, load_data, network_reachable
+from aekit import AekitError
+from aekit.data import loading
+from aekit.data.feeds import DeviceImages
+from aekit.data.loading import load_data
+from aekit.data.network import network_reachable
 
 
 def test_idx_folder_holds_out_a_seeded_random_fraction(mnist_dir):
@@ -117,7 +120,7 @@ def test_missing_path_and_unknown_name():
 def test_tfds_source_offline_with_mock_data(monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "network_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(loading, "network_reachable", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=24):
         splits = load_data("mnist")
     assert splits.kind == "tfds" and splits.source == "tfds:mnist"
@@ -186,7 +189,7 @@ def test_device_images_scale_batches_and_reshuffle_every_epoch(mnist_dir):
 
 def ids_dataset(count):
     """Images whose single pixel is their index / 1000, so batches can be traced back to examples."""
-    from aekit.pixels import PixelScaling
+    from aekit.core.pixels import PixelScaling
 
     return (np.arange(count, dtype=np.float32) / 1000).reshape(count, 1, 1, 1), PixelScaling(1.0)
 
@@ -221,7 +224,7 @@ def test_a_batch_depends_only_on_seed_epoch_and_step_so_resume_is_exact():
 
 
 def test_a_run_record_reloads_the_same_data(tmp_path, small_npz, monkeypatch):
-    from aekit.data import reload_data
+    from aekit.data.loading import reload_data
 
     fallback = load_data(None, val_split=0.1, data_dir=str(tmp_path))
     again = reload_data(fallback.describe())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from aekit.distribute import tf_config_for
+from aekit.training.distribute import tf_config_for
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PORT = 2222

@@ -10,13 +10,14 @@ from support import MNIST_DIR, read_mnist
 from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.anomaly import roc_auc
 from aekit.cli.main import app
-from aekit.edge import DecoderSession, EncoderSession, LatentQuantizer, load_latents
-from aekit.export import ExportOptions, export_run, load_run
-from aekit.metrics import mse_per_image, psnr_from_mse
-from aekit.runtimes import NoCudaError
-from aekit.sources import iter_images
+from aekit.core.metrics import mse_per_image, psnr_from_mse
+from aekit.core.sources import iter_images
+from aekit.edge.codes import LatentQuantizer, load_latents
+from aekit.edge.runtimes import NoCudaError
+from aekit.edge.sessions import DecoderSession, EncoderSession
+from aekit.edge.thresholds import roc_auc
+from aekit.exporting.export import ExportOptions, export_run, load_run
 
 IDX = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 
@@ -24,7 +25,8 @@ IDX = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 @pytest.fixture(scope="module")
 def decent_run(tmp_path_factory):
     """A small model trained well enough to tell digits from other images (val PSNR ~19 dB, ~15 s)."""
-    from aekit.train import TrainConfig, train
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     folder = tmp_path_factory.mktemp("edge-run")
     np.savez(folder / "digits.npz", images=read_mnist(3000))
@@ -93,7 +95,7 @@ def test_the_edge_side_runs_where_tensorflow_cannot_be_imported(exported, tmp_pa
         except ImportError:
             pass
         import numpy as np
-        from aekit.edge import EncoderSession
+        from aekit.edge.sessions import EncoderSession
         codes = EncoderSession({str(exported / "encoder.tflite")!r}).encode(np.zeros((3, 28, 28, 1), np.uint8))
         assert codes.shape == (3, 16)
         from aekit.cli.main import app
@@ -496,7 +498,7 @@ def test_decode_never_overwrites_or_merges_and_leaves_nothing_half_written(expor
 
 
 def test_an_interrupted_decode_leaves_no_images_under_final_names(exported, tmp_path, monkeypatch):
-    import aekit.edge as edge
+    import aekit.edge.codes as edge
 
     codes = EncoderSession(exported / "encoder.onnx").encode(read_mnist(6))
     np.savez(tmp_path / "c.npz", latents=codes, names=np.asarray([str(i) for i in range(6)]), latent_dtype=np.asarray("float32"))

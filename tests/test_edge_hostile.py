@@ -16,12 +16,14 @@ from test_anomaly import LATENT, SIDE, constant_images, make_export
 from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.anomaly import Threshold, calibrate, open_sessions, score
 from aekit.cli.main import app
-from aekit.edge import DecoderSession, EncoderSession, load_latents
-from aekit.manifest import MANIFEST
-from aekit.runtimes import check_threads, max_threads, open_runner
-from aekit.sources import iter_images, read_image
+from aekit.core.manifest import MANIFEST
+from aekit.core.sources import iter_images, read_image
+from aekit.edge.anomaly import open_sessions
+from aekit.edge.codes import load_latents
+from aekit.edge.runtimes import check_threads, max_threads, open_runner
+from aekit.edge.sessions import DecoderSession, EncoderSession
+from aekit.edge.thresholds import Threshold, calibrate, score
 
 WEIGHTS_A, WEIGHTS_B = "a" * 64, "b" * 64
 

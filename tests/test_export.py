@@ -7,12 +7,14 @@ import pytest
 from support import TINY
 from typer.testing import CliRunner
 
-from aekit import AekitError, runs
+from aekit import AekitError
 from aekit.cli.main import app
-from aekit.export import ExportOptions, export_run, load_run
-from aekit.manifest import MANIFEST, check_manifest, validate_manifest
-from aekit.runtimes import OnnxRunner, TFLiteRunner, open_runner
-from aekit.train import TrainConfig, train
+from aekit.core import runs
+from aekit.core.manifest import MANIFEST, check_manifest, validate_manifest
+from aekit.core.recipe import TrainConfig
+from aekit.edge.runtimes import OnnxRunner, TFLiteRunner, open_runner
+from aekit.exporting.export import ExportOptions, export_run, load_run
+from aekit.training.loop import train
 
 
 def manifest_of(folder):
@@ -96,7 +98,7 @@ def test_int8_tflite_quantizes_batchnorm_per_channel(run_copy):
     gets one int8 scale per channel instead of one for all (which cost the encoder 23% MSE on one CPU)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from aekit.export import _batchnorm_as_depthwise
+    from aekit.exporting.writers import _batchnorm_as_depthwise
 
     loaded = load_run(run_copy)
     images = loaded.scaling.to_model_numpy(loaded.splits.val[:64])
@@ -144,7 +146,7 @@ def test_onnx_int8_is_qdq_with_float_inputs_and_outputs(run_copy):
 
 def test_the_parity_rule_judges_what_the_export_adds_whatever_the_model_quality():
     """Controlled inputs: the same added error passes or fails alike for a good and a poor model."""
-    from aekit.export import _parity, _parity_problem
+    from aekit.exporting.export import _parity, _parity_problem
 
     rng = np.random.default_rng(0)
     images = rng.random((50, 28, 28, 1))

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aekit import AekitError, runs
-from aekit.distribute import tf_config_for
+from aekit import AekitError
+from aekit.core import runs
+from aekit.training.distribute import tf_config_for
 
 AEKIT = Path(sys.executable).with_name("aekit")
 TINY_ARGS = ["--filters", "8,16", "--latent-dim", "4", "--gpus", "0", "--batch-size", "64"]
@@ -118,7 +119,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(tmp_path, small_n
     run_dir = tmp_path / "run"
     import keras
 
-    from aekit.train import weights_digest
+    from aekit.training.loop import weights_digest
 
     saved = keras.models.load_model(run_dir / runs.MODEL_FILES["autoencoder"], compile=False)
     assert weights_digest(saved) == worker["weights_sha256"]  # what the chief saved is what the worker ended with

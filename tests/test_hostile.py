@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aekit.cli.main import app
-from aekit.export import ExportOptions, export_run
-from aekit.manifest import MANIFEST
+from aekit.core.manifest import MANIFEST
+from aekit.exporting.export import ExportOptions, export_run
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_and_exit_2(world, name, args, words):
 
 def test_splits_that_disagree_are_refused(tmp_path):
     from aekit import AekitError
-    from aekit.data import load_data
+    from aekit.data.loading import load_data
 
     np.savez(
         tmp_path / "mixed.npz",
@@ -181,7 +181,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(world, tmp_
 def test_a_write_that_fails_midway_is_one_line(world, tmp_path, monkeypatch):
     import errno
 
-    import aekit.edge as edge
+    import aekit.edge.codes as edge
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "codes.npz"))
@@ -252,7 +252,7 @@ def test_metrics_that_are_not_an_object_are_one_line(run_copy):
 
 
 def test_an_interrupted_export_is_finished_by_the_next_and_refused_to_another_run(trained_run, run_copy, tmp_path, monkeypatch):
-    from aekit import export as export_module
+    from aekit.exporting import export as export_module
 
     out = tmp_path / "deploy"
 

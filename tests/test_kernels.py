@@ -6,7 +6,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from aekit.kernels import FusedAdam, FusedBatchNorm  # noqa: E402
+from aekit.training.kernels import FusedAdam, FusedBatchNorm  # noqa: E402
 
 
 def _bn_pass(layer_class, x, upstream):

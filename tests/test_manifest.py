@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from aekit import AekitError
-from aekit.edge import EncoderSession
-from aekit.export import ExportOptions, export_run
-from aekit.manifest import EXPORT_FORMATS, FORMATS, MANIFEST, Manifest, export_format, format_of_file
-from aekit.runtimes import EDGE_FORMATS, OnnxRunner, TFLiteRunner, open_runner
+from aekit.core.manifest import EXPORT_FORMATS, FORMATS, MANIFEST, Manifest, export_format, format_of_file
+from aekit.edge.runtimes import EDGE_FORMATS, OnnxRunner, TFLiteRunner, open_runner
+from aekit.edge.sessions import EncoderSession
+from aekit.exporting.export import ExportOptions, export_run
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_the_edge_side_refuses_a_swapped_file(export_copy, trained_run, tmp_path
         EncoderSession(export_copy / "encoder.onnx")
     data = json.loads((export_copy / MANIFEST).read_text())
     entry = next(e for e in data["files"] if e["file"] == "encoder.onnx")
-    from aekit.manifest import sha256_of
+    from aekit.core.manifest import sha256_of
 
     entry["bytes"], entry["sha256"] = (export_copy / "encoder.onnx").stat().st_size, sha256_of(export_copy / "encoder.onnx")
     (export_copy / MANIFEST).write_text(json.dumps(data))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from aekit import AekitError
-from aekit.model import build_autoencoder
+from aekit.training.model import build_autoencoder
 
 
 def test_reference_model_has_the_reference_parameter_counts():

@@ -63,13 +63,13 @@ def test_0_16_pixels_are_refused_by_train_with_a_fix_that_works(digit_sources, t
     assert manifest["pixel_scaling"]["pixel_max"] == 16.0 and manifest["pixel_scaling"]["divide_by"] == 16.0
 
     # The edge scales new 0-16 images as the model was trained, from the manifest, without being told.
-    from aekit.edge import EncoderSession
+    from aekit.edge.sessions import EncoderSession
 
     encoder = EncoderSession(run / "export" / "encoder.onnx")
     out = tmp_path / "codes.npz"
     encoded = aekit("encode", folder / "uint16.npz", "--model", run / "export" / "encoder.onnx", "-o", out)
     assert encoded.returncode == 0, encoded.stderr
-    from aekit.pixels import PixelScaling
+    from aekit.core.pixels import PixelScaling
 
     expected = encoder.encode(digits.astype(np.float32)[..., None] / 16.0, scaling=PixelScaling(1.0))  # model inputs
     np.testing.assert_allclose(np.load(out)["latents"], expected, atol=1e-5)
@@ -85,7 +85,7 @@ def test_a_float_0_255_file_that_train_accepts_encode_accepts(digit_sources, tmp
     for source in ("float255.npz",):
         done = aekit("encode", folder / source, "--model", encoder, "-o", tmp_path / "a.npz")
         assert done.returncode == 0, done.stderr
-    from aekit.edge import EncoderSession
+    from aekit.edge.sessions import EncoderSession
 
     session = EncoderSession(encoder)
     as_float = (digits * 255 / 16).astype(np.float32)[..., None]
@@ -95,8 +95,8 @@ def test_a_float_0_255_file_that_train_accepts_encode_accepts(digit_sources, tmp
 
 
 def test_npz_arrays_are_picked_by_name_everywhere(digit_sources, tmp_path):
-    from aekit.data import load_data
-    from aekit.sources import count_images, npz_choice, read_images
+    from aekit.core.sources import count_images, npz_choice, read_images
+    from aekit.data.loading import load_data
 
     grey = np.random.default_rng(1).integers(0, 256, (30, 8, 8), dtype=np.uint8)
     path = tmp_path / "grey.npz"
@@ -113,7 +113,8 @@ def test_npz_arrays_are_picked_by_name_everywhere(digit_sources, tmp_path):
 
 
 def test_a_dim_image_folder_is_refused_by_pack_then_finished_with_pixel_max(digit_sources, tmp_path):
-    from aekit.packed import PackedDataset, pack
+    from aekit.data.pack.reader import PackedDataset
+    from aekit.data.pack.writer import pack
 
     _, digits = digit_sources
     folder = tmp_path / "pngs"

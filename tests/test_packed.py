@@ -1,4 +1,4 @@
-"""Packed datasets (aekit.packed, `aekit data pack`): exact round trips, integrity, resume, streaming.
+"""Packed datasets (aekit.data.pack, `aekit data pack`): exact round trips, integrity, resume, streaming.
 
 Small on purpose: a few hundred real MNIST digits in shards of 100, a few dozen PNGs.
 """
@@ -17,9 +17,11 @@ from support import read_mnist
 from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.data import load_data
-from aekit.packed import MANIFEST, STATE, PackedDataset, is_packed, pack
-from aekit.splits import split_indices
+from aekit.core.splits import split_indices
+from aekit.data.loading import load_data
+from aekit.data.pack.reader import PackedDataset, is_packed
+from aekit.data.pack.schema import MANIFEST, STATE
+from aekit.data.pack.writer import pack
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +305,7 @@ def test_two_workers_split_the_shards(tmp_path):
 def test_image_folder_packs_in_parallel_like_read_image_folder(tmp_path):
     from PIL import Image
 
-    from aekit.sources import read_image_folder
+    from aekit.core.sources import read_image_folder
 
     folder = tmp_path / "pngs"
     for i, digit in enumerate(read_mnist(60)):
@@ -383,7 +385,7 @@ def edit_manifest(out, mutate):
 
 def resign(data, out):
     """Makes dataset.json's sha256s and identity those of the shards now in `out` (a forger's edit)."""
-    from aekit.packed import SPLITS, ShardRecord, identity_of
+    from aekit.data.pack.schema import SPLITS, ShardRecord, identity_of
 
     for split in SPLITS:
         for shard in data["splits"][split]["shards"]:
@@ -394,7 +396,7 @@ def resign(data, out):
 
 def refused_everywhere(out, words, verify=(True, False)):
     """PackedDataset.open (both ways), load_data (what training opens) and `aekit data check` all refuse in one line."""
-    from aekit.data import load_data
+    from aekit.data.loading import load_data
 
     for check in verify:
         with pytest.raises(AekitError, match=words) as err:
@@ -545,7 +547,7 @@ def test_decoding_processes_start_with_ctrl_c_held_and_ignore_it():
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from aekit.packed import _ignore_interrupts, _ordered_map
+    from aekit.data.pack.sources import _ignore_interrupts, _ordered_map
 
     executor = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_ignore_interrupts)
     try:

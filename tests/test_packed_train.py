@@ -7,10 +7,14 @@ import pytest
 from support import TINY, read_mnist
 from typer.testing import CliRunner
 
-from aekit import AekitError, runs
+from aekit import AekitError
 from aekit.cli.main import app
-from aekit.packed import MANIFEST, PackedDataset, pack
-from aekit.train import TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train
+from aekit.core import runs
+from aekit.core.recipe import TrainConfig, prepare_resume
+from aekit.data.pack.reader import PackedDataset
+from aekit.data.pack.schema import MANIFEST
+from aekit.data.pack.writer import pack
+from aekit.training.loop import TrainCallback, TrainingInterrupted, train
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def test_pack_train_export_round_trip(packed, tmp_path, monkeypatch):
 
 
 def test_validation_streams_the_same_figures_as_in_memory(packed):
-    from aekit.data import load_data
+    from aekit.data.loading import load_data
 
     splits = load_data(str(packed))
     whole = PackedDataset.open(packed).read("val")
@@ -86,7 +90,7 @@ def test_resume_mid_epoch_from_shards_gives_the_uninterrupted_weights(packed, tm
 def test_two_workers_read_disjoint_shards_and_together_see_every_image_once_per_epoch(packed, two_cpu_replicas):
     import tensorflow as tf
 
-    from aekit.data import StreamedImages
+    from aekit.data.feeds import StreamedImages
 
     dataset = PackedDataset.open(packed)
     steps = dataset.steps_per_epoch(global_batch=40, num_workers=2)  # 4 shards (240 images) each: 12 steps of 20
@@ -173,7 +177,7 @@ def test_val_split_given_with_a_pack_must_be_the_packs(packed, tmp_path):
 def test_a_folder_with_another_programs_dataset_json_is_an_image_folder(tmp_path):
     from PIL import Image
 
-    from aekit.data import load_data
+    from aekit.data.loading import load_data
 
     for i, image in enumerate(read_mnist(20)):
         Image.fromarray(image).save(tmp_path / f"{i:02d}.png")

@@ -3,7 +3,7 @@ import pytest
 from support import needs_tensorflow
 
 from aekit import AekitError
-from aekit.pixels import PixelScaling
+from aekit.core.pixels import PixelScaling
 
 
 def test_uint8_is_divided_by_255():
@@ -42,7 +42,7 @@ def test_bad_pixels_are_refused(bad, words):
         PixelScaling.for_images(images)
 
 
-# --- the rule on sources in other units (aekit.pixels) ---------------------------------------
+# --- the rule on sources in other units (aekit.core.pixels) ---------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def test_the_whole_source_decides_not_one_part():
 
 
 def test_new_images_for_a_model_are_scaled_by_its_rule_without_the_darkness_test():
-    from aekit.pixels import PixelRange
+    from aekit.core.pixels import PixelRange
 
     model = PixelScaling(255.0)  # trained on 0-255 images
     night = PixelRange.of(np.array([[0, 12]], np.uint8))

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aekit import AekitError, runs
+from aekit import AekitError
 from aekit.cli.main import app
-from aekit.recipe import TrainConfig, plan_run, read_config
+from aekit.core import runs
+from aekit.core.recipe import TrainConfig, plan_run, read_config
 
 AEKIT = Path(sys.executable).parent / "aekit"
 TINY_ARGS = ["--filters", "8,16", "--latent-dim", "4", "--gpus", "0", "--batch-size", "64"]
@@ -22,7 +23,7 @@ TINY_ARGS = ["--filters", "8,16", "--latent-dim", "4", "--gpus", "0", "--batch-s
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     code = (
-        f"from aekit.runs import RunLock\nimport time\nRunLock({str(folder)!r}).acquire()\n"
+        f"from aekit.core.runs import RunLock\nimport time\nRunLock({str(folder)!r}).acquire()\n"
         "print('held', flush=True)\ntime.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.bench import BenchOptions, bench_run, keras_target, run_bench, ssim, ssim_window
+from aekit.benchmarking.bench import BenchOptions, bench_run, keras_target, run_bench
+from aekit.benchmarking.quality import ssim, ssim_window
 from aekit.cli.main import app
 
 FAST = dict(batch_sizes=(1, 8), runs=3, warmup=1, min_psnr=5.0)
@@ -28,7 +29,8 @@ def structured_images(count: int, side: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def run_8x8(tmp_path_factory):
     """A finished 1-epoch run on 600 8x8 images (one stride-2 block of 4 filters: a few seconds)."""
-    from aekit.train import TrainConfig, train
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     folder = tmp_path_factory.mktemp("small-images")
     np.savez(folder / "small.npz", images=structured_images(600, 8))
@@ -97,7 +99,7 @@ def test_bench_on_8x8_images_measures_every_part_with_a_7x7_ssim_window(run_8x8)
 
 
 def test_bench_on_2x2_images_gives_ssim_none_and_says_why():
-    from aekit.model import build_autoencoder
+    from aekit.training.model import build_autoencoder
 
     encoder, decoder, _ = build_autoencoder((2, 2, 1), (4,), 2)
     images = structured_images(16, 2)[..., None].astype(np.float32) / 255

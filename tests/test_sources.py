@@ -13,8 +13,8 @@ from PIL import Image
 from support import MNIST_DIR, read_mnist
 
 from aekit import AekitError
-from aekit.data import load_data
-from aekit.sources import count_images, iter_images, read_array, read_idx, read_image, read_images
+from aekit.core.sources import count_images, iter_images, read_array, read_idx, read_image, read_images
+from aekit.data.loading import load_data
 
 IDX_GZ = MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 
@@ -178,6 +178,6 @@ def test_arrays_with_pickles_lies_or_empty_sides_are_refused(tmp_path):
 
 
 def test_the_edge_imports_neither_tensorflow_nor_the_training_data_module():
-    code = "import sys, aekit.sources, aekit.edge; print('tensorflow' in sys.modules, 'aekit.data' in sys.modules)"
+    code = "import sys, aekit.core.sources, aekit.edge; print('tensorflow' in sys.modules, 'aekit.data.loading' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

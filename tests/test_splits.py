@@ -8,8 +8,8 @@ from PIL import Image
 from support import needs_tensorflow
 
 from aekit import AekitError
-from aekit.data import load_data
-from aekit.splits import folder_groups, split_indices
+from aekit.core.splits import folder_groups, split_indices
+from aekit.data.loading import load_data
 
 KINDS = ("brick", "checker", "grass", "sky")  # sorted: "sky/set2" is what a sorted folder ends with
 
@@ -88,8 +88,9 @@ def test_validation_on_a_nested_folder_agrees_with_held_out_images(tmp_path):
     reported ~3 dB too high here: its validation was the smooth sky)."""
     import keras
 
-    from aekit.metrics import mse_per_image, psnr_from_mse
-    from aekit.train import TrainConfig, train
+    from aekit.core.metrics import mse_per_image, psnr_from_mse
+    from aekit.core.recipe import TrainConfig
+    from aekit.training.loop import train
 
     photos = make_photos(tmp_path / "photos", per_folder=40)
     run = tmp_path / "run"

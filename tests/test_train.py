@@ -7,8 +7,11 @@ import pytest
 from PIL import Image
 from support import TINY
 
-from aekit import AekitError, runs
-from aekit.train import TensorBoardLog, TrainCallback, TrainConfig, TrainingInterrupted, prepare_resume, train
+from aekit import AekitError
+from aekit.core import runs
+from aekit.core.recipe import TrainConfig, prepare_resume
+from aekit.training.loop import TrainCallback, TrainingInterrupted, train
+from aekit.training.tensorboard import TensorBoardLog
 
 
 def tiny(small_npz, **overrides) -> TrainConfig:
@@ -103,7 +106,7 @@ def test_resume_continues_from_the_last_finished_epoch(tmp_path, small_npz):
 
 
 def test_learning_rate_warms_up_then_decays_to_one_percent_by_the_last_step():
-    from aekit.train import _schedule
+    from aekit.training.schedule import _schedule
 
     rate = _schedule(TrainConfig(epochs=2, learning_rate=1e-2, warmup_steps=20), steps_per_epoch=100)
     at = lambda step: float(rate(step))  # noqa: E731
@@ -310,8 +313,8 @@ def test_k_steps_per_call_train_under_loss_scaling_and_replicas(tmp_path, small_
 
 
 def test_auto_steps_per_call_fill_ten_milliseconds_of_a_gpu_a_quarter_second_of_a_cpu():
-    from aekit.model import build_autoencoder
-    from aekit.train import model_macs, steps_per_call
+    from aekit.training.model import build_autoencoder
+    from aekit.training.steps import model_macs, steps_per_call
 
     encoder, decoder, autoencoder = build_autoencoder()
     assert model_macs(encoder) == 1_009_792 and model_macs(autoencoder) == 6_704_768  # docs/design.md: ~1.0 M and ~6.7 M
@@ -338,7 +341,7 @@ def test_the_default_batch_fills_the_gpus_and_the_rate_and_warm_up_follow_it():
 
 def test_resume_with_more_epochs_continues_the_learning_rate_without_a_jump(tmp_path):
     """30 then --epochs 40 once jumped the rate from 5e-5 back to 9e-4; the plan now continues from where it was."""
-    from aekit.recipe import prepare_resume
+    from aekit.core.recipe import prepare_resume
 
     rng = np.random.default_rng(0)
     source = tmp_path / "patches.npz"

@@ -1,0 +1,1 @@
+"""Benchmarks of exported files: speed per runtime and batch (bench) and reconstruction quality (quality)."""

@@ -1,0 +1,1 @@
+"""Training data: loading a `--dataset` source (loading), feeding the steps (feeds), packs larger than memory (pack)."""

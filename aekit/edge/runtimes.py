@@ -1,0 +1,249 @@
+"""Running exported files with their own runtimes: onnxruntime for .onnx, LiteRT for .tflite.
+
+TensorFlow-free. A runner takes float32 model inputs (images in [0, 1] or
+latents) in any batch size, quantizes them itself when the file wants uint8/int8
+input, and returns float32 outputs. onnxruntime may silently fall back from CUDA
+to CPU, so the runner reports the providers the session really uses, and
+`open_runner` refuses `device="cuda"` when CUDA is not what runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from aekit.core.manifest import EXPORT_FORMATS, TensorSpec, format_of_file
+from aekit.errors import AekitError
+from aekit.quiet import quiet_native_output
+
+DEVICES = ("cpu", "cuda", "auto")
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+LITERT_PROVIDER = "XNNPACK/CPU"  # LiteRT's Python interpreter has no GPU delegate: .tflite files run on the CPU
+
+
+class NoCudaError(AekitError):
+    """--device cuda was asked for and CUDA is not what runs."""
+
+
+def no_cuda_message(what: str, fix: str = "Install CUDA/cuDNN for onnxruntime-gpu") -> str:
+    """The one wording for a refused --device cuda; `what` names what would run instead."""
+    return (
+        f"--device cuda was asked for, but CUDA is not what runs ({what}). "
+        f"{fix}, or pass --device cpu, or --allow-fallback (allow_fallback=True in Python) to accept the CPU."
+    )
+
+
+def check_device(device: str) -> str:
+    """The device in canonical form (cpu, cuda or auto), or an AekitError naming the choices."""
+    canonical = str(device).strip().lower()
+    if canonical not in DEVICES:
+        raise AekitError(f"--device {device!r} is not one of {', '.join(DEVICES)}. Pass --device cpu, or cuda on a GPU machine.")
+    return canonical
+
+
+def max_threads() -> int:
+    """The most CPU threads aekit accepts: four per logical core (more only thrash)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads) -> int | None:
+    """--threads as given (None: the default), or an AekitError unless it is a whole number from 1 to max_threads()."""
+    if threads is None:
+        return None
+    cap = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= cap:
+        raise AekitError(
+            f"--threads {threads!r} is not a whole number from 1 to {cap:,} (4 x this machine's {os.cpu_count() or 1} "
+            "logical cores). Pass e.g. --threads 1, or leave it out for the physical cores."
+        )
+    return int(threads)
+
+
+def default_threads() -> int:
+    """Physical cores when psutil can tell, else logical cores."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+class OnnxRunner:
+    """An onnxruntime session over one .onnx file.
+
+    Args:
+        path: the .onnx file.
+        device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it, else CPU).
+        threads: intra-op threads for the CPU provider (None: the physical cores).
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        # A CUDA provider that cannot start (no GPU, no CUDA libraries) logs errors and falls back
+        # silently; aekit reports the providers really used instead, so keep the log to fatal only.
+        ort.set_default_logger_severity(4)
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.log_severity_level = 3  # the CUDA-missing noise is reported through `providers` instead
+        device = check_device(device)
+        self.available = ort.get_available_providers()
+        requested = [CPU_PROVIDER] if device == "cpu" else [CUDA_PROVIDER, CPU_PROVIDER]
+        # A CPU build of onnxruntime warns about an unknown CUDA provider; ask only for what it has.
+        requested = [p for p in requested if p in self.available] or [CPU_PROVIDER]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise AekitError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
+        self.providers = self.session.get_providers()
+        self.input = self.session.get_inputs()[0]
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers and self.providers[0] == CUDA_PROVIDER else "cpu"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
+
+    def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The file's real inputs and outputs (None for the dynamic batch)."""
+
+        def spec(t):
+            dtype = t.type.removeprefix("tensor(").rstrip(")").replace("float", "float32")
+            return TensorSpec(t.name, [d if isinstance(d, int) else None for d in t.shape], dtype)
+
+        return [spec(t) for t in self.session.get_inputs()], [spec(t) for t in self.session.get_outputs()]
+
+
+class TFLiteRunner:
+    """A LiteRT interpreter over one .tflite file, resized to each batch it is given."""
+
+    runtime = "litert"
+    providers = [LITERT_PROVIDER]
+    device = "cpu"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        try:
+            with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise AekitError(f"LiteRT cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch = None
+
+    def _resize(self, batch_size: int) -> None:
+        if batch_size != self.batch:
+            shape = [batch_size, *self.input["shape"][1:]]
+            self.interpreter.resize_tensor_input(self.input["index"], shape, strict=False)
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.output = self.interpreter.get_output_details()[0]
+            self.batch = batch_size
+
+    def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The file's real inputs and outputs (None for the dynamic batch; scale/zero point when quantized)."""
+
+        def spec(d):
+            scale, zero_point = d["quantization"]
+            shape = [None if s == -1 else int(s) for s in d["shape_signature"]]
+            quantized = np.dtype(d["dtype"]) != np.float32
+            return TensorSpec(
+                d["name"],
+                shape,
+                np.dtype(d["dtype"]).name,
+                float(scale) if quantized else None,
+                int(zero_point) if quantized else None,
+            )
+
+        return [spec(self.input)], [spec(self.output)]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        self._resize(len(batch))
+        self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
+        self.interpreter.invoke()
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Float values to the tensor's dtype using its (scale, zero_point); floats pass through."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return values
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return values
+    scale, zero_point = detail["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False):
+    """The runner for a file, by its suffix, held to the device asked for.
+
+    Args:
+        path: an exported .onnx or .tflite file.
+        device: "cpu"; "cuda" (CUDA or an error); "auto" (CUDA when it really runs, else the CPU).
+        threads: CPU threads (None: the physical cores).
+        allow_fallback: with device "cuda", accept the CPU instead of raising NoCudaError.
+
+    Returns:
+        An OnnxRunner or TFLiteRunner; its `providers[0]` and `device` say what really runs.
+    """
+    path = Path(path)
+    device = check_device(device)
+    threads = check_threads(threads)
+    if not path.exists():
+        raise AekitError(f"{path} does not exist. Export it first: aekit export.")
+    fmt = format_of_file(path)
+    if fmt is None or fmt.runtime not in RUNNERS:
+        suffixes = " or ".join(f.suffix for f in EDGE_FORMATS)
+        raise AekitError(f"{path}: expected a {suffixes} file written by aekit export.")
+    runner = RUNNERS[fmt.runtime](path, device, threads) if fmt.runtime == "onnxruntime" else RUNNERS[fmt.runtime](path, threads)
+    require_device(runner, device, allow_fallback)
+    return runner
+
+
+# What runs each runtime of the format table (aekit.core.manifest.EXPORT_FORMATS) on the edge side.
+RUNNERS = {"onnxruntime": OnnxRunner, "litert": TFLiteRunner}
+EDGE_FORMATS = tuple(f for f in EXPORT_FORMATS if f.runtime in RUNNERS)
+
+
+def require_device(runner, device: str, allow_fallback: bool = False) -> None:
+    """Raises NoCudaError when "cuda" was asked for and the runner does not run on CUDA (unless allowed)."""
+    if check_device(device) != "cuda" or runner.device == "cuda" or allow_fallback:
+        return
+    if runner.runtime == "litert":
+        raise NoCudaError(
+            no_cuda_message(
+                f"LiteRT runs {runner.path.name} on {', '.join(runner.providers)}; it has no CUDA path",
+                "Use the .onnx export on the GPU",
+            )
+        )
+    what = f"{runner.runtime} would run {runner.path.name} on {', '.join(runner.providers)}"
+    if CUDA_PROVIDER not in runner.available:
+        raise NoCudaError(
+            no_cuda_message(f"{what}; this onnxruntime is the CPU build", "Install onnxruntime-gpu in place of onnxruntime")
+        )
+    raise NoCudaError(no_cuda_message(what))
+
+
+def run_batched(runner, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([runner.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])

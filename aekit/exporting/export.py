@@ -1,0 +1,469 @@
+"""Export: a run's encoder and decoder written as ONNX, TFLite or SavedModel, each checked against Keras.
+
+Every file is kept only after its own runtime agreed with the Keras model on real images
+(`Parity` in the manifest); the manifest (aekit.core.manifest) lists what was written and checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aekit import __version__
+from aekit.core import runs
+from aekit.core.manifest import (
+    EXPORT_FORMATS,
+    FORMATS,
+    MANIFEST,
+    ROLES,
+    FileEntry,
+    Manifest,
+    Parity,
+    directory_size_and_hash,
+    export_format,
+    sha256_of,
+)
+from aekit.core.metrics import mse_per_image, psnr_from_mse
+from aekit.core.recipe import TrainConfig, read_config
+from aekit.edge.runtimes import open_runner, run_batched
+from aekit.errors import AekitError
+from aekit.exporting.writers import _batchnorm_as_depthwise, _SavedModelRunner, _write_onnx, _write_savedmodel, _write_tflite
+from aekit.lazy import keras
+
+QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
+# The parity rule: an export passes when its round-trip reconstructions agree with Keras' to
+# at least this PSNR (dB over the pixel range [0, 1]), per precision. It bounds only what the
+# export adds, in pixel units, so it means the same whatever the model's own quality.
+# 30 dB = RMS difference 0.032 (about 8 grey levels of 255): a well-made int8 file measures
+# 38-46 dB here, the faulty ones seen (u8s8 saturation, per-tensor BatchNorm) 19-27 dB.
+DEFAULT_MIN_AGREEMENT_DB = {"float32": 60.0, "fp16": 40.0, "int8": 30.0}
+# Float32 exports must also agree output for output, relative to the output's range
+# (latents reach magnitudes of 10-50, images 1).
+FLOAT32_MAX_REL_DIFF = 1e-5
+# tf2onnx 1.17 converts up to opset 18; onnxruntime runs it.
+DEFAULT_OPSET = 17
+MAX_OPSET = 18
+# Training images whose latents set the int8 code ranges (min/max per dimension).
+LATENT_CALIBRATION_IMAGES = 10_000
+IN_PROGRESS = ".aekit-export-in-progress"  # names the run while an export writes files; removed with the manifest written
+# How int8 files are made, recorded in each int8 manifest entry. Both hold their quality on
+# AVX2-only x86, VNNI x86 and ARM alike (docs/benchmarks.md, "int8 on every CPU").
+QUANTIZATION_SCHEMES = {
+    "onnx": {
+        "scheme": "onnxruntime quantize_static, QDQ, MinMax calibration on training images",
+        "activations": "uint8, per tensor",
+        "weights": "int8, per channel, 7-bit range (reduce_range)",
+        "why": "x86 CPUs without VNNI (AVX2 only) multiply u8 x s8 pairs into saturating int16 "
+        "(vpmaddubsw); 7-bit weights cannot saturate, so the file computes the same everywhere",
+    },
+    "tflite": {
+        "scheme": "TFLiteConverter full-integer, representative training images",
+        "activations": "int8, per tensor",
+        "weights": "int8, per channel",
+        "batchnorm": "as a per-channel 1x1 depthwise convolution",
+        "why": "BatchNorm after LeakyReLU cannot fold into the convolution; left as Mul/Add, its "
+        "per-channel factors get ONE int8 scale and small channels lose most of their precision",
+    },
+}
+
+
+@dataclass
+class ExportOptions:
+    """What to export. `formats` from FORMATS; `quantize` a key of QUANTIZE."""
+
+    formats: tuple[str, ...] = ("onnx",)
+    quantize: str = "none"
+    parts: tuple[str, ...] = ("encoder", "decoder")
+    opset: int = DEFAULT_OPSET
+    calibration_samples: int = 512
+    parity_samples: int = 1000
+    min_agreement_db: float | None = None  # None: DEFAULT_MIN_AGREEMENT_DB per precision
+    output: Path | None = None
+
+    @classmethod
+    def from_text(
+        cls,
+        formats: str = "onnx",
+        parts: str = "encoder,decoder",
+        quantize: str = "none",
+        opset: int = DEFAULT_OPSET,
+        calibration_samples: int = 512,
+        min_agreement_db: float | None = None,
+        output: Path | None = None,
+    ) -> ExportOptions:
+        """Options from the command line's comma lists: formats "onnx,tflite" or "all", parts "encoder,decoder" or "all"."""
+        chosen = FORMATS if formats.strip() == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
+        roles = ROLES if parts.strip() == "all" else tuple(p.strip() for p in parts.split(",") if p.strip())
+        bad = [r for r in roles if r not in ROLES]
+        if bad or not roles:
+            raise AekitError(f"--parts {parts!r}: expected a comma list of {', '.join(ROLES)}, or all.")
+        return cls(chosen, quantize, roles, opset, calibration_samples, min_agreement_db=min_agreement_db, output=output)
+
+    def plan(self) -> list[tuple[str, str, str]]:
+        """(role, format, precision) for every file, or AekitError for impossible combinations."""
+        if self.quantize not in QUANTIZE:
+            raise AekitError(f"--quantize {self.quantize!r} is not one of {', '.join(QUANTIZE)}.")
+        precision = QUANTIZE[self.quantize]
+        if not self.formats:
+            raise AekitError(f"--format is empty: pass one of {', '.join(FORMATS)}, all.")
+        table = [export_format(f) for f in self.formats]
+        if not MAX_OPSET >= self.opset >= 13:
+            raise AekitError(f"--opset {self.opset}: tf2onnx here converts opsets 13 to {MAX_OPSET}. Pick one in that range.")
+        if self.calibration_samples < 1 or self.parity_samples < 1:
+            raise AekitError("--calibration-samples must be at least 1.")
+        if self.min_agreement_db is not None and not (math.isfinite(self.min_agreement_db) and 0 < self.min_agreement_db <= 100):
+            raise AekitError(
+                f"--min-agreement-db {self.min_agreement_db} must be a PSNR in dB between 0 and 100 "
+                "(defaults: float32 60, fp16 40, int8 30). Pass e.g. --min-agreement-db 30."
+            )
+        explicit_all = len(set(self.formats)) == len(FORMATS)
+        plan = []
+        for fmt in table:
+            if precision not in fmt.precisions:
+                if explicit_all:  # --format all: float-only formats stay float32
+                    plan += [(role, fmt.name, "float32") for role in self.parts]
+                    continue
+                allowed = ", ".join("none" if p == "float32" else p for p in fmt.precisions)
+                raise AekitError(f"--format {fmt.name} cannot be quantized to {self.quantize}. Use --quantize {allowed}.")
+            plan += [(role, fmt.name, precision) for role in self.parts]
+        return plan
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    entries: list[FileEntry] = field(default_factory=list)
+    run_dir: Path | None = None
+
+    @property
+    def failed(self) -> list[FileEntry]:
+        return [e for e in self.entries if e.status != "passed"]
+
+
+@dataclass
+class LoadedRun:
+    """A finished run's models rebuilt in float32, with its config and data."""
+
+    run_dir: Path
+    config: dict
+    models: dict
+    splits: object
+
+    @property
+    def scaling(self):
+        return self.splits.scaling
+
+    @property
+    def recipe(self) -> TrainConfig:
+        """The recipe the run trained with (older records filled with the defaults they trained under)."""
+        return TrainConfig.from_json(self.config["recipe"])
+
+
+def load_run(run_dir: Path, data_dir: str | None = None) -> LoadedRun:
+    """Loads a finished run and rebuilds encoder/decoder/autoencoder under the float32 policy."""
+
+    from aekit.data.loading import reload_data
+    from aekit.training.model import build_autoencoder
+
+    run_dir = runs.require_finished_run(run_dir)
+    config = read_config(run_dir)  # checked for shape: it has model, recipe and data sections
+    model, recipe = config["model"], TrainConfig.from_json(config["recipe"])
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        rebuilt = dict(
+            zip(
+                ("encoder", "decoder", "autoencoder"),
+                build_autoencoder(
+                    model["input_shape"],
+                    model["filters"],
+                    model["latent_dim"],
+                    bn_momentum=recipe.bn_momentum,
+                ),
+            )
+        )
+        for role in ("encoder", "decoder"):
+            path = run_dir / runs.MODEL_FILES[role]
+            if not path.is_file():
+                raise AekitError(f"{path} is missing from the finished run {run_dir}. Retrain the run, or restore the file.")
+            try:
+                trained = keras.models.load_model(path, compile=False)
+            except Exception as exc:  # a damaged zip, a foreign file, a wrong model: all mean this file is unusable
+                first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                raise AekitError(
+                    f"{path} is not a readable Keras model ({first}). Retrain the run, or restore the file."
+                ) from None
+            if [w.shape for w in trained.get_weights()] != [w.shape for w in rebuilt[role].get_weights()]:
+                raise AekitError(f"{path} does not match the model in {run_dir / runs.CONFIG}. Retrain the run.")
+            rebuilt[role].set_weights(trained.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    splits = reload_data(config["data"], data_dir or recipe.data_dir)
+    return LoadedRun(run_dir, config, rebuilt, splits)
+
+
+def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: str | None = None) -> ExportResult:
+    """Exports the files `options` plans, checks each against Keras, writes manifest.json.
+
+    Args:
+        run_dir: a finished run folder.
+        options: formats, precision, parts, tolerances, output folder.
+        on_file: called with each FileEntry as it is done (for progress).
+
+    Returns:
+        ExportResult; entries whose status is "failed" were not kept on disk.
+    """
+    plan = options.plan()
+    run_dir = runs.require_finished_run(run_dir)
+    output = Path(options.output) if options.output else Path(run_dir) / "export"
+    previous = _previous_export(output, run_dir)
+    weights = runs.read_json(run_dir / runs.METRICS).get("weights_sha256")
+    loaded = load_run(run_dir, data_dir)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=output, prefix=".partial-probe-")
+        probe.close()
+    except OSError as exc:
+        raise AekitError(f"Cannot write to {output}: {exc.strerror}. Pass --output a writable folder.") from None
+    for leftover in output.glob(".partial-*"):  # what a killed export was writing
+        _remove(leftover)
+    runs.write_text(output / IN_PROGRESS, f"{Path(run_dir).resolve()}\n")  # files from here on are this export's
+
+    # Spread over each split; packed data is streamed through once per split, never loaded whole.
+    images = loaded.scaling.to_model_numpy(loaded.splits.sample("val", options.parity_samples))
+    # Both training samples in one pass (packed data is read once).
+    calibration, latent_sample = loaded.splits.sample("train", options.calibration_samples, LATENT_CALIBRATION_IMAGES)
+    calibration = loaded.scaling.to_model_numpy(calibration)
+    reference = _KerasReference(loaded.models, images)
+
+    entries = []
+    for role, fmt, precision in plan:
+        entry = _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference)
+        entries.append(entry)
+        if on_file:
+            on_file(entry)
+
+    from aekit.edge.codes import LatentQuantizer
+
+    train_images = loaded.scaling.to_model_numpy(latent_sample)
+    codes = LatentQuantizer.calibrate(_keras_predict(loaded.models["encoder"], train_images))
+    manifest = Manifest(
+        run=str(Path(run_dir).resolve()),
+        latent_quantization={**codes.to_json(), "calibration_images": len(train_images)},
+        model={**loaded.config["model"], "bn_momentum": loaded.recipe.bn_momentum},
+        pixel_scaling=loaded.scaling.to_json(),
+        versions=_versions(),
+        files=_merge_with_previous(output, previous, entries, weights),
+        run_weights_sha256=weights,
+    )
+    manifest.write(output)
+    _remove_orphans(output, manifest)
+    _remove(output / IN_PROGRESS)
+    return ExportResult(output, entries, Path(run_dir))
+
+
+def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
+    """The manifest already in `output` (None if none, or unreadable); AekitError if it is another run's export."""
+    if output.exists() and not output.is_dir():
+        raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
+    own = output.resolve() == (Path(run_dir) / "export").resolve()  # the run's own export folder
+    if not (output / MANIFEST).is_file():
+        skip = (".partial-", IN_PROGRESS)
+        theirs = sorted(p.name for p in output.iterdir() if not p.name.startswith(skip)) if output.is_dir() else []
+        started = (output / IN_PROGRESS).read_text().strip() if (output / IN_PROGRESS).is_file() else None
+        if theirs and not own and started:  # an export that was stopped before its manifest
+            if Path(started).resolve() == Path(run_dir).resolve():
+                return None  # this run's: exported again, and its files replaced
+            raise AekitError(
+                f"{output} holds an unfinished export of another run ({started}); one export folder holds one run. "
+                f"Pass --output a new folder, or delete {output} first."
+            )
+        if theirs and not own:
+            shown = ", ".join(theirs[:3]) + (", …" if len(theirs) > 3 else "")
+            raise AekitError(
+                f"--output {output} already holds files aekit did not export ({shown}); aekit will not write over them. "
+                "Pass a new or empty folder."
+            )
+        return None
+    try:
+        previous = Manifest.load(output, verify=False)
+    except AekitError:
+        return None  # an unreadable manifest vouches for nothing; this export replaces it
+    if not own and Path(previous.run).resolve() != Path(run_dir).resolve():  # a copied run keeps its own export
+        raise AekitError(
+            f"{output} holds the export of another run ({previous.run}); one export folder holds one run. "
+            f"Pass --output a new folder, or delete {output} first."
+        )
+    return previous
+
+
+class _KerasReference:
+    """Keras outputs on the parity images, computed once for all files."""
+
+    def __init__(self, models: dict, images: np.ndarray):
+        self.models = models
+        self.images = images
+        self.latents = _keras_predict(models["encoder"], images)
+        self.reconstructions = _keras_predict(models["decoder"], self.latents)
+        per_image = mse_per_image(images, self.reconstructions)
+        self.mse = float(per_image.mean())
+        self.psnr = float(psnr_from_mse(per_image).mean())
+
+    def inputs_for(self, role: str) -> np.ndarray:
+        return self.latents if role == "decoder" else self.images
+
+    def outputs_for(self, role: str) -> np.ndarray:
+        return self.latents if role == "encoder" else self.reconstructions
+
+    def reconstruct_with(self, role: str, outputs: np.ndarray) -> np.ndarray:
+        """Images reconstructed when the exported part replaces its Keras counterpart."""
+        return _keras_predict(self.models["decoder"], outputs) if role == "encoder" else outputs
+
+
+def _keras_predict(model, inputs: np.ndarray) -> np.ndarray:
+    from aekit.data.feeds import inference_batch
+
+    batch = inference_batch(model.input.shape[1:], model.output.shape[1:])  # bounded activations for large images
+    return np.concatenate([np.asarray(model(inputs[i : i + batch], training=False)) for i in range(0, len(inputs), batch)])
+
+
+def _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference) -> FileEntry:
+    name = export_format(fmt).file_name(role, precision)
+    final = output / name
+    min_agreement = options.min_agreement_db if options.min_agreement_db is not None else DEFAULT_MIN_AGREEMENT_DB[precision]
+    model = loaded.models[role]
+    calib_inputs = _keras_predict(reference.models["encoder"], calibration) if role == "decoder" else calibration
+    tmp = output / f".partial-{name}"
+    _remove(tmp)
+    entry = FileEntry(
+        file=name,
+        role=role,
+        format=fmt,
+        precision=precision,
+        inputs=[],
+        outputs=[],
+        bytes=0,
+        sha256="",
+        status="failed",
+        opset=options.opset if fmt == "onnx" else None,
+        quantization=QUANTIZATION_SCHEMES[fmt] if precision == "int8" else None,
+    )
+    try:
+        if fmt == "onnx":
+            _write_onnx(model, role, tmp, options.opset, precision, calib_inputs)
+        elif fmt == "tflite":
+            _write_tflite(_batchnorm_as_depthwise(model) if precision == "int8" else model, role, tmp, precision, calib_inputs)
+        else:
+            _write_savedmodel(model, role, tmp)
+        runner = _SavedModelRunner(tmp) if fmt == "savedmodel" else open_runner(tmp, "cpu")
+        entry.inputs, entry.outputs = runner.specs()
+        outputs = run_batched(runner, reference.inputs_for(role))
+        entry.parity = _parity(reference, role, outputs, min_agreement, runner.runtime)
+        problem = _parity_problem(entry.parity, precision)
+        if problem:
+            entry.reason = problem
+            _remove(tmp)
+        else:
+            entry.status = "passed"
+            _remove(final)
+            os.replace(tmp, final)
+            entry.bytes, entry.sha256 = (
+                directory_size_and_hash(final) if final.is_dir() else (final.stat().st_size, sha256_of(final))
+            )
+    except AekitError:
+        _remove(tmp)
+        raise
+    except Exception as exc:  # a converter or runtime failure marks this file failed, not the whole export
+        entry.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        _remove(tmp)
+    if entry.status != "passed":
+        _remove(final)  # never leave an older file that the manifest no longer vouches for
+    return entry
+
+
+def _parity(reference: _KerasReference, role: str, outputs: np.ndarray, min_agreement_db: float, runtime: str) -> Parity:
+    expected = reference.outputs_for(role)
+    reconstructions = reference.reconstruct_with(role, outputs)
+    per_image = mse_per_image(reference.images, reconstructions)
+    mse_export, psnr_export = float(per_image.mean()), float(psnr_from_mse(per_image).mean())
+    max_abs = float(np.max(np.abs(outputs.astype(np.float64) - expected)))
+    added = float(mse_per_image(reference.reconstructions, reconstructions).mean())  # what the export adds
+    return Parity(
+        images=len(reference.images),
+        max_abs_diff=max_abs,
+        max_rel_diff=max_abs / max(1.0, float(np.max(np.abs(expected)))),
+        mse_keras=reference.mse,
+        mse_export=mse_export,
+        mse_delta=mse_export - reference.mse,
+        psnr_keras=reference.psnr,
+        psnr_export=psnr_export,
+        psnr_drop_db=reference.psnr - psnr_export,
+        agreement_db=float(psnr_from_mse(added)),
+        min_agreement_db=min_agreement_db,
+        runtime=runtime,
+    )
+
+
+def _parity_problem(parity: Parity, precision: str) -> str | None:
+    if precision == "float32" and parity.max_rel_diff > FLOAT32_MAX_REL_DIFF:
+        return (
+            f"max abs diff {parity.max_abs_diff:.2e} is {parity.max_rel_diff:.1e} of the output range, "
+            f"above {FLOAT32_MAX_REL_DIFF:g} for a float32 export"
+        )
+    if parity.agreement_db < parity.min_agreement_db:
+        return (
+            f"its reconstructions agree with Keras' to {parity.agreement_db:.1f} dB PSNR, below the "
+            f"{parity.min_agreement_db:g} dB required (reconstruction MSE {parity.mse_keras:.5f} -> "
+            f"{parity.mse_export:.5f}, PSNR drop {parity.psnr_drop_db:.2f} dB)"
+        )
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _merge_with_previous(
+    output: Path, previous: Manifest | None, entries: list[FileEntry], weights: str | None
+) -> list[FileEntry]:
+    """Keeps earlier entries whose files are still there untouched, and earlier failures; new entries replace same-named ones.
+
+    Entries made from other weights (the run was trained further since) are dropped: they no longer describe it.
+    """
+    merged: dict[str, FileEntry] = {}
+    if previous and previous.run_weights_sha256 == weights:
+        for old in previous.files:
+            if old.status == "failed" and not (output / old.file).exists():
+                merged[old.file] = old  # the record of why a file is not there
+            elif old.status == "passed" and old.problem(output) is None:
+                merged[old.file] = old  # a file still as exported
+    for entry in entries:
+        merged[entry.file] = entry
+    return list(merged.values())
+
+
+def _remove_orphans(output: Path, manifest: Manifest) -> None:
+    """Removes exported-file names the manifest does not vouch for (a killed export's, or stale ones)."""
+    kept = {e.file for e in manifest.files if e.status == "passed"}
+    for fmt in EXPORT_FORMATS:
+        for role in ("encoder", "decoder", "autoencoder"):
+            for precision in fmt.precisions:
+                name = fmt.file_name(role, precision)
+                if name not in kept and (output / name).exists():
+                    _remove(output / name)
+
+
+def _versions() -> dict:
+    from aekit.core.system import package_versions
+
+    return {"aekit": __version__, **{k: v for k, v in package_versions().items() if v}}
