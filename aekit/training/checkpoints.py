@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aekit.core import runs
-from aekit.core.recipe import TrainConfig, read_config
+from aekit.core.recipe import TrainConfig
 from aekit.errors import AekitError
 from aekit.lazy import tf
 from aekit.training.distribute import Placement
@@ -46,7 +46,9 @@ class _Checkpoints:
             shutil.rmtree(self.save_dir, ignore_errors=True)
 
 
-def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> tuple[list[dict], int, int]:
+def _restore(
+    state: _Checkpoints, config: TrainConfig, steps_per_epoch: int, previous: dict | None = None
+) -> tuple[list[dict], int, int]:
     """(history so far, finished epochs, steps into the next) from the run's checkpoint; a new run starts at 0.
 
     A run that trained but whose checkpoint cannot be read is an error naming the file, and
@@ -83,9 +85,8 @@ def _restore(state: _Checkpoints, config: TrainConfig, steps_per_epoch: int) -> 
             "nothing was changed. Restore the file, or train into a new --output folder."
         )
     start_epoch, start_step = progress.epochs_done, progress.steps_done
-    if start_step and runs.is_run_dir(run_dir):
-        stored_steps = read_config(run_dir).get("steps_per_epoch")
-        if stored_steps != steps_per_epoch:  # another batch size: the saved position means other batches
+    if start_step and previous is not None:
+        if previous.get("steps_per_epoch") != steps_per_epoch:  # another batch size: the saved position means other batches
             progress.start_epoch()
             start_step = 0
     if start_epoch >= config.epochs and (runs.is_finished(run_dir) or not history):

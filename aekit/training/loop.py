@@ -96,12 +96,13 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
 def _train(config: TrainConfig, run_dir: Path, callback: TrainCallback, placement: Placement) -> TrainResult:
     with _claim(run_dir, placement):
         splits, steps_per_epoch = _load_data(config, placement)
-        if runs.is_run_dir(run_dir):  # a resume: a pack must still hold the shards the run trained on
-            check_same_data(read_config(run_dir).get("data") or {}, splits, str(run_dir))
+        previous = read_config(run_dir) if runs.is_run_dir(run_dir) else None  # a resume's record, read once
+        if previous is not None:  # a pack must still hold the shards the run trained on
+            check_same_data(previous.get("data") or {}, splits, str(run_dir))
         model = _build_model(config, placement, splits.image_shape, steps_per_epoch)
         state = _Checkpoints(run_dir, model, placement)
-        history, start_epoch, start_step = _restore(state, config, steps_per_epoch)
-        plan = _plan_schedule(run_dir, config, model, steps_per_epoch, start_epoch, start_step)
+        history, start_epoch, start_step = _restore(state, config, steps_per_epoch, previous)
+        plan = _plan_schedule(previous, config, model, steps_per_epoch, start_epoch, start_step)
         if placement.is_chief:
             _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch, plan)
         batches = _training_batches(config, placement, splits, steps_per_epoch, start_epoch, start_step)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aekit.core import runs
-from aekit.core.recipe import TrainConfig, read_config
+from aekit.core.recipe import TrainConfig
 from aekit.lazy import keras, tf
 
 if TYPE_CHECKING:
@@ -71,7 +69,9 @@ def _run_schedule_class():
     return RunSchedule
 
 
-def _plan_schedule(run_dir: Path, config: TrainConfig, model: Model, steps_per_epoch: int, start_epoch: int, start_step: int):
+def _plan_schedule(
+    previous: dict | None, config: TrainConfig, model: Model, steps_per_epoch: int, start_epoch: int, start_step: int
+):
     """The learning-rate plan of this (re)start, set on the optimizer's schedule and recorded in config.json.
 
     A new run plans a warm-up and cosine decay over all its steps. A resume whose steps left still end
@@ -85,7 +85,7 @@ def _plan_schedule(run_dir: Path, config: TrainConfig, model: Model, steps_per_e
     schedule = optimizer._learning_rate  # the RunSchedule given to the constructor
     done = int(optimizer.iterations.numpy())
     end = done + (config.epochs - start_epoch) * steps_per_epoch - start_step
-    previous = _previous_plan(run_dir) if done else None
+    previous = _previous_plan(previous) if done else None
     if previous is None:
         plan = _new_plan(config, end)
     else:
@@ -108,11 +108,10 @@ def _plan_schedule(run_dir: Path, config: TrainConfig, model: Model, steps_per_e
     return plan
 
 
-def _previous_plan(run_dir: Path) -> dict | None:
-    """The plan config.json recorded; for a run recorded before plans, the one its recipe implied."""
-    if not runs.is_run_dir(run_dir):
+def _previous_plan(record: dict | None) -> dict | None:
+    """The plan a run's config.json recorded; for a run recorded before plans, the one its recipe implied."""
+    if record is None:
         return None
-    record = read_config(run_dir)
     if isinstance(record.get("lr_plan"), dict):
         return record["lr_plan"]
     recipe, steps = TrainConfig.from_json(record["recipe"]), record.get("steps_per_epoch")
