@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from aekit.core.checks import is_number, is_positive, is_whole
 from aekit.errors import AekitError
 
 MANIFEST = "manifest.json"
@@ -254,7 +254,7 @@ def validate_manifest(data, folder: Path | None = None) -> list[str]:
         return problems
     if data["schema_version"] != SCHEMA_VERSION:
         problems.append(f"schema_version {data['schema_version']} is not {SCHEMA_VERSION}")
-    if not isinstance(data["pixel_scaling"], dict) or not _positive_number(data["pixel_scaling"].get("divide_by")):
+    if not isinstance(data["pixel_scaling"], dict) or not is_positive(data["pixel_scaling"].get("divide_by")):
         problems.append("pixel_scaling has no positive divide_by")
     model = data["model"] if isinstance(data["model"], dict) else {}
     shape = model.get("input_shape")
@@ -310,9 +310,9 @@ def _latent_quantization_problems(params, latent_dim) -> list[str]:
         return []
     if not isinstance(params, dict):
         return [f"latent_quantization is a {type(params).__name__}, not an object with scale and offset"]
-    width = latent_dim if isinstance(latent_dim, int) and not isinstance(latent_dim, bool) else None
+    width = latent_dim if is_whole(latent_dim) else None
     problems = []
-    for key, ok, wanted in (("scale", _positive_number, "finite positive"), ("offset", _finite_number, "finite")):
+    for key, ok, wanted in (("scale", is_positive, "finite positive"), ("offset", is_number, "finite")):
         values = params.get(key)
         if not isinstance(values, list) or (width is not None and len(values) != width):
             what = (
@@ -328,14 +328,3 @@ def _latent_quantization_problems(params, latent_dim) -> list[str]:
                 f"latent_quantization {key} holds {next(v for v in values if not ok(v))!r}; expected {wanted} numbers"
             )
     return problems
-
-
-def _finite_number(value) -> bool:
-    try:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def _positive_number(value) -> bool:
-    return _finite_number(value) and value > 0

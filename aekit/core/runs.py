@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
+from aekit.core.checks import is_number
 from aekit.errors import AekitError
 
 RUNS_ROOT = Path("runs")
@@ -103,9 +104,7 @@ def read_history(run_dir: Path) -> list[dict]:
     path = run_dir / HISTORY_JSON
     rows = read_json(path, list)
     for number, row in enumerate(rows, start=1):
-        numbers = isinstance(row, dict) and all(
-            isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool) for key in HISTORY_FIELDS
-        )
+        numbers = isinstance(row, dict) and all(is_number(row.get(key), finite=False) for key in HISTORY_FIELDS)
         if not numbers or row["epoch"] != number:
             raise AekitError(
                 f"{path}: row {number} is not epoch {number} with {', '.join(HISTORY_FIELDS)} as aekit writes it. "

@@ -12,13 +12,13 @@ it was calibrated on (the run's training images, its validation split, or other 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aekit.core.checks import is_number
 from aekit.core.manifest import MANIFEST
 from aekit.edge.anomaly import METRIC, array_batches, check_same_run, score_batches, score_path, write_scores_csv
 from aekit.edge.outputs import check_not_overwriting, check_output_file, same_file
@@ -35,14 +35,6 @@ VALIDATION = "val"  # --calibrate val: the validation split of the run the files
 TRAINING_IMAGES = "training images"
 VALIDATION_IMAGES = "validation images"
 OTHER_IMAGES = "images outside the run's training source"
-
-
-def _finite_number(value) -> bool:
-    """A JSON number (not a bool) that is neither NaN nor infinite."""
-    try:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
 
 
 @dataclass
@@ -90,11 +82,11 @@ class Threshold:
         if data.get("metric", METRIC) != METRIC:
             raise AekitError(f"{origin} is a threshold on {data['metric']!r}, not {METRIC}. {fix}")
         value, quantile, count = data["threshold"], data["quantile"], data["calibration_images"]
-        if not _finite_number(value) or value < 0:
+        if not is_number(value) or value < 0:
             raise AekitError(f"{origin} has threshold {value!r}; expected a finite MSE of 0 or more. {fix}")
-        if not _finite_number(quantile) or not 0.0 < quantile < 1.0:
+        if not is_number(quantile) or not 0.0 < quantile < 1.0:
             raise AekitError(f"{origin} has quantile {quantile!r}; expected a number between 0 and 1. {fix}")
-        if not _finite_number(count) or count != int(count) or count < 1:
+        if not is_number(count) or count != int(count) or count < 1:
             raise AekitError(f"{origin} has calibration_images {count!r}; expected a positive whole number. {fix}")
         keys = ("calibration_source", "encoder", "decoder", "run", "run_weights_sha256", "calibrated_on")
         texts = {k: data.get(k, "") for k in keys}

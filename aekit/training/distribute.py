@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from aekit.core.checks import is_whole
 from aekit.errors import AekitError
 from aekit.lazy import keras, tf
 
@@ -175,7 +176,7 @@ def read_tf_config(text: str | None = None) -> tuple[dict, str, int]:
         if not isinstance(addresses, list) or not addresses or not all(_is_address(a) for a in addresses):
             raise AekitError(f"TF_CONFIG cluster {role!r} must list host:port strings, got {addresses!r}. {fix}")
     role, index = task.get("type"), task.get("index", 0)
-    if role not in cluster or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[role]):
+    if role not in cluster or not is_whole(index, 0, len(cluster[role]) - 1):
         raise AekitError(f"TF_CONFIG task {task!r} does not name a member of the cluster ({', '.join(cluster)}). {fix}")
     return cluster, role, index
 

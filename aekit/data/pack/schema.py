@@ -6,11 +6,10 @@ Every field that decides what training sees is held to what `pack` writes (see P
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from aekit.core.checks import is_count, is_fraction, is_plain_name, is_positive, is_sha256, is_whole
 from aekit.core.pixels import UINT8_MAX, PixelScaling
 from aekit.core.sources import MAX_IMAGE_PIXELS
 from aekit.data.pack.files import _q
@@ -33,7 +32,6 @@ SHUFFLE_BYTES = 64 << 20  # ... and at most this many bytes of them (a block is 
 AUTO_PARALLEL_IMAGES = 10_000  # workers=0 decodes smaller folders in-process: starting processes would cost more
 CHANNELS = (1, 3, 4)  # what aekit's sources give (aekit.core.sources.check_shape)
 RECORD_FRAMING = 16  # a TFRecord's bytes around its payload: length (8), its crc (4), the payload's crc (4)
-SHA256_TEXT = re.compile("[0-9a-f]{64}")
 CHECK_BATCH = 4096  # records per batch when `PackedDataset.check_records` reads a shard
 
 Progress = Callable[[int, int], None]
@@ -73,7 +71,7 @@ class PackOptions:
         seed = data.get("seed", 0)
         # Packs written before seeded splits held out the last fraction.
         from_end = data.get("val_from_end", True)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        if not is_whole(seed, 0, 2**32 - 1):
             raise ValueError(f"options.seed is {seed!r}, not a seed")
         if not isinstance(from_end, bool):
             raise ValueError(f"options.val_from_end is {from_end!r}, not true or false")
@@ -114,10 +112,10 @@ class ShardRecord:
     def from_json(cls, data: dict) -> ShardRecord:
         """Raises ValueError/KeyError/TypeError for anything `to_json` does not write."""
         file, sha256 = _plain_name(data["file"]), data["sha256"]
-        if not isinstance(sha256, str) or not SHA256_TEXT.fullmatch(sha256):
+        if not is_sha256(sha256):
             raise ValueError(f"shard {file} has sha256 {sha256!r}, not 64 hex digits")
         high = data.get("high")
-        if high is not None and (isinstance(high, bool) or not isinstance(high, int) or not 0 <= high <= UINT8_MAX):
+        if high is not None and not is_whole(high, 0, int(UINT8_MAX)):
             raise ValueError(f"shard {file} has high {high!r}, not a uint8 value")
         return cls(
             file,
@@ -202,7 +200,7 @@ class PackManifest:
         scaling = data["pixel_scaling"]
         divide_by = scaling.get("divide_by") if isinstance(scaling, dict) else None
         pixel_max = scaling.get("pixel_max") if isinstance(scaling, dict) else None
-        if isinstance(divide_by, bool) or not isinstance(divide_by, int | float) or not 0 < divide_by <= UINT8_MAX:
+        if not is_positive(divide_by) or divide_by > UINT8_MAX:
             raise ValueError(f"pixel_scaling divide_by is {divide_by!r}; packs store uint8, divided by at most {UINT8_MAX:g}")
         if divide_by != UINT8_MAX and pixel_max != divide_by:
             raise ValueError(f"pixel_scaling divide_by is {divide_by!r} but pixel_max {pixel_max!r}; they must agree")
@@ -236,7 +234,7 @@ class PackManifest:
         )
         for split in SPLITS:
             listed = data["splits"][split]["images"]
-            if isinstance(listed, bool) or listed != manifest.count(split):
+            if not is_whole(listed) or listed != manifest.count(split):
                 raise ValueError(f"{split} says {listed!r} images but its shards hold {manifest.count(split)}")
         if manifest.identity != identity_of(splits):
             raise ValueError("its identity does not match its shards' sha256s")
@@ -255,25 +253,20 @@ def identity_of(splits: dict[str, list[ShardRecord]]) -> str:
 
 
 def _count(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_count(value):
         raise ValueError(f"{what} is {value!r}, not a positive whole number")
     return value
 
 
 def _fraction(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:  # NaN fails too
+    if not is_fraction(value):
         raise ValueError(f"{what} is {value!r}, not a number between 0 and 1 (exclusive)")
     return float(value)
 
 
 def _plain_name(name) -> str:
     """A shard's file name as dataset.json lists it: a plain name inside the pack folder, never a path."""
-    if (
-        not isinstance(name, str)
-        or name in ("", ".")
-        or any(part in name for part in ("/", "\\", "..", ":", "\0"))
-        or os.path.isabs(name)
-    ):
+    if not is_plain_name(name):
         raise ValueError(f"shard file {name!r} is not a plain file name inside the pack folder")
     return name
 
@@ -283,7 +276,7 @@ def _image_shape(value) -> list[int]:
     if (
         not isinstance(value, list)
         or len(value) != 3
-        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in value)
+        or not all(is_count(d) for d in value)
         or value[0] * value[1] > MAX_IMAGE_PIXELS
         or value[2] not in CHANNELS
     ):
