@@ -30,7 +30,7 @@ $(EDGE_STAMP): pyproject.toml
 	touch $(EDGE_STAMP)
 
 # The tests of the TensorFlow-free side, run where TensorFlow is not installed (their few TensorFlow tests skip).
-EDGE_TESTS := tests/test_anomaly.py tests/test_lazy.py tests/test_sources.py tests/test_splits.py tests/test_pixels.py
+EDGE_TESTS := tests/test_anomaly.py tests/test_lazy.py tests/test_sources.py tests/test_splits.py tests/test_pixels.py tests/test_checks.py tests/test_layout.py
 
 # ruff: the linter and formatter configured in pyproject.toml.
 lint: install
