@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,6 +25,21 @@ SOURCE_HELP = "Image folder, .npz/.npy file (FILE.npz:KEY picks an array) or *-i
 PIXEL_MAX_HELP = "The images' value of white when not 0-255 or 0-1 (default: the one the model was trained with, if any)."
 
 
+def memory_errors(command):
+    """A MemoryError anywhere in an edge command becomes the one-line "Out of memory" AekitError (exit 2)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from aekit.edge.runtimes import out_of_memory
+
+        try:
+            return command(*args, **kwargs)
+        except MemoryError:
+            raise out_of_memory(f"running aekit {command.__name__}") from None
+
+    return wrapper
+
+
 def say_npz_choice(source) -> None:
     """One line on stderr when a .npz of several arrays is read without naming one."""
     from aekit.core.sources import npz_choice
@@ -34,6 +50,7 @@ def say_npz_choice(source) -> None:
 
 
 @edge_errors
+@memory_errors
 def encode(
     source: Annotated[Path, typer.Argument(help=SOURCE_HELP)],
     model: Annotated[Path, typer.Option(help="Exported encoder (.onnx or .tflite) with its manifest.json beside it.")],
@@ -79,6 +96,7 @@ def encode(
 
 
 @edge_errors
+@memory_errors
 def decode(
     latents: Annotated[Path, typer.Argument(help="Latents file written by aekit encode.")],
     model: Annotated[Path, typer.Option(help="Exported decoder (.onnx or .tflite) with its manifest.json beside it.")],
@@ -104,6 +122,7 @@ def decode(
 
 
 @edge_errors
+@memory_errors
 def reconstruct(
     source: Annotated[Path, typer.Argument(help="Image folder, .npz/.npy file or IDX file.")],
     encoder: Annotated[Path, typer.Option(help="Exported encoder file.")],
@@ -131,9 +150,10 @@ def reconstruct(
     from aekit.cli.render import counting_progress
     from aekit.core.sources import count_images
     from aekit.edge import anomaly
-    from aekit.edge.outputs import check_output_folder
+    from aekit.edge.outputs import check_not_inside, check_output_folder
 
     check_output_folder(output)  # before the models are loaded
+    check_not_inside(source, output, f"{anomaly.SCORES_CSV} and {anomaly.GRID_PNG}")
     anomaly.check_reconstruct_output(output, grid, overwrite)
     enc, dec = anomaly.open_sessions(encoder, decoder, device, threads, allow_fallback)
     say_npz_choice(source)
@@ -152,6 +172,7 @@ def reconstruct(
 
 
 @edge_errors
+@memory_errors
 def score(
     source: Annotated[
         Optional[Path], typer.Argument(help="Images to score (folder, .npz/.npy or IDX). Optional with --calibrate.")

@@ -480,14 +480,19 @@ def test_decode_never_overwrites_or_merges_and_leaves_nothing_half_written(expor
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "x.png").write_bytes(b"the user's original")
     result = runner.invoke(app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos")])
-    assert result.exit_code == 2 and "already holds 1 of the 3 files" in result.output and "--overwrite" in result.output
+    assert result.exit_code == 2 and "already holds 1 of the 4 files" in result.output and "--overwrite" in result.output
     assert (tmp_path / "photos" / "x.png").read_bytes() == b"the user's original"
     result = runner.invoke(
         app, ["decode", "--model", decoder, str(tmp_path / "ok.npz"), "-o", str(tmp_path / "photos"), "--overwrite"]
     )
     assert result.exit_code == 0, result.output
-    # names become safe file names inside the folder; no staging folder is left behind
-    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["_.._y.png", "hidden.png", "x.png"]
+    # names become safe file names inside the folder, names.csv records the originals; no staging folder is left behind
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["_.._y.png", "hidden.png", "names.csv", "x.png"]
+    assert (tmp_path / "photos" / "names.csv").read_text().splitlines() == [
+        "file,name",
+        "_.._y.png,../../y",
+        "hidden.png,.hidden",
+    ]
     assert not list(tmp_path.glob(".partial-*"))
     # an existing npz is not replaced unless asked
     (tmp_path / "images.npz").write_bytes(b"keep me")

@@ -18,7 +18,8 @@ import numpy as np
 
 from aekit.core.metrics import mse_per_image, psnr_from_mse
 from aekit.core.sources import count_images, iter_images
-from aekit.edge.outputs import check_output_folder, to_uint8
+from aekit.edge.outputs import OutputClaim, check_not_inside, check_output_folder, to_uint8
+from aekit.edge.runtimes import out_of_memory
 from aekit.edge.sessions import DecoderSession, EncoderSession
 from aekit.errors import AekitError
 
@@ -330,11 +331,22 @@ def reconstruct(
     with grid > 0, output/reconstructions.png (`grid` originals spread over the source, above their
     reconstructions and PSNR; see `save_grid`).
 
-    Existing files of those names are replaced only with `overwrite` (folders of those names never)."""
+    Existing files of those names are replaced only with `overwrite` (folders of those names never). The
+    output is never the image folder being read, nor inside it (its files would become images of that
+    folder), and it is claimed while written (OutputClaim): a second command writing it fails at once."""
     output = Path(output)
     check_output_folder(output)
+    check_not_inside(source, output, f"{SCORES_CSV} and {GRID_PNG}")
     if grid < 0:
         raise AekitError(f"--grid must be 0 (no picture) or more, got {grid}.")
+    with OutputClaim(output):
+        try:
+            return _reconstruct_into(encoder, decoder, source, output, batch_size, grid, on_batch, overwrite)
+        except MemoryError:
+            raise out_of_memory(f"reconstructing {source}") from None
+
+
+def _reconstruct_into(encoder, decoder, source, output: Path, batch_size: int, grid: int, on_batch, overwrite: bool):
     check_reconstruct_output(output, grid, overwrite)
     check_same_run(encoder, decoder)
     scores = score_path(encoder, decoder, source, batch_size, on_batch, keep=grid)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,17 +16,26 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aekit.core.manifest import MANIFEST
+from aekit.core.runs import write_text
 from aekit.core.sources import iter_images
 from aekit.edge.outputs import (
+    NAMES_CSV,
+    OutputClaim,
     _save_npz,
     _staging_folder,
     check_not_overwriting,
     check_output_file,
     check_output_folder,
+    move_into_folder,
+    names_csv,
     png_names,
+    recover_folder,
+    renamed,
     same_file,
     save_png,
+    staging_inside,
 )
+from aekit.edge.runtimes import out_of_memory
 from aekit.errors import AekitError
 
 if TYPE_CHECKING:
@@ -95,6 +105,15 @@ def encode_path(
     if latent_dtype not in ("float32", "int8"):
         raise AekitError(f"--latent-dtype {latent_dtype!r} is not float32 or int8.")
     check_encode_output(source, output, overwrite)
+    with OutputClaim(output):  # a second command writing this file fails at once instead of replacing this one's
+        check_encode_output(source, output, overwrite)  # again, now that no other aekit command can write it
+        try:
+            return _encode_into(encoder, source, Path(output), latent_dtype, batch_size, on_batch, pixel_max)
+        except MemoryError:
+            raise out_of_memory(f"encoding {source}") from None
+
+
+def _encode_into(encoder, source, output: Path, latent_dtype: str, batch_size: int, on_batch, pixel_max) -> dict:
     quantizer = None
     if latent_dtype == "int8":
         params = encoder.manifest.latent_quantization
@@ -211,13 +230,25 @@ def decode_file(
 ) -> dict:
     """Decodes a latents file into PNGs in a folder (or one .npz with fmt="npz").
 
-    PNGs are written into a temporary folder beside `output` and moved in at the end, so an
-    interrupted decode leaves no images under their final names. Existing files are not
-    replaced unless `overwrite`.
+    PNGs are written into a temporary folder and moved in at the end: a new folder is renamed into place
+    whole; into an existing folder the files are moved all or nothing (`move_into_folder`: an interrupted
+    move is rolled back, at once or by the next decode into that folder), and the folder's other files are
+    never touched. Existing files are not replaced unless `overwrite`. File names keep their letters and
+    digits of any script; when an image's file name is not its own name (folders, control characters,
+    leading dots, over-long names), the folder also gets names.csv (file,name) recording the original.
+    The output is claimed while it is written: a second command writing it fails at once.
     """
     if fmt not in ("png", "npz"):
         raise AekitError(f"--format {fmt!r} is not png or npz.")
     output = Path(output)
+    with OutputClaim(output):
+        try:
+            return _decode_into(decoder, Path(latents_path), output, fmt, batch_size, on_batch, overwrite)
+        except MemoryError:
+            raise out_of_memory(f"decoding {latents_path}") from None
+
+
+def _decode_into(decoder, latents_path: Path, output: Path, fmt: str, batch_size: int, on_batch, overwrite: bool) -> dict:
     if fmt == "npz":
         check_output_file(output, ".npz")
         if same_file(latents_path, output):
@@ -226,9 +257,13 @@ def decode_file(
             raise AekitError(f"{output} already exists. Pass --overwrite to replace it, or -o a new file.")
     else:
         check_output_folder(output)
+        if output.is_dir():
+            recover_folder(output)  # a decode into it killed mid-move: put the folder back as it was
     latents, names = load_latents(latents_path)
     check_latents_match(decoder, latents_path)
-    files = png_names(names) if fmt == "png" else []
+    images = png_names(names) if fmt == "png" else []
+    record = renamed(names, images)
+    files = [*images, *([NAMES_CSV] if record else [])]
     folders = [f for f in files if (output / f).is_dir()]
     if folders:
         raise AekitError(
@@ -241,30 +276,37 @@ def decode_file(
             f"{output} already holds {len(clashes):,} of the {len(files):,} files to write (e.g. {clashes[0]}). "
             "Pass --overwrite to replace them, or -o a new folder."
         )
-    staging = _staging_folder(output) if fmt == "png" else None
+    existing = output.is_dir()
+    staging = (staging_inside(output) if existing else _staging_folder(output)) if fmt == "png" else None
     images_out = []
     try:
         for start in range(0, len(latents), batch_size):
-            images = decoder.decode(latents[start : start + batch_size], batch_size)
-            if not np.isfinite(images).all():
+            decoded = decoder.decode(latents[start : start + batch_size], batch_size)
+            if not np.isfinite(decoded).all():
                 raise AekitError(
-                    f"The decoder gave NaN or infinite pixels for codes {start}-{start + len(images) - 1} of "
+                    f"The decoder gave NaN or infinite pixels for codes {start}-{start + len(decoded) - 1} of "
                     f"{latents_path}. Check the codes file, or re-export the run."
                 )
             if fmt == "png":
-                for file, image in zip(files[start : start + batch_size], images):
+                for file, image in zip(images[start : start + batch_size], decoded):
                     save_png(image, staging / file)
             else:
-                images_out.append(images)
+                images_out.append(decoded)
             if on_batch:
-                on_batch(len(images))
+                on_batch(len(decoded))
+        if record:
+            write_text(staging / NAMES_CSV, names_csv(record))
         if fmt == "npz":
             _save_npz(output, images=np.concatenate(images_out), names=np.asarray(names))
-        elif not output.exists():
-            os.replace(staging, output)
+        elif not existing:
+            try:
+                os.rename(staging, output)  # the whole folder at once
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise AekitError(f"{output} appeared while decoding (made by another program). Pass -o a new folder.") from None
         else:
-            for file in files:
-                os.replace(staging / file, output / file)
+            move_into_folder(staging, output, files)
     finally:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -27,6 +27,14 @@ class NoCudaError(AekitError):
     """--device cuda was asked for and CUDA is not what runs."""
 
 
+def out_of_memory(doing: str) -> AekitError:
+    """The one wording for a MemoryError on the edge side: what was being done, and the fixes."""
+    return AekitError(
+        f"Out of memory while {doing}. Pass a smaller --batch-size, close other programs, or raise the process's "
+        "memory limit (ulimit -v)."
+    )
+
+
 def no_cuda_message(what: str, fix: str = "Install CUDA/cuDNN for onnxruntime-gpu") -> str:
     """The one wording for a refused --device cuda; `what` names what would run instead."""
     return (
@@ -75,14 +83,15 @@ class OnnxRunner:
     """An onnxruntime session over one .onnx file.
 
     Args:
-        path: the .onnx file.
+        path: the .onnx file (named in messages; read only when `content` is None).
         device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it, else CPU).
         threads: intra-op threads for the CPU provider (None: the physical cores).
+        content: the file's bytes, already verified (sessions.py): what runs is what was checked.
     """
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, content: bytes | None = None):
         import onnxruntime as ort
 
         # A CUDA provider that cannot start (no GPU, no CUDA libraries) logs errors and falls back
@@ -98,7 +107,10 @@ class OnnxRunner:
         # A CPU build of onnxruntime warns about an unknown CUDA provider; ask only for what it has.
         requested = [p for p in requested if p in self.available] or [CPU_PROVIDER]
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
+            model = content if content is not None else str(path)
+            self.session = ort.InferenceSession(model, sess_options=options, providers=requested)
+        except MemoryError:
+            raise out_of_memory(f"loading {path}") from None
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise AekitError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
         self.providers = self.session.get_providers()
@@ -110,7 +122,14 @@ class OnnxRunner:
         return "cuda" if self.providers and self.providers[0] == CUDA_PROVIDER else "cpu"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
+        try:
+            return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
+        except MemoryError:
+            raise out_of_memory(f"running {self.path.name} on {len(batch):,} inputs") from None
+        except Exception as exc:  # onnxruntime reports a failed allocation as its own RuntimeException
+            if "alloc" not in str(exc).lower():
+                raise
+            raise out_of_memory(f"running {self.path.name} on {len(batch):,} inputs") from None
 
     def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """The file's real inputs and outputs (None for the dynamic batch)."""
@@ -123,20 +142,27 @@ class OnnxRunner:
 
 
 class TFLiteRunner:
-    """A LiteRT interpreter over one .tflite file, resized to each batch it is given."""
+    """A LiteRT interpreter over one .tflite file, resized to each batch it is given.
+
+    `content`: the file's bytes, already verified (sessions.py); None reads `path`.
+    """
 
     runtime = "litert"
     providers = [LITERT_PROVIDER]
     device = "cpu"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, content: bytes | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        self.content = content  # the interpreter reads the model from this buffer: keep it alive as long as the runner
+        source = {"model_content": content} if content is not None else {"model_path": str(path)}
         try:
             with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.interpreter = Interpreter(model_path=str(path), num_threads=threads or default_threads())
+                self.interpreter = Interpreter(**source, num_threads=threads or default_threads())
                 self.interpreter.allocate_tensors()
+        except MemoryError:
+            raise out_of_memory(f"loading {path}") from None
         except (ValueError, RuntimeError) as exc:
             raise AekitError(f"LiteRT cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
         self.input = self.interpreter.get_input_details()[0]
@@ -195,11 +221,15 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def open_runner(path: Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False):
+def open_runner(
+    path: Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False, content: bytes | None = None
+):
     """The runner for a file, by its suffix, held to the device asked for.
 
     Args:
         path: an exported .onnx or .tflite file.
+        content: the file's bytes when the caller has read and verified them: the runtime runs these, not
+            whatever the path holds by the time it opens it (None: the runtime reads `path`).
         device: "cpu"; "cuda" (CUDA or an error); "auto" (CUDA when it really runs, else the CPU).
         threads: CPU threads (None: the physical cores).
         allow_fallback: with device "cuda", accept the CPU instead of raising NoCudaError.
@@ -210,13 +240,16 @@ def open_runner(path: Path, device: str = "cpu", threads: int | None = None, all
     path = Path(path)
     device = check_device(device)
     threads = check_threads(threads)
-    if not path.exists():
+    if content is None and not path.exists():
         raise AekitError(f"{path} does not exist. Export it first: aekit export.")
     fmt = format_of_file(path)
     if fmt is None or fmt.runtime not in RUNNERS:
         suffixes = " or ".join(f.suffix for f in EDGE_FORMATS)
         raise AekitError(f"{path}: expected a {suffixes} file written by aekit export.")
-    runner = RUNNERS[fmt.runtime](path, device, threads) if fmt.runtime == "onnxruntime" else RUNNERS[fmt.runtime](path, threads)
+    if fmt.runtime == "onnxruntime":
+        runner = RUNNERS[fmt.runtime](path, device, threads, content=content)
+    else:
+        runner = RUNNERS[fmt.runtime](path, threads, content=content)
     require_device(runner, device, allow_fallback)
     return runner
 
@@ -246,4 +279,7 @@ def require_device(runner, device: str, allow_fallback: bool = False) -> None:
 
 
 def run_batched(runner, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([runner.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    try:
+        return np.concatenate([runner.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    except MemoryError:
+        raise out_of_memory(f"running {runner.path.name} on {len(inputs):,} inputs") from None

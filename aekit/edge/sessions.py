@@ -15,6 +15,7 @@ says what ran.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +23,23 @@ import numpy as np
 from aekit.core.manifest import MANIFEST, FileEntry, Manifest
 from aekit.core.pixels import PixelRange, PixelScaling
 from aekit.core.sources import source_range
-from aekit.edge.runtimes import check_device, open_runner, run_batched
+from aekit.edge.runtimes import check_device, open_runner, out_of_memory, run_batched
 from aekit.errors import AekitError
 
 
 def read_manifest(model_path: Path) -> tuple[Manifest, FileEntry]:
-    """(manifest, this file's entry) from the manifest.json beside an exported file, the file verified.
+    """(manifest, this file's entry) from the manifest.json beside an exported file, the file verified (see `read_verified`)."""
+    manifest, entry, _ = read_verified(model_path)
+    return manifest, entry
+
+
+def read_verified(model_path: Path) -> tuple[Manifest, FileEntry, bytes]:
+    """(manifest, this file's entry, the file's bytes): the bytes read once and verified against the entry.
 
     The file must be the one the manifest vouches for: same size and sha256 (hashing a model file
     costs about a millisecond per megabyte, small next to loading it), and a passed parity check.
+    The runtime is then opened on these very bytes, so a file re-exported between the check and the
+    load cannot run under the old file's checksum.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -41,10 +50,31 @@ def read_manifest(model_path: Path) -> tuple[Manifest, FileEntry]:
     entry = manifest.entry(model_path.name)
     if entry is None:
         raise AekitError(f"{model_path.name} is not listed in {model_path.parent / MANIFEST}. Re-export the run.")
-    problem = entry.problem(model_path.parent)
+    problem = entry.problem(model_path.parent) if entry.status != "passed" else None
+    content = b"" if problem else read_model_bytes(model_path)
+    problem = problem or _bytes_problem(entry, content)
     if problem:
         raise AekitError(f"{problem}: it is not the file the manifest vouches for. Re-export the run (aekit export).")
-    return manifest, entry
+    return manifest, entry, content
+
+
+def read_model_bytes(path: Path) -> bytes:
+    """The whole exported file, read once (a MemoryError or a read error becomes a one-line AekitError)."""
+    try:
+        return Path(path).read_bytes()
+    except MemoryError:
+        raise out_of_memory(f"reading {path}") from None
+    except OSError as exc:
+        raise AekitError(f"Cannot read {path}: {exc.strerror}. Pass a readable file written by aekit export.") from None
+
+
+def _bytes_problem(entry: FileEntry, content: bytes) -> str | None:
+    """Why these bytes are not the file `entry` vouches for (None when they are)."""
+    if len(content) != entry.bytes:
+        return f"{entry.file} changed since export (size {len(content):,} bytes, the manifest says {entry.bytes:,})"
+    if hashlib.sha256(content).hexdigest() != entry.sha256:
+        return f"{entry.file} changed since export (sha256 mismatch)"
+    return None
 
 
 def _check_shapes(session) -> None:
@@ -74,10 +104,11 @@ class _Session:
     def __init__(self, model: str | Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False):
         self.path = Path(model)
         self.requested_device = check_device(device)
-        self.manifest, self.entry = read_manifest(self.path)
+        self.manifest, self.entry, content = read_verified(self.path)
         if self.entry.role != self.role:
             raise AekitError(f"{self.path.name} is an {self.entry.role}, not an {self.role}. Pass the {self.role} file.")
-        self.runner = open_runner(self.path, self.requested_device, threads, allow_fallback)
+        # From the verified bytes, not the path: what runs is what was checked, whatever the path holds by now.
+        self.runner = open_runner(self.path, self.requested_device, threads, allow_fallback, content=content)
         self.scaling = PixelScaling.from_json(self.manifest.pixel_scaling)  # how the model's training images were scaled
         self.image_shape = tuple(self.manifest.model["input_shape"])
         self.latent_dim = int(self.manifest.model["latent_dim"])
