@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 import typer.core
 import typer.exceptions
+from rich.markup import escape
 
 from aekit.cli.app import user_errors
 from aekit.cli.render import err_console, out_console
@@ -94,10 +95,24 @@ def bench(
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Folder for bench.json/csv/png. Default: <run>/bench.")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace bench.json/csv/png already in --output (the default <run>/bench is always bench's own)."
+        ),
+    ] = False,
+    unlisted: Annotated[
+        bool,
+        typer.Option(
+            "--unlisted",
+            help="Benchmark a --model file its manifest.json does not list (or lists with another size or sha256); "
+            "its rows say 'unlisted, not checked'.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout.")] = False,
 ):
     """Measure throughput, latency and reconstruction error of every export (and Keras)."""
-    from aekit.benchmarking.bench import BenchOptions, bench_run, write_outputs
+    from aekit.benchmarking.bench import UNLISTED, BenchOptions, bench_run, check_outputs, write_outputs
     from aekit.cli.render import export_notice, render_bench
     from aekit.core import runs
     from aekit.edge.outputs import check_output_folder
@@ -108,6 +123,7 @@ def bench(
     options.validate()  # every option checked before a run is loaded or anything is exported
     if output is not None:  # checked now, not after minutes of benchmarking
         check_output_folder(output, "bench.json, bench.csv and bench.png", "--output")
+        check_outputs(output, overwrite)  # an -o folder is the user's: its bench files are replaced only when asked
     run_dir = runs.require_finished_run(run) if run else (None if model else runs.newest_finished_run())
     if run_dir and not json_out:
         err_console.print(f"Benchmarking run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
@@ -117,9 +133,17 @@ def bench(
         else (lambda fmt, q: err_console.print(f"  nothing was exported yet: exported {export_notice(fmt, q)}", highlight=False))
     )
     with err_console.status("benchmarking...", spinner="dots") if not json_out else contextlib.nullcontext():
-        result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export)
+        result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export, unlisted=unlisted)
     folder = output or (Path(result.header["run"]) / "bench")
-    write_outputs(result, folder)
+    write_outputs(result, folder, overwrite=overwrite or output is None)  # <run>/bench is bench's own folder
+    for warning in result.header["warnings"]:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if model is not None and any(r.file_check == UNLISTED for r in result.rows):
+        err_console.print(
+            f"[bold yellow]warning:[/] {escape(str(model))} is {UNLISTED} against a manifest entry (--unlisted).",
+            highlight=False,
+            soft_wrap=True,
+        )
     if json_out:
         print(json.dumps(result.to_json()))
     else:

@@ -22,7 +22,7 @@ import numpy as np
 
 from aekit.benchmarking.quality import _quality, _quality_header, ssim_window
 from aekit.core import runs
-from aekit.core.manifest import MANIFEST, Manifest, export_format, format_of_file
+from aekit.core.manifest import MANIFEST, FileEntry, Manifest, export_format, format_of_file
 from aekit.edge.runtimes import NoCudaError, check_threads, default_threads, open_runner
 from aekit.edge.runtimes import no_cuda_message as _no_cuda_message
 from aekit.errors import AekitError
@@ -37,6 +37,8 @@ DEVICES = ("auto", "cuda", "cpu")
 MAX_SECONDS = 3600.0  # per batch size and part: a benchmark that would run for hours is a typo
 KERAS = "keras"
 STATUS_PASSED, STATUS_LOW, STATUS_FAILED = "passed", "quality below floor", "failed"
+OUTPUT_FILES = ("bench.json", "bench.csv", "bench.png")
+UNLISTED = "unlisted, not checked"  # Row.file_check of a --model file its manifest does not vouch for
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Target:
     files: dict  # part -> Path (encoder/decoder), or Keras models for the baseline
     format: str
     error: str | None = None  # known broken before opening: every row fails with this reason
+    file_check: str | None = None  # copied onto every row: UNLISTED for a file no manifest entry vouches for
     # part -> why that file cannot be benchmarked (failed at export, missing, changed since). Its rows
     # and the round trip fail with the reason; the other part still runs, with Keras as its partner.
     failed_parts: dict = field(default_factory=dict)
@@ -141,6 +144,8 @@ class Row:
     # ("keras decoder"): its file failed, or only one file was benchmarked (--model). None: no stand-in.
     quality_partner: str | None = None
     quality_note: str | None = None  # why a figure is missing (e.g. SSIM on images too small), or how it was measured
+    # UNLISTED when the file under test is not the one a manifest entry vouches for (bench --model FILE --unlisted).
+    file_check: str | None = None
 
 
 @dataclass
@@ -229,6 +234,7 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
                     session_seconds=session.seconds,
                     file_bytes=session.bytes_for(part),
                     rss_mb=session.rss_mb,
+                    file_check=target.file_check,
                 )
                 failed = _failed_part_reason(target, part)
                 if failed or session.error:
@@ -248,10 +254,31 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
     return result
 
 
-def write_outputs(result: BenchResult, folder: Path) -> None:
-    """bench.json, bench.csv and bench.png (encoder throughput against batch size per runtime)."""
+def check_outputs(folder: Path, overwrite: bool = False) -> None:
+    """AekitError when `folder` already holds bench.json, bench.csv or bench.png and `overwrite` is not set.
+
+    A run's own <run>/bench folder is bench's: callers pass overwrite=True for it. Any other folder is the
+    user's, whose files are replaced only when asked (--overwrite). Checked before benchmarking, and again
+    just before writing.
+    """
+    held = [name for name in OUTPUT_FILES if (Path(folder) / name).exists()]
+    if held and not overwrite:
+        raise AekitError(
+            f"--output {folder} already holds {', '.join(held)}; bench will not replace them. "
+            "Pass --overwrite to replace them, or --output a new folder."
+        )
+
+
+def write_outputs(result: BenchResult, folder: Path, overwrite: bool = True) -> None:
+    """bench.json, bench.csv and bench.png (encoder throughput against batch size per runtime).
+
+    Args:
+        overwrite: replace those files if `folder` holds them (False: AekitError, see check_outputs).
+    """
     import json
 
+    folder = Path(folder)
+    check_outputs(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     runs.write_text(folder / "bench.json", json.dumps(result.to_json(), indent=2) + "\n")
     buffer = io.StringIO()
@@ -449,6 +476,7 @@ def bench_run(
     dataset: str | None = None,
     on_row=None,
     on_export=None,
+    unlisted: bool = False,
 ) -> BenchResult:
     """Benchmarks a run's exports (exporting float32 and int8 ONNX/TFLite first if none exist), or one file.
 
@@ -459,6 +487,11 @@ def bench_run(
         dataset: held-out images to use instead of the run's validation split.
         on_export: called with each (format, quantize) exported because nothing was; the header's
             "exported_now" lists them ("onnx:int8") and "exported_now_files" which files each kept or failed.
+        unlisted: benchmark a `model` that the manifest.json beside it does not list (or lists with another
+            size or sha256); its rows say Row.file_check == UNLISTED. Without it such a file is refused.
+
+    Returns:
+        BenchResult; header["warnings"] holds one line per thing the reader must know (an export of older weights).
     """
     from aekit.data.loading import load_data
     from aekit.exporting.export import ExportOptions, export_run, load_run
@@ -470,23 +503,24 @@ def bench_run(
         fmt = format_of_file(model)
         if not model.is_file() or fmt is None or not fmt.edge:
             raise AekitError(f"--model {model}: expected an existing .onnx or .tflite file (see aekit export).")
-        manifest = Manifest.load(model.parent, verify=False) if (model.parent / MANIFEST).is_file() else None
-        entry = manifest.entry(model.name) if manifest else None
+        manifest, entry, problem = _listing(model)
+        if problem and not unlisted:
+            raise AekitError(
+                f"--model {model}: {problem}, so nothing vouches that it is what aekit exported and checked. "
+                "Re-export it with aekit export, or pass --unlisted to benchmark it unchecked."
+            )
         run_dir = run_dir or (Path(manifest.run) if manifest and manifest.run else None)
         if run_dir is None or not runs.is_finished(run_dir):
             raise AekitError(f"--model {model}: no manifest.json beside it names a finished run. Pass --run too.")
-        problem = entry.problem(model.parent) if entry else None
-        if problem:
-            raise AekitError(f"--model {model}: {problem}. Re-export it with aekit export.")
         loaded = load_run(run_dir)
-        role = entry.role if entry else ("decoder" if model.name.startswith("decoder") else "encoder")
+        role, precision = (entry.role, entry.precision) if entry else _role_and_precision(model, fmt)
         if role not in ("encoder", "decoder"):
             raise AekitError(f"--model {model} is an {role}; bench takes encoder or decoder files.")
-        precision = entry.precision if entry else "float32"
         files = {"encoder": loaded.models["encoder"], "decoder": loaded.models["decoder"], role: model}
-        targets = [Target(fmt.runtime, precision, files, fmt.name)]
+        targets = [Target(fmt.runtime, precision, files, fmt.name, file_check=UNLISTED if problem else None)]
         # Only the file's own part is timed (the round trip would mostly time the Keras partner); its quality still shows.
         options = dataclasses.replace(options, parts=(role,))
+        stale = _stale_export(manifest, run_dir, model.parent) if manifest and not problem else None
     else:
         loaded = load_run(run_dir)
         export_dir = Path(run_dir) / "export"
@@ -503,6 +537,7 @@ def bench_run(
         targets = targets_from_manifest(export_dir, loaded.models)
         if options.include_keras:
             targets.insert(0, keras_target(loaded.models))
+        stale = _stale_export(Manifest.load(export_dir, verify=False), run_dir, export_dir)
     if dataset is not None:
         splits = load_data(dataset, loaded.splits.val_split, pixel_max=loaded.splits.scaling.pixel_max)  # the run's units
         source = splits.source
@@ -523,6 +558,45 @@ def bench_run(
             "exported_now": exported,
             "exported_now_files": exported_files,
             "train_val_mse": runs.read_json(Path(run_dir) / runs.METRICS).get("final_val_mse"),
+            "export_weights": stale,
+            "warnings": [stale["warning"]] if stale else [],
         }
     )
     return result
+
+
+def _listing(model: Path) -> tuple[Manifest | None, FileEntry | None, str | None]:
+    """The manifest beside `model`, its entry, and why that entry does not vouch for the file (None when it does)."""
+    if not (model.parent / MANIFEST).is_file():
+        return None, None, f"no {MANIFEST} beside it lists it"
+    manifest = Manifest.load(model.parent, verify=False)
+    entry = manifest.entry(model.name)
+    if entry is None:
+        return manifest, None, f"{model.parent / MANIFEST} does not list {model.name}"
+    return manifest, entry, entry.problem(model.parent)
+
+
+def _role_and_precision(model: Path, fmt) -> tuple[str, str]:
+    """What an unlisted file's name says it is, as aekit export names files (encoder_int8.onnx)."""
+    for role in ("encoder", "decoder", "autoencoder"):
+        for precision in fmt.precisions:
+            if model.name == fmt.file_name(role, precision):
+                return role, precision
+    return ("decoder" if model.name.startswith("decoder") else "encoder"), "float32"
+
+
+def _stale_export(manifest: Manifest, run_dir: Path, export_dir: Path) -> dict | None:
+    """When the export was made from other weights than the run's now (it trained further since): what to say."""
+    current = runs.read_json(Path(run_dir) / runs.METRICS).get("weights_sha256")
+    made_from = manifest.run_weights_sha256
+    if not current or not made_from or current == made_from:
+        return None
+    return {
+        "export_weights_sha256": made_from,
+        "run_weights_sha256": current,
+        "warning": (
+            f"the files in {export_dir} were exported from older weights of {run_dir} (sha256 {made_from[:12]}, the run's "
+            f"are now {current[:12]}): their rows measure the old model, the Keras rows the current one. "
+            f"Re-export: aekit export --run {run_dir}"
+        ),
+    }

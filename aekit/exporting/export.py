@@ -6,10 +6,12 @@ Every file is kept only after its own runtime agreed with the Keras model on rea
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,15 @@ MAX_OPSET = 18
 # Training images whose latents set the int8 code ranges (min/max per dimension).
 LATENT_CALIBRATION_IMAGES = 10_000
 IN_PROGRESS = ".aekit-export-in-progress"  # names the run while an export writes files; removed with the manifest written
+# Write failures that are the machine's, not the file's: they stop the whole export (the previous one stays as it was)
+# instead of marking one file failed. errno -> what ran out, as the error names it.
+RESOURCE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "Free space, or pass --output a folder on another disk"),
+    errno.EDQUOT: ("the disk quota is used up", "Free space within your quota, or pass --output a folder on another disk"),
+    errno.EFBIG: ("a file-size limit was reached", "Raise the limit (ulimit -f unlimited), or export fewer files at once"),
+}
+# The same failures as some converters word them (TensorFlow's own file layer raises no OSError).
+RESOURCE_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT, "File too large": errno.EFBIG}
 # How int8 files are made, recorded in each int8 manifest entry. Both hold their quality on
 # AVX2-only x86, VNNI x86 and ARM alike (docs/benchmarks.md, "int8 on every CPU").
 QUANTIZATION_SCHEMES = {
@@ -223,15 +234,93 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     plan = options.plan()
     run_dir = runs.require_finished_run(run_dir)
     output = Path(options.output) if options.output else Path(run_dir) / "export"
-    previous = _previous_export(output, run_dir)
+    _previous_export(output, run_dir)  # refused before anything is loaded or written
     weights = runs.read_json(run_dir / runs.METRICS).get("weights_sha256")
-    loaded = load_run(run_dir, data_dir)
+    created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=output, prefix=".partial-probe-")
         probe.close()
     except OSError as exc:
         raise AekitError(f"Cannot write to {output}: {exc.strerror}. Pass --output a writable folder.") from None
+    try:
+        with _claim(output):  # one export at a time: each merges the manifest it reads here
+            previous = _previous_export(output, run_dir)
+            loaded = load_run(run_dir, data_dir)
+            return _export_into(output, run_dir, loaded, plan, options, previous, weights, on_file)
+    except BaseException as exc:
+        if created:
+            with suppress(OSError):  # the folder this call made, left empty: as if never started
+                output.rmdir()
+        problem = _resource_problem(exc)
+        if problem is None:
+            raise
+        what, fix = RESOURCE_ERRORS[problem]
+        where = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        raise AekitError(
+            f"Export into {output} stopped{where}: {what} ({os.strerror(problem)}). {fix}. Nothing was "
+            "swapped in: the previous export there, if any, is unchanged."
+        ) from None
+
+
+@contextmanager
+def _claim(output: Path):
+    """Holds the export folder's lock (the one training takes on a run folder), or AekitError naming who holds it."""
+    lock = runs.RunLock(output)
+    try:
+        lock.acquire()
+    except AekitError:
+        try:
+            holder = lock.path.read_text().strip() or "another process"
+        except OSError:
+            holder = "another process"
+        raise AekitError(
+            f"{output} is being written by another aekit export ({holder}). Wait for it to finish (or stop it), "
+            "or pass --output another folder."
+        ) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _resource_problem(exc: BaseException) -> int | None:
+    """The errno of a full disk, a used-up quota or a file-size limit behind `exc` (None for anything else)."""
+    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
+        return exc.errno
+    text = str(exc)
+    return next((code for words, code in RESOURCE_WORDS.items() if words in text), None)
+
+
+def _export_into(output, run_dir, loaded, plan, options, previous, weights, on_file) -> ExportResult:
+    """Writes and checks every planned file under a staged name, then swaps them and the manifest in at once.
+
+    Until the swap nothing of the previous export is touched, so an export that stops (a full disk, a
+    file-size limit, Ctrl-C) leaves it exactly as it was; its own staged files are removed. A swap that
+    fails is rolled back; one killed mid-way leaves the IN_PROGRESS marker for the next export to finish.
+    """
+    try:
+        entries, manifest = _write_staged(output, run_dir, loaded, plan, options, previous, weights, on_file)
+    except BaseException:
+        _remove_staged(output)
+        raise
+    try:
+        _swap_in(output, entries, manifest)
+    except Exception:  # rolled back (_swap_in); Ctrl-C mid-swap is left as a kill leaves it
+        _remove_staged(output)
+        raise
+    _remove_orphans(output, manifest)
+    _remove(output / IN_PROGRESS)
+    return ExportResult(output, entries, Path(run_dir))
+
+
+def _remove_staged(output: Path) -> None:
+    for staged in output.glob(".partial-*"):
+        _remove(staged)
+    _remove(output / IN_PROGRESS)
+
+
+def _write_staged(output, run_dir, loaded, plan, options, previous, weights, on_file) -> tuple[list[FileEntry], Manifest]:
     for leftover in output.glob(".partial-*"):  # what a killed export was writing
         _remove(leftover)
     runs.write_text(output / IN_PROGRESS, f"{Path(run_dir).resolve()}\n")  # files from here on are this export's
@@ -263,10 +352,40 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
         files=_merge_with_previous(output, previous, entries, weights),
         run_weights_sha256=weights,
     )
-    manifest.write(output)
-    _remove_orphans(output, manifest)
-    _remove(output / IN_PROGRESS)
-    return ExportResult(output, entries, Path(run_dir))
+    return entries, manifest
+
+
+def _swap_in(output: Path, entries: list[FileEntry], manifest: Manifest) -> None:
+    """Renames the staged files over the previous ones, then writes the manifest; any failure puts the previous back.
+
+    Renames need no space, so only the manifest's write can meet a full disk; the previous files wait under
+    backup names until it is written.
+    """
+    moved: list[tuple[Path, Path | None]] = []
+    try:
+        for entry in entries:
+            final = output / entry.file
+            backup = output / f".partial-previous-{entry.file}" if final.exists() else None
+            if backup is not None:
+                os.replace(final, backup)
+            moved.append((final, backup))
+            if entry.status == "passed":  # a failed file leaves none: the manifest no longer vouches for the older one
+                os.replace(_staged(output, entry.file), final)
+        manifest.write(output)
+    except Exception:
+        for final, backup in reversed(moved):
+            _remove(final)
+            if backup is not None:
+                os.replace(backup, final)
+        raise
+    for _, backup in moved:
+        if backup is not None:
+            _remove(backup)
+
+
+def _staged(output: Path, name: str) -> Path:
+    """Where a file is written and checked before the whole export passed and it is swapped in."""
+    return output / f".partial-{name}"
 
 
 def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
@@ -275,7 +394,7 @@ def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
         raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
     own = output.resolve() == (Path(run_dir) / "export").resolve()  # the run's own export folder
     if not (output / MANIFEST).is_file():
-        skip = (".partial-", IN_PROGRESS)
+        skip = (".partial-", IN_PROGRESS, runs.RunLock.NAME)
         theirs = sorted(p.name for p in output.iterdir() if not p.name.startswith(skip)) if output.is_dir() else []
         started = (output / IN_PROGRESS).read_text().strip() if (output / IN_PROGRESS).is_file() else None
         if theirs and not own and started:  # an export that was stopped before its manifest
@@ -336,11 +455,10 @@ def _keras_predict(model, inputs: np.ndarray) -> np.ndarray:
 
 def _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference) -> FileEntry:
     name = export_format(fmt).file_name(role, precision)
-    final = output / name
     min_agreement = options.min_agreement_db if options.min_agreement_db is not None else DEFAULT_MIN_AGREEMENT_DB[precision]
     model = loaded.models[role]
     calib_inputs = _keras_predict(reference.models["encoder"], calibration) if role == "decoder" else calibration
-    tmp = output / f".partial-{name}"
+    tmp = _staged(output, name)
     _remove(tmp)
     entry = FileEntry(
         file=name,
@@ -370,21 +488,17 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
         if problem:
             entry.reason = problem
             _remove(tmp)
-        else:
+        else:  # kept under its staged name; swapped in once the whole export got through (_export_into)
             entry.status = "passed"
-            _remove(final)
-            os.replace(tmp, final)
-            entry.bytes, entry.sha256 = (
-                directory_size_and_hash(final) if final.is_dir() else (final.stat().st_size, sha256_of(final))
-            )
+            entry.bytes, entry.sha256 = directory_size_and_hash(tmp) if tmp.is_dir() else (tmp.stat().st_size, sha256_of(tmp))
     except AekitError:
         _remove(tmp)
         raise
     except Exception as exc:  # a converter or runtime failure marks this file failed, not the whole export
+        if _resource_problem(exc) is not None:
+            raise  # the machine's failure, not the file's: the whole export stops (export_run)
         entry.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         _remove(tmp)
-    if entry.status != "passed":
-        _remove(final)  # never leave an older file that the manifest no longer vouches for
     return entry
 
 
