@@ -246,3 +246,16 @@ print(json.dumps({{"after_import": after_import, "after_names": loaded(), "names
     assert report["names"] == ["EncoderSession", "DecoderSession", "AekitError", "Run"]
     assert report["called"] == [True, True, True, "TrainConfig"]
     assert report["version"] == aekit.__version__ and report["dir"] == []
+
+
+def test_bench_output_of_the_users_files_needs_overwrite(example, tmp_path, monkeypatch):
+    _, folder, ns = example
+    monkeypatch.chdir(folder)  # the example named its run by a relative path
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "bench.csv").write_text("my own figures\n")
+    with pytest.raises(AekitError, match=r"overwrite=True") as refused:
+        aekit.bench(ns["run"], batch_sizes=(1,), seconds=0.05, parts=("encoder",), output=mine)
+    assert "--overwrite" not in str(refused.value) and (mine / "bench.csv").read_text() == "my own figures\n"
+    done = aekit.bench(ns["run"], batch_sizes=(1,), seconds=0.05, parts=("encoder",), output=mine, overwrite=True)
+    assert done.output == mine and (mine / "bench.json").is_file() and (mine / "bench.csv").read_text() != "my own figures\n"

@@ -428,6 +428,8 @@ def bench(
     model: str | os.PathLike | None = None,
     dataset: str | None = None,
     output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    unlisted: bool = False,
     quiet: bool = True,
     on_row=None,
 ):
@@ -447,14 +449,16 @@ def bench(
         include_keras: add the Keras baseline rows.
         model: one exported .onnx/.tflite file to benchmark instead of the run's exports.
         dataset: held-out images for quality (None: the run's validation split).
-        output: the folder for bench.json, bench.csv and bench.png (None: <run>/bench).
+        output: the folder for bench.json, bench.csv and bench.png (None: <run>/bench, bench's own folder).
+        overwrite: replace those files in `output` if it already holds them (else an error before any work).
+        unlisted: with `model`, run a file its manifest does not list (its rows say "unlisted, not checked").
 
     Returns:
         aekit.benchmarking.bench.BenchResult: `.header` (devices, threads, data), `.rows` (one Row per runtime, part and
         batch size: status, images_per_sec, latency_ms_p50, psnr, ssim, reason), `.output`, `.to_json()`.
     """
     with _python_errors(BENCH_FLAGS), _Quiet(quiet):
-        from aekit.benchmarking.bench import BenchOptions, bench_run, write_outputs
+        from aekit.benchmarking.bench import BenchOptions, bench_run, check_outputs, write_outputs
         from aekit.edge.outputs import check_output_folder
 
         options = BenchOptions(
@@ -473,10 +477,13 @@ def bench(
         options.validate()  # every option checked before a run is loaded or anything is exported
         if output is not None:
             check_output_folder(Path(output), "bench.json, bench.csv and bench.png", "--output")
+            check_outputs(Path(output), overwrite)
         run_dir = _finished_run(run_or_path) if run_or_path is not None or model is None else None
-        result = bench_run(run_dir, options, model=Path(model) if model is not None else None, dataset=dataset, on_row=on_row)
+        result = bench_run(
+            run_dir, options, model=Path(model) if model is not None else None, dataset=dataset, on_row=on_row, unlisted=unlisted
+        )
         folder = Path(output) if output is not None else Path(result.header["run"]) / "bench"
-        write_outputs(result, folder)
+        write_outputs(result, folder, overwrite=overwrite or output is None)
         result.output = folder
     return result
 

@@ -51,8 +51,16 @@ BENCH_FLAGS = {
     "--no-keras": "include_keras",
     "--model": "model",
     "--dataset": "dataset",
+    "--overwrite": "overwrite",
+    "--unlisted": "unlisted",
 }
-SWITCHES = {"val_from_end": "True", "allow_fallback": "True", "include_keras": "False"}  # flags without a value
+SWITCHES = {
+    "val_from_end": "True",
+    "allow_fallback": "True",
+    "include_keras": "False",
+    "overwrite": "True",
+    "unlisted": "True",
+}  # flags without a value
 TUPLES = {"filters", "batch_sizes", "parts", "formats"}
 WORDS = {  # the words a flag takes that are values, not the sentence going on
     "lr_schedule": {"cosine", "constant"},
