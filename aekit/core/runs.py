@@ -165,26 +165,30 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text(run_dir / HISTORY_CSV, buffer.getvalue())
 
 
-class RunLock:
-    """Holds a run folder for one training process: a second one fails at once, naming the holder.
+class FileLock:
+    """Holds a path for one process: a second one fails at once, naming the holder (pid and host).
 
-    The lock is an advisory `flock` on `<run>/.lock`, which records the holder's pid and host.
-    The kernel drops it when the process ends, however it ends, so a killed run never leaves a
-    stale lock behind: `--resume` just takes it again. A release removes the file, so a finished
-    run folder holds none: the holder unlinks it while still locked, and an acquirer that locked
-    a file meanwhile unlinked (its inode no longer the path's) lets it go and tries again.
+    The lock is an advisory `flock` on a lock file, which records the holder. The kernel drops it when
+    the process ends, however it ends, so a killed process never leaves a stale lock behind: the next
+    one just takes it. A release removes the file: the holder unlinks it while still locked, and an
+    acquirer that locked a file meanwhile unlinked (its inode no longer the path's) lets it go and tries
+    again. Subclasses name the lock file and say, in `busy` and `cannot_create`, what the user should do.
 
-        >>> with RunLock(run_dir):
-        ...     train_into(run_dir)
+    Args:
+        path: the lock file.
     """
 
-    NAME = ".lock"
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / self.NAME
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self.fd: int | None = None
 
-    def acquire(self) -> RunLock:
+    def busy(self, holder: str) -> str:
+        return f"{self.path} is held by {holder}. Wait for it to finish (or stop it)."
+
+    def cannot_create(self, exc: OSError) -> str:
+        return f"Cannot create {self.path}: {exc.strerror}. Pass a writable folder."
+
+    def acquire(self):
         import fcntl
         import socket
 
@@ -193,18 +197,13 @@ class RunLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise AekitError(
-                    f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder."
-                ) from None
+                raise AekitError(self.cannot_create(exc)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise AekitError(
-                    f"{self.path.parent} is in use by {holder}. Wait for it to finish (or stop it), "
-                    "or train into another --output folder."
-                ) from None
+                raise AekitError(self.busy(holder)) from None
             if self._is_at_path(fd):
                 break
             os.close(fd)  # the holder we waited on removed this file on release: lock the path's new one
@@ -232,8 +231,30 @@ class RunLock:
         held = os.fstat(fd)
         return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class RunLock(FileLock):
+    """Holds a run folder (or an export folder) for one process: `<folder>/.lock` (see FileLock).
+
+    >>> with RunLock(run_dir):
+    ...     train_into(run_dir)
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path):
+        super().__init__(Path(run_dir) / self.NAME)
+
+    def busy(self, holder: str) -> str:
+        return (
+            f"{self.path.parent} is in use by {holder}. Wait for it to finish (or stop it), "
+            "or train into another --output folder."
+        )
+
+    def cannot_create(self, exc: OSError) -> str:
+        return f"Cannot create the run folder {self.path.parent}: {exc.strerror}. Pass --output a writable folder."

@@ -15,12 +15,12 @@ import json
 import os
 import shutil
 import unicodedata
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 
 from aekit.core.pixels import UINT8_MAX
+from aekit.core.runs import FileLock
 from aekit.core.sources import IMAGE_SUFFIXES
 from aekit.errors import AekitError
 
@@ -79,7 +79,7 @@ def _umask() -> int:
     return mask
 
 
-class OutputClaim:
+class OutputClaim(FileLock):
     """Holds an output path (file or folder) for one command: a second writer of that path fails at once.
 
     The claim is an advisory `flock` on `.<name>.aekit-lock` beside the output (created with O_CREAT),
@@ -92,59 +92,15 @@ class OutputClaim:
 
     def __init__(self, output: Path):
         self.output = Path(output)
-        self.path = self.output.parent / f".{self.output.name}.aekit-lock"
-        self.fd: int | None = None
+        super().__init__(self.output.parent / f".{self.output.name}.aekit-lock")
 
-    def acquire(self) -> OutputClaim:
-        import fcntl
+    def busy(self, holder: str) -> str:
+        return (
+            f"{self.output} is being written by another aekit command ({holder}). Wait for it to finish, or pass -o another path."
+        )
 
-        while True:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise AekitError(
-                    f"Cannot claim {self.output}: {exc.strerror} ({self.path}). Pass -o a path in a folder you can write to."
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 100).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise AekitError(
-                    f"{self.output} is being written by another aekit command ({holder}). Wait for it to finish, "
-                    "or pass -o another path."
-                ) from None
-            if _same_inode(fd, self.path):
-                break
-            os.close(fd)  # the holder removed this lock file on release: lock the path's new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            if _same_inode(self.fd, self.path):  # removed while still held, so no finished output keeps a lock file
-                with suppress(OSError):
-                    self.path.unlink()
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> OutputClaim:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _same_inode(fd: int, path: Path) -> bool:
-    try:
-        at_path = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+    def cannot_create(self, exc: OSError) -> str:
+        return f"Cannot claim {self.output}: {exc.strerror} ({self.path}). Pass -o a path in a folder you can write to."
 
 
 def check_not_inside(source: Path, output: Path, what: str = "the results") -> None:
