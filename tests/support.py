@@ -25,3 +25,20 @@ def read_mnist(count: int | None = None) -> np.ndarray:
 
 # The edge venv (make edge-check) runs the TensorFlow-free test files; their few TensorFlow tests skip there.
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="no TensorFlow in the edge venv")
+
+
+def run(*args):
+    """Runs the aekit CLI in-process: (exit code, output lines)."""
+    from typer.testing import CliRunner
+
+    from aekit.cli.main import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output.strip().splitlines()
+
+
+def assert_one_line_error(code, lines, *words):
+    """A usage error as the CLI gives it: exit 2 and one `error:` line holding every word."""
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    for word in words:
+        assert word in lines[0], (word, lines)

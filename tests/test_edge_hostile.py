@@ -12,11 +12,10 @@ import stat
 import numpy as np
 import pytest
 from PIL import Image
+from support import assert_one_line_error, run
 from test_anomaly import LATENT, SIDE, constant_images, make_export
-from typer.testing import CliRunner
 
 from aekit import AekitError
-from aekit.cli.main import app
 from aekit.core.manifest import MANIFEST
 from aekit.core.sources import iter_images, read_image
 from aekit.edge.anomaly import open_sessions
@@ -34,18 +33,6 @@ def set_manifest(folder, **fields):
     data = json.loads(path.read_text())
     data.update(fields)
     path.write_text(json.dumps(data))
-
-
-def run(*args):
-    """Runs the CLI; (exit code, output lines)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output.strip().splitlines()
-
-
-def assert_one_line_error(code, lines, *words):
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    for word in words:
-        assert word in lines[0], (word, lines)
 
 
 def codes_file(path, latents, names=None, **extra):

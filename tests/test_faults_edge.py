@@ -12,31 +12,18 @@ import types
 import numpy as np
 import pytest
 from PIL import Image
+from support import assert_one_line_error, run
 from test_anomaly import LATENT, SIDE, _onnx, constant_images, make_export
-from typer.testing import CliRunner
 
 import aekit.edge.codes as codes
 import aekit.edge.outputs as outputs
 import aekit.edge.sessions as sessions
 from aekit import AekitError
-from aekit.cli.main import app
 from aekit.edge.anomaly import open_sessions, reconstruct
 from aekit.edge.codes import decode_file, load_latents
 from aekit.edge.outputs import JOURNAL, NAMES_CSV, PNG_NAME_BYTES, OutputClaim, png_name, png_names
 from aekit.edge.runtimes import OnnxRunner
 from aekit.edge.sessions import DecoderSession, EncoderSession
-
-
-def run(*args):
-    """Runs the CLI; (exit code, output lines)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output.strip().splitlines()
-
-
-def assert_one_line_error(code, lines, *words):
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    for word in words:
-        assert word in lines[0], (word, lines)
 
 
 def codes_file(path, count, names=None):
