@@ -38,6 +38,22 @@ def export(
             "40, int8 30."
         ),
     ] = None,
+    int8_float: Annotated[
+        str,
+        typer.Option(
+            help="int8: which nodes stay float. auto: measured per model (the most sensitive, until the file agrees "
+            "with Keras on every kernel set); none: every node int8; or a comma list of node names from the "
+            "manifest's quantization.sensitivity (with --parts encoder or decoder)."
+        ),
+    ] = "auto",
+    sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity",
+            help="int8: measure each node's cost (that node alone int8) for every file, print it and record it in "
+            "the manifest (auto measures it only when the all-int8 file fails).",
+        ),
+    ] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export folder. Default: <run>/export.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest entries as JSON on stdout.")] = False,
 ):
@@ -47,7 +63,9 @@ def export(
     from aekit.exporting.export import ExportOptions, export_run
 
     run_dir = runs.require_finished_run(run) if run else runs.newest_finished_run()
-    options = ExportOptions.from_text(format, parts, quantize, opset, calibration_samples, min_agreement_db, output)
+    options = ExportOptions.from_text(
+        format, parts, quantize, opset, calibration_samples, min_agreement_db, output, int8_float, sensitivity
+    )
     if not json_out:
         err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
     with err_console.status("converting and checking parity...", spinner="dots") if not json_out else contextlib.nullcontext():

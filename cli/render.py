@@ -198,12 +198,16 @@ def render_export(console: Console, result) -> None:
         ("MSE Keras → export", "right"),
         ("PSNR drop", "right"),
         ("agreement", "right"),
+        ("reference kernels", "right"),
         ("status", "left"),
     ):
         table.add_column(column, justify=justify, no_wrap=column != "status")
     for e in result.entries:
-        p = e.parity
+        p, ref = e.parity, e.reference_parity
         status = "[green]passed[/]" if e.status == "passed" else f"[red]failed[/]: {escape(e.reason or '')}"
+        kept = (e.quantization or {}).get("float_nodes")
+        if kept and e.status == "passed":
+            status += f" ({len(kept)} of {e.quantization['quantizable_nodes']} nodes float)"
         table.add_row(
             e.file,
             e.format,
@@ -213,9 +217,14 @@ def render_export(console: Console, result) -> None:
             f"{p.mse_keras:.5f} → {p.mse_export:.5f}" if p else "-",
             f"{p.psnr_drop_db:+.2f} dB" if p else "-",
             f"{p.agreement_db:.1f} dB ≥ {p.min_agreement_db:g}" if p else "-",
+            f"{ref.agreement_db:.1f} dB ({ref.images} images)" if ref else "-",
             status,
         )
     console.print(table)
+    for e in result.entries:
+        report = (e.quantization or {}).get("sensitivity")
+        if report:
+            _render_sensitivity(console, e, report)
     console.print(export_outcome(result.entries), highlight=False)
     console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)
     console.print(
@@ -233,6 +242,19 @@ def render_export(console: Console, result) -> None:
             model = shlex.quote(str(result.output / encoder))
             steps.append((f"{aekit} encode --model {model} IMAGES -o codes.npz", "images to latent codes"))
         _next_steps(console, tuple(steps))
+
+
+def _render_sensitivity(console: Console, entry, report: dict) -> None:
+    """One int8 file's per-node report: each node alone int8 (all others float), its agreement; float ones marked."""
+    kept = {n["node"] for n in entry.quantization.get("float_nodes", [])}
+    table = Table(
+        title=f"{entry.file}: each node quantized alone ({report['kernels']} kernels, training images)", title_justify="left"
+    )
+    for column in ("node", "op", "agreement alone", "kept float"):
+        table.add_column(column, justify="right" if column == "agreement alone" else "left", overflow="fold")
+    for row in sorted(report["nodes"], key=lambda r: r["agreement_db"]):
+        table.add_row(row["node"], row["op"], f"{row['agreement_db']:.1f} dB", "yes" if row["node"] in kept else "")
+    console.print(table)
 
 
 def export_outcome(entries) -> str:

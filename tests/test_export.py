@@ -98,7 +98,7 @@ def test_int8_tflite_quantizes_batchnorm_per_channel(run_copy):
     gets one int8 scale per channel instead of one for all (which cost the encoder 23% MSE on one CPU)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from aekit.exporting.writers import _batchnorm_as_depthwise
+    from aekit.exporting.int8 import batchnorm_as_depthwise as _batchnorm_as_depthwise
 
     loaded = load_run(run_copy)
     images = loaded.scaling.to_model_numpy(loaded.splits.val[:64])

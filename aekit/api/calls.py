@@ -358,6 +358,8 @@ def export(
     opset: int | None = None,
     calibration_samples: int = 512,
     min_agreement_db: float | None = None,
+    int8_float="auto",
+    sensitivity: bool = False,
     output: str | os.PathLike | None = None,
     check: bool = True,
     quiet: bool = True,
@@ -374,6 +376,9 @@ def export(
         calibration_samples: training images that calibrate int8 ranges.
         min_agreement_db: a file passes when its reconstructions agree with Keras' to this PSNR (None:
             float32 60, fp16 40, int8 30).
+        int8_float: int8 only: "auto" (the most sensitive nodes kept float until the file agrees on every kernel
+            set), "none" (every node int8), or a tuple of node names (with one part).
+        sensitivity: int8 only: measure every node's cost for each file, recorded in the manifest's quantization.
         output: the export folder (None: <run>/export).
         check: raise ExportError when a file failed its check (False: return it in the result).
         quiet: keep the converters' and TensorFlow's output out of the caller's.
@@ -398,6 +403,8 @@ def export(
             calibration_samples,
             min_agreement_db,
             Path(output) if output is not None else None,
+            _comma_text("int8_float", int8_float),
+            bool(sensitivity),
         )
         options.plan()  # every option checked before the run is looked for
         result = export_run(_finished_run(run_or_path), options, on_file)

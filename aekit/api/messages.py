@@ -34,6 +34,8 @@ EXPORT_FLAGS = {
     "--opset": "opset",
     "--calibration-samples": "calibration_samples",
     "--min-agreement-db": "min_agreement_db",
+    "--int8-float": "int8_float",
+    "--sensitivity": "sensitivity",
     "--run": "run_or_path",
 }
 BENCH_FLAGS = {

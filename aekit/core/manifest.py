@@ -110,6 +110,7 @@ class Parity:
     agreement_db: float  # PSNR of the export's reconstructions against Keras' (capped at 100)
     min_agreement_db: float  # the bound it was held to
     runtime: str
+    kernels: str = "default"  # aekit.edge.runtimes.KERNELS: the kernel set it ran on
 
 
 @dataclass
@@ -126,8 +127,10 @@ class FileEntry:
     parity: Parity | None = None
     opset: int | None = None
     reason: str | None = None
-    # How a quantized file was made (scheme, activations, weights, why); None for float files.
+    # How a quantized file was made (scheme, activations, weights, nodes kept float and why); None for float files.
     quantization: dict | None = None
+    # int8 files: the same check on the runtime's reference kernels (what a device without its optimized ones runs).
+    reference_parity: Parity | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -138,6 +141,7 @@ class FileEntry:
         data["inputs"] = [TensorSpec(**t) for t in data.get("inputs") or []]
         data["outputs"] = [TensorSpec(**t) for t in data.get("outputs") or []]
         data["parity"] = Parity(**data["parity"]) if data.get("parity") else None
+        data["reference_parity"] = Parity(**data["reference_parity"]) if data.get("reference_parity") else None
         return cls(**data)
 
     def problem(self, folder: Path) -> str | None:

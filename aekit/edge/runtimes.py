@@ -21,6 +21,21 @@ from aekit.quiet import quiet_native_output
 DEVICES = ("cpu", "cuda", "auto")
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 LITERT_PROVIDER = "XNNPACK/CPU"  # LiteRT's Python interpreter has no GPU delegate: .tflite files run on the CPU
+# The kernels a file runs on. "default": what each runtime runs unless told (onnxruntime with every graph
+# optimization, which fuses int8 QDQ groups into integer kernels; LiteRT with XNNPACK). "builtin": the
+# runtime's own optimized kernels without those (onnxruntime's basic optimizations only; LiteRT without
+# XNNPACK, as tflite-runtime on a board runs). "reference": the kernels a device without any of them runs
+# (onnxruntime with graph optimizations off, every QDQ op on its own; LiteRT's built-in reference kernels,
+# what tflite-micro computes). Reference int8 kernels are slow: 20-60x the default's time.
+KERNELS = ("default", "builtin", "reference")
+KERNEL_NAMES = {
+    ("onnxruntime", "default"): "onnxruntime, all graph optimizations",
+    ("onnxruntime", "builtin"): "onnxruntime, basic graph optimizations",
+    ("onnxruntime", "reference"): "onnxruntime, graph optimizations off",
+    ("litert", "default"): "LiteRT with XNNPACK",
+    ("litert", "builtin"): "LiteRT built-in kernels, no XNNPACK",
+    ("litert", "reference"): "LiteRT built-in reference kernels",
+}
 
 
 class NoCudaError(AekitError):
@@ -49,6 +64,13 @@ def check_device(device: str) -> str:
     if canonical not in DEVICES:
         raise AekitError(f"--device {device!r} is not one of {', '.join(DEVICES)}. Pass --device cpu, or cuda on a GPU machine.")
     return canonical
+
+
+def check_kernels(kernels: str) -> str:
+    """The kernel set by name (KERNELS), or an AekitError naming the choices."""
+    if kernels not in KERNELS:
+        raise AekitError(f"kernels {kernels!r} is not one of {', '.join(KERNELS)}.")
+    return kernels
 
 
 def max_threads() -> int:
@@ -87,11 +109,14 @@ class OnnxRunner:
         device: "cpu", "cuda" or "auto" (CUDA when onnxruntime offers it, else CPU).
         threads: intra-op threads for the CPU provider (None: the physical cores).
         content: the file's bytes, already verified (sessions.py): what runs is what was checked.
+        kernels: "default", "builtin" (basic graph optimizations) or "reference" (none) (KERNELS).
     """
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, content: bytes | None = None):
+    def __init__(
+        self, path: Path, device: str = "cpu", threads: int | None = None, content: bytes | None = None, kernels: str = "default"
+    ):
         import onnxruntime as ort
 
         # A CUDA provider that cannot start (no GPU, no CUDA libraries) logs errors and falls back
@@ -101,6 +126,12 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.log_severity_level = 3  # the CUDA-missing noise is reported through `providers` instead
+        self.kernels = check_kernels(kernels)
+        if self.kernels != "default":
+            options.graph_optimization_level = {
+                "builtin": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "reference": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            }[self.kernels]
         device = check_device(device)
         self.available = ort.get_available_providers()
         requested = [CPU_PROVIDER] if device == "cpu" else [CUDA_PROVIDER, CPU_PROVIDER]
@@ -145,21 +176,30 @@ class TFLiteRunner:
     """A LiteRT interpreter over one .tflite file, resized to each batch it is given.
 
     `content`: the file's bytes, already verified (sessions.py); None reads `path`.
+    `kernels`: "default" (XNNPACK), "builtin" (LiteRT's own optimized kernels) or "reference" (KERNELS).
     """
 
     runtime = "litert"
-    providers = [LITERT_PROVIDER]
     device = "cpu"
 
-    def __init__(self, path: Path, threads: int | None = None, content: bytes | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, path: Path, threads: int | None = None, content: bytes | None = None, kernels: str = "default"):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.path = Path(path)
+        self.kernels = check_kernels(kernels)
+        resolver = {
+            "default": OpResolverType.AUTO,
+            "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            "reference": OpResolverType.BUILTIN_REF,
+        }[self.kernels]
+        self.providers = [LITERT_PROVIDER if self.kernels == "default" else f"{self.kernels}/CPU"]
         self.content = content  # the interpreter reads the model from this buffer: keep it alive as long as the runner
         source = {"model_content": content} if content is not None else {"model_path": str(path)}
         try:
             with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.interpreter = Interpreter(**source, num_threads=threads or default_threads())
+                self.interpreter = Interpreter(
+                    **source, num_threads=threads or default_threads(), experimental_op_resolver_type=resolver
+                )
                 self.interpreter.allocate_tensors()
         except MemoryError:
             raise out_of_memory(f"loading {path}") from None
@@ -222,7 +262,12 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def open_runner(
-    path: Path, device: str = "cpu", threads: int | None = None, allow_fallback: bool = False, content: bytes | None = None
+    path: Path,
+    device: str = "cpu",
+    threads: int | None = None,
+    allow_fallback: bool = False,
+    content: bytes | None = None,
+    kernels: str = "default",
 ):
     """The runner for a file, by its suffix, held to the device asked for.
 
@@ -233,6 +278,8 @@ def open_runner(
         device: "cpu"; "cuda" (CUDA or an error); "auto" (CUDA when it really runs, else the CPU).
         threads: CPU threads (None: the physical cores).
         allow_fallback: with device "cuda", accept the CPU instead of raising NoCudaError.
+        kernels: "default", or "builtin"/"reference" for the kernels a device without the runtime's fastest ones
+            runs (KERNELS; CPU only).
 
     Returns:
         An OnnxRunner or TFLiteRunner; its `providers[0]` and `device` say what really runs.
@@ -247,9 +294,9 @@ def open_runner(
         suffixes = " or ".join(f.suffix for f in EDGE_FORMATS)
         raise AekitError(f"{path}: expected a {suffixes} file written by aekit export.")
     if fmt.runtime == "onnxruntime":
-        runner = RUNNERS[fmt.runtime](path, device, threads, content=content)
+        runner = RUNNERS[fmt.runtime](path, device, threads, content=content, kernels=kernels)
     else:
-        runner = RUNNERS[fmt.runtime](path, threads, content=content)
+        runner = RUNNERS[fmt.runtime](path, threads, content=content, kernels=kernels)
     require_device(runner, device, allow_fallback)
     return runner
 

@@ -15,8 +15,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from aekit import __version__
 from aekit.core import runs
 from aekit.core.manifest import (
@@ -26,16 +24,16 @@ from aekit.core.manifest import (
     ROLES,
     FileEntry,
     Manifest,
-    Parity,
     directory_size_and_hash,
     export_format,
     sha256_of,
 )
-from aekit.core.metrics import mse_per_image, psnr_from_mse
 from aekit.core.recipe import TrainConfig, read_config
-from aekit.edge.runtimes import open_runner, run_batched
+from aekit.edge.runtimes import KERNEL_NAMES, open_runner, run_batched
 from aekit.errors import AekitError
-from aekit.exporting.writers import _batchnorm_as_depthwise, _SavedModelRunner, _write_onnx, _write_savedmodel, _write_tflite
+from aekit.exporting import int8
+from aekit.exporting.parity import _Int8Checks, _keras_predict, _KerasReference, _parity, _parity_problem
+from aekit.exporting.writers import INPUT_NAMES, _SavedModelRunner, _write_onnx, _write_savedmodel, _write_tflite
 from aekit.lazy import keras
 
 QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
@@ -45,9 +43,6 @@ QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
 # 30 dB = RMS difference 0.032 (about 8 grey levels of 255): a well-made int8 file measures
 # 38-46 dB here, the faulty ones seen (u8s8 saturation, per-tensor BatchNorm) 19-27 dB.
 DEFAULT_MIN_AGREEMENT_DB = {"float32": 60.0, "fp16": 40.0, "int8": 30.0}
-# Float32 exports must also agree output for output, relative to the output's range
-# (latents reach magnitudes of 10-50, images 1).
-FLOAT32_MAX_REL_DIFF = 1e-5
 # tf2onnx 1.17 converts up to opset 18; onnxruntime runs it.
 DEFAULT_OPSET = 17
 MAX_OPSET = 18
@@ -63,18 +58,20 @@ RESOURCE_ERRORS = {
 }
 # The same failures as some converters word them (TensorFlow's own file layer raises no OSError).
 RESOURCE_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT, "File too large": errno.EFBIG}
-# How int8 files are made, recorded in each int8 manifest entry. Both hold their quality on
-# AVX2-only x86, VNNI x86 and ARM alike (docs/benchmarks.md, "int8 on every CPU").
+# How int8 files are made, recorded in each int8 manifest entry with the nodes kept in float (aekit.exporting.int8).
+# Both hold their quality on AVX2-only x86, VNNI x86 and ARM alike (docs/benchmarks.md, "int8 on every CPU").
 QUANTIZATION_SCHEMES = {
     "onnx": {
-        "scheme": "onnxruntime quantize_static, QDQ, MinMax calibration on training images",
+        "scheme": "onnxruntime quantize_static, QDQ, MinMax calibration on training images, sensitive nodes "
+        "kept float (nodes_to_exclude)",
         "activations": "uint8, per tensor",
         "weights": "int8, per channel, 7-bit range (reduce_range)",
         "why": "x86 CPUs without VNNI (AVX2 only) multiply u8 x s8 pairs into saturating int16 "
         "(vpmaddubsw); 7-bit weights cannot saturate, so the file computes the same everywhere",
     },
     "tflite": {
-        "scheme": "TFLiteConverter full-integer, representative training images",
+        "scheme": "TFLiteConverter full-integer, representative training images, sensitive nodes kept float "
+        "(the quantizer's denylist)",
         "activations": "int8, per tensor",
         "weights": "int8, per channel",
         "batchnorm": "as a per-channel 1x1 depthwise convolution",
@@ -96,6 +93,8 @@ class ExportOptions:
     parity_samples: int = 1000
     min_agreement_db: float | None = None  # None: DEFAULT_MIN_AGREEMENT_DB per precision
     output: Path | None = None
+    int8_float: str | tuple[str, ...] = "auto"  # int8: "auto", "none", or node names kept float (aekit.exporting.int8)
+    sensitivity: bool = False  # int8: measure every node's sensitivity, recorded in the manifest
 
     @classmethod
     def from_text(
@@ -107,6 +106,8 @@ class ExportOptions:
         calibration_samples: int = 512,
         min_agreement_db: float | None = None,
         output: Path | None = None,
+        int8_float: str = "auto",
+        sensitivity: bool = False,
     ) -> ExportOptions:
         """Options from the command line's comma lists: formats "onnx,tflite" or "all", parts "encoder,decoder" or "all"."""
         chosen = FORMATS if formats.strip() == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
@@ -114,7 +115,17 @@ class ExportOptions:
         bad = [r for r in roles if r not in ROLES]
         if bad or not roles:
             raise AekitError(f"--parts {parts!r}: expected a comma list of {', '.join(ROLES)}, or all.")
-        return cls(chosen, quantize, roles, opset, calibration_samples, min_agreement_db=min_agreement_db, output=output)
+        return cls(
+            chosen,
+            quantize,
+            roles,
+            opset,
+            calibration_samples,
+            min_agreement_db=min_agreement_db,
+            output=output,
+            int8_float=int8.parse_float_nodes(int8_float),
+            sensitivity=sensitivity,
+        )
 
     def plan(self) -> list[tuple[str, str, str]]:
         """(role, format, precision) for every file, or AekitError for impossible combinations."""
@@ -132,6 +143,14 @@ class ExportOptions:
             raise AekitError(
                 f"--min-agreement-db {self.min_agreement_db} must be a PSNR in dB between 0 and 100 "
                 "(defaults: float32 60, fp16 40, int8 30). Pass e.g. --min-agreement-db 30."
+            )
+        if (self.int8_float != "auto" or self.sensitivity) and precision != "int8":
+            flag = "--sensitivity" if self.sensitivity else "--int8-float"
+            raise AekitError(f"{flag} applies to int8 files only. Pass --quantize int8 with it, or leave it out.")
+        if isinstance(self.int8_float, tuple) and len(self.parts) > 1:
+            raise AekitError(
+                "--int8-float with node names applies to one part: the names are that part's nodes. "
+                "Pass --parts encoder or --parts decoder with it (or --int8-float auto)."
             )
         explicit_all = len(set(self.formats)) == len(FORMATS)
         plan = []
@@ -331,10 +350,11 @@ def _write_staged(output, run_dir, loaded, plan, options, previous, weights, on_
     calibration, latent_sample = loaded.splits.sample("train", options.calibration_samples, LATENT_CALIBRATION_IMAGES)
     calibration = loaded.scaling.to_model_numpy(calibration)
     reference = _KerasReference(loaded.models, images)
+    checks = _Int8Checks(loaded.models, calibration, reference) if any(p == "int8" for _, _, p in plan) else None
 
     entries = []
     for role, fmt, precision in plan:
-        entry = _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference)
+        entry = _export_one(loaded, role, fmt, precision, output, options, calibration, reference, checks)
         entries.append(entry)
         if on_file:
             on_file(entry)
@@ -423,37 +443,7 @@ def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
     return previous
 
 
-class _KerasReference:
-    """Keras outputs on the parity images, computed once for all files."""
-
-    def __init__(self, models: dict, images: np.ndarray):
-        self.models = models
-        self.images = images
-        self.latents = _keras_predict(models["encoder"], images)
-        self.reconstructions = _keras_predict(models["decoder"], self.latents)
-        per_image = mse_per_image(images, self.reconstructions)
-        self.mse = float(per_image.mean())
-        self.psnr = float(psnr_from_mse(per_image).mean())
-
-    def inputs_for(self, role: str) -> np.ndarray:
-        return self.latents if role == "decoder" else self.images
-
-    def outputs_for(self, role: str) -> np.ndarray:
-        return self.latents if role == "encoder" else self.reconstructions
-
-    def reconstruct_with(self, role: str, outputs: np.ndarray) -> np.ndarray:
-        """Images reconstructed when the exported part replaces its Keras counterpart."""
-        return _keras_predict(self.models["decoder"], outputs) if role == "encoder" else outputs
-
-
-def _keras_predict(model, inputs: np.ndarray) -> np.ndarray:
-    from aekit.data.feeds import inference_batch
-
-    batch = inference_batch(model.input.shape[1:], model.output.shape[1:])  # bounded activations for large images
-    return np.concatenate([np.asarray(model(inputs[i : i + batch], training=False)) for i in range(0, len(inputs), batch)])
-
-
-def _export_one(loaded, role, fmt, precision, output, options, images, calibration, reference) -> FileEntry:
+def _export_one(loaded, role, fmt, precision, output, options, calibration, reference, checks) -> FileEntry:
     name = export_format(fmt).file_name(role, precision)
     min_agreement = options.min_agreement_db if options.min_agreement_db is not None else DEFAULT_MIN_AGREEMENT_DB[precision]
     model = loaded.models[role]
@@ -471,13 +461,17 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
         sha256="",
         status="failed",
         opset=options.opset if fmt == "onnx" else None,
-        quantization=QUANTIZATION_SCHEMES[fmt] if precision == "int8" else None,
+        quantization=dict(QUANTIZATION_SCHEMES[fmt]) if precision == "int8" else None,
     )
+    choice = None
     try:
-        if fmt == "onnx":
-            _write_onnx(model, role, tmp, options.opset, precision, calib_inputs)
+        if precision == "int8":
+            choice = _write_int8(model, role, fmt, tmp, options, calib_inputs, checks.measure(role, min_agreement), min_agreement)
+            entry.quantization.update(choice.to_json())
+        elif fmt == "onnx":
+            _write_onnx(model, role, tmp, options.opset, precision)
         elif fmt == "tflite":
-            _write_tflite(_batchnorm_as_depthwise(model) if precision == "int8" else model, role, tmp, precision, calib_inputs)
+            _write_tflite(model, role, tmp, precision)
         else:
             _write_savedmodel(model, role, tmp)
         runner = _SavedModelRunner(tmp) if fmt == "savedmodel" else open_runner(tmp, "cpu")
@@ -485,8 +479,14 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
         outputs = run_batched(runner, reference.inputs_for(role))
         entry.parity = _parity(reference, role, outputs, min_agreement, runner.runtime)
         problem = _parity_problem(entry.parity, precision)
+        if precision == "int8" and problem is None:  # the kernels a device without the optimized ones runs
+            slow = open_runner(tmp, "cpu", kernels="reference")
+            outputs = run_batched(slow, checks.reference.inputs_for(role))
+            entry.reference_parity = _parity(checks.reference, role, outputs, min_agreement, slow.runtime, "reference")
+            problem = _parity_problem(entry.reference_parity, precision)
+            problem = problem and f"on {KERNEL_NAMES[(slow.runtime, 'reference')]}, {problem}"
         if problem:
-            entry.reason = problem
+            entry.reason = problem + (_int8_next_step(choice, fmt) if choice else "")
             _remove(tmp)
         else:  # kept under its staged name; swapped in once the whole export got through (_export_into)
             entry.status = "passed"
@@ -502,42 +502,36 @@ def _export_one(loaded, role, fmt, precision, output, options, images, calibrati
     return entry
 
 
-def _parity(reference: _KerasReference, role: str, outputs: np.ndarray, min_agreement_db: float, runtime: str) -> Parity:
-    expected = reference.outputs_for(role)
-    reconstructions = reference.reconstruct_with(role, outputs)
-    per_image = mse_per_image(reference.images, reconstructions)
-    mse_export, psnr_export = float(per_image.mean()), float(psnr_from_mse(per_image).mean())
-    max_abs = float(np.max(np.abs(outputs.astype(np.float64) - expected)))
-    added = float(mse_per_image(reference.reconstructions, reconstructions).mean())  # what the export adds
-    return Parity(
-        images=len(reference.images),
-        max_abs_diff=max_abs,
-        max_rel_diff=max_abs / max(1.0, float(np.max(np.abs(expected)))),
-        mse_keras=reference.mse,
-        mse_export=mse_export,
-        mse_delta=mse_export - reference.mse,
-        psnr_keras=reference.psnr,
-        psnr_export=psnr_export,
-        psnr_drop_db=reference.psnr - psnr_export,
-        agreement_db=float(psnr_from_mse(added)),
-        min_agreement_db=min_agreement_db,
-        runtime=runtime,
-    )
+def _write_int8(model, role, fmt, path, options, calib_inputs, measure, bound) -> int8.Int8Choice:
+    """Writes the int8 file `int8.choose` picks (all int8, or its sensitive nodes float) to `path`."""
+    with tempfile.TemporaryDirectory(prefix="aekit-int8-") as scratch:
+        scratch = Path(scratch)
+        if fmt == "onnx":
+            float_path = scratch / "float.onnx"
+            _write_onnx(model, role, float_path, options.opset, "float32")
+            quantizer = int8.OnnxQuantizer(float_path, INPUT_NAMES[role], calib_inputs, scratch)
+        else:
+            quantizer = int8.TFLiteQuantizer(model, role, calib_inputs)
+        candidate, choice = int8.choose(quantizer, measure, bound, scratch, options.int8_float, options.sensitivity)
+        shutil.move(candidate, path)
+    return choice
 
 
-def _parity_problem(parity: Parity, precision: str) -> str | None:
-    if precision == "float32" and parity.max_rel_diff > FLOAT32_MAX_REL_DIFF:
-        return (
-            f"max abs diff {parity.max_abs_diff:.2e} is {parity.max_rel_diff:.1e} of the output range, "
-            f"above {FLOAT32_MAX_REL_DIFF:g} for a float32 export"
+def _int8_next_step(choice: int8.Int8Choice, fmt: str) -> str:
+    """What was tried for a failing int8 file, and the lever that is left (never the same command again)."""
+    tried = f". Tried: every node int8 ({int8._fmt(choice.all_int8_db)})" if choice.all_int8_db else ". Tried"
+    if choice.float_nodes:
+        names = ", ".join(n.name for n in choice.float_nodes[:2]) + (", …" if len(choice.float_nodes) > 2 else "")
+        kept = f"{len(choice.float_nodes)} of {choice.nodes} nodes float ({choice.how}: {names})"
+        tried += f"; {kept}: {int8._fmt(choice.chosen_db)}"
+    if choice.how == "all int8" and choice.sensitivity is None:
+        lever = "let aekit keep the sensitive nodes float with --int8-float auto"
+    else:
+        lever = (
+            "keep more nodes float with --int8-float NAME,... (the manifest's quantization.sensitivity lists each "
+            "node's cost; export with --sensitivity)"
         )
-    if parity.agreement_db < parity.min_agreement_db:
-        return (
-            f"its reconstructions agree with Keras' to {parity.agreement_db:.1f} dB PSNR, below the "
-            f"{parity.min_agreement_db:g} dB required (reconstruction MSE {parity.mse_keras:.5f} -> "
-            f"{parity.mse_export:.5f}, PSNR drop {parity.psnr_drop_db:.2f} dB)"
-        )
-    return None
+    return f"{tried}. Next: {lever}, or use --quantize fp16 (half the size, every layer 16-bit)"
 
 
 def _remove(path: Path) -> None:

@@ -1,8 +1,7 @@
-"""How each format is written: tf2onnx with an explicit signature, onnxruntime's int8 quantizer, the TFLite converter."""
+"""How each float format is written: tf2onnx with an explicit signature, the TFLite converter, a SavedModel."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,25 +9,22 @@ import numpy as np
 from aekit.core.manifest import (
     TensorSpec,
 )
-from aekit.lazy import keras, tf, tf2onnx
+from aekit.lazy import tf, tf2onnx
 from aekit.quiet import quiet_native_output as _quiet
 
 INPUT_NAMES = {"encoder": "image", "decoder": "latent", "autoencoder": "image"}
 OUTPUT_NAMES = {"encoder": "latent", "decoder": "reconstruction", "autoencoder": "reconstruction"}
 
 
-def _write_onnx(model, role: str, path: Path, opset: int, precision: str, calib_inputs: np.ndarray) -> None:
+def _write_onnx(model, role: str, path: Path, opset: int, precision: str) -> None:
+    """A float32 .onnx file (int8 ones are quantized from it: aekit.exporting.int8)."""
+    if precision != "float32":
+        raise ValueError(f"ONNX files are written in float32 here; {precision} is made by aekit.exporting.int8")
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAMES[role])
     with _quiet():  # tf2onnx prints and logs conversion chatter
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=[spec], opset=opset)
     _name_tensors(proto, OUTPUT_NAMES[role])
-    if precision == "float32":
-        path.write_bytes(proto.SerializeToString())
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        float_path = Path(scratch) / "float.onnx"
-        float_path.write_bytes(proto.SerializeToString())
-        _quantize_onnx(float_path, path, spec.name, calib_inputs)
+    path.write_bytes(proto.SerializeToString())
 
 
 def _name_tensors(proto, output_name: str) -> None:
@@ -49,70 +45,14 @@ def _rename_output(proto, name: str) -> None:
     proto.graph.output[0].name = name
 
 
-def _quantize_onnx(float_path: Path, path: Path, input_name: str, calib_inputs: np.ndarray) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{input_name: calib_inputs[i : i + 32]} for i in range(0, len(calib_inputs), 32)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared = float_path.with_name("prepared.onnx")
-    with _quiet():
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(path),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,  # QUANTIZATION_SCHEMES["onnx"]: no u8s8 saturation on AVX2-only CPUs
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-
-
-def _batchnorm_as_depthwise(model):
-    """The same function with every image BatchNorm as a 1x1 depthwise convolution (per-channel int8).
-
-    Inference BatchNorm is y = a * x + b per channel, with a = gamma / sqrt(var + eps) and
-    b = beta - mean * a: exactly a 1x1 depthwise convolution with kernel a and bias b, which the
-    TFLite converter quantizes per channel. Works on aekit's chain models, nested ones included.
-    """
-
-    x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
-    for layer in model.layers[1:]:
-        if isinstance(layer, keras.Model):
-            x = _batchnorm_as_depthwise(layer)(x)
-        elif isinstance(layer, keras.layers.BatchNormalization) and len(layer.input.shape) == 4:
-            gamma, beta, mean, var = (np.asarray(w, np.float64) for w in layer.get_weights())
-            scale = gamma / np.sqrt(var + layer.epsilon)
-            affine = keras.layers.DepthwiseConv2D(1, use_bias=True, name=f"{layer.name}_affine")
-            x = affine(x)
-            affine.set_weights([scale.reshape(1, 1, -1, 1).astype(np.float32), (beta - mean * scale).astype(np.float32)])
-        else:
-            twin = layer.__class__.from_config(layer.get_config())
-            x = twin(x)
-            twin.set_weights(layer.get_weights())
-    return keras.Model(inputs, x, name=model.name)
-
-
-def _write_tflite(model, role: str, path: Path, precision: str, calib_inputs: np.ndarray) -> None:
+def _write_tflite(model, role: str, path: Path, precision: str) -> None:
+    """A float32 or fp16 .tflite file (int8 ones: aekit.exporting.int8)."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([calib_inputs[i : i + 1]] for i in range(len(calib_inputs)))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # An edge device feeds what it has (uint8 pixels, or int8 codes) and gets floats back.
-        converter.inference_input_type = tf.int8 if role == "decoder" else tf.uint8
-        converter.inference_output_type = tf.float32
+    elif precision != "float32":
+        raise ValueError(f"{precision} TFLite files are made by aekit.exporting.int8")
     with _quiet():
         path.write_bytes(converter.convert())
 
