@@ -12,6 +12,7 @@ from aekit.core.recipe import TrainConfig
 from aekit.errors import AekitError
 from aekit.lazy import tf
 from aekit.training.distribute import Placement
+from aekit.training.resources import training_resource_error
 
 
 @dataclass
@@ -39,7 +40,20 @@ class _Checkpoints:
         self.is_chief = placement.is_chief
 
     def save(self) -> None:
-        self.manager.save()
+        """Saves a checkpoint; a full disk or a file limit meanwhile is an AekitError naming it (the last
+        complete checkpoint stays the one restored: TensorFlow lists a checkpoint once it is whole)."""
+        try:
+            self.manager.save()
+        except (tf.errors.OpError, OSError) as exc:
+            for partial in self.save_dir.glob("*_temp*"):  # what the failed save left half-written
+                if partial.is_dir():
+                    shutil.rmtree(partial, ignore_errors=True)
+                else:
+                    partial.unlink(missing_ok=True)
+            error = training_resource_error(exc, self.run_dir, f"saving a checkpoint in {self.dir}")
+            if error is None:
+                raise
+            raise error from None
 
     def close(self) -> None:
         if not self.is_chief:

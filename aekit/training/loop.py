@@ -30,6 +30,7 @@ from aekit.lazy import keras, tf
 from aekit.training.checkpoints import Model, _Checkpoints, _restore
 from aekit.training.distribute import Placement, make_placement
 from aekit.training.plots import reconstruction_grid
+from aekit.training.resources import resource_code, training_resource_error
 from aekit.training.schedule import _plan_schedule, _schedule
 from aekit.training.steps import make_train_steps, model_macs, steps_per_call
 from aekit.training.tensorboard import TensorBoardLog
@@ -85,12 +86,11 @@ def train(config: TrainConfig, run_dir: Path, callback: TrainCallback | None = N
 
     try:
         return _train(config, run_dir, callback, placement)
-    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise AekitError(
-            f"Out of memory ({first}). The model or its batch does not fit: use smaller --filters, --latent-dim or "
-            "--batch-size." + (f" The run folder {run_dir} keeps its last checkpoint." if runs.is_run_dir(run_dir) else "")
-        ) from None
+    except (tf.errors.OpError, MemoryError, OSError) as exc:  # a full disk, a file limit, memory: named for what it is
+        error = training_resource_error(exc, run_dir)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _train(config: TrainConfig, run_dir: Path, callback: TrainCallback, placement: Placement) -> TrainResult:
@@ -107,7 +107,12 @@ def _train(config: TrainConfig, run_dir: Path, callback: TrainCallback, placemen
             _prepare_run_folder(run_dir, config, splits, placement, steps_per_epoch, plan)
         batches = _training_batches(config, placement, splits, steps_per_epoch, start_epoch, start_step)
         run = _Run(config, placement, run_dir, splits, steps_per_epoch, model, state, callback)
-        history = _train_epochs(run, batches, history, start_epoch, start_step)
+        try:
+            history = _train_epochs(run, batches, history, start_epoch, start_step)
+        except tf.errors.DataLossError as exc:  # a record whose checksum fails, met mid-training
+            if not isinstance(splits, PackedSplits):
+                raise
+            raise splits.packed.damaged(exc) from None
         return _finish(run, history)
 
 
@@ -285,7 +290,7 @@ def _train_epochs(
             state.save()
         raise TrainingInterrupted(run.run_dir, progress.epochs_done, progress.steps_done) from None
     except tf.errors.OpError as exc:
-        if placement.kind != "multi_worker":
+        if placement.kind != "multi_worker" or isinstance(exc, tf.errors.DataLossError) or resource_code(exc):
             raise
         raise AekitError(
             f"Lost contact with another worker at epoch {epoch}, step {step} ({type(exc).__name__}: "

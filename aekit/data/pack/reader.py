@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -185,6 +186,8 @@ class PackedDataset:
                                 f"{path}: image {expected[at]} of {split} is numbered {index[at]} in the shard: {fresh}."
                             )
                         count += len(index)
+                except tf.errors.DataLossError as exc:
+                    raise self.damaged(exc, [(split, path, first)]) from None
                 except tf.errors.OpError as exc:
                     raise AekitError(
                         f"{path} is not a file of aekit image records ({_first_line(exc)}; corrupt or changed): {self.fix}."
@@ -193,6 +196,28 @@ class PackedDataset:
                     raise AekitError(f"{path} holds {count:,} images, not the {record.images:,} {MANIFEST} counts: {fresh}.")
                 total += count
         return total
+
+    def damaged(self, exc: BaseException, shards: list[tuple[str, str, int]] | None = None) -> AekitError:
+        """The AekitError for a DataLossError (a record whose checksum fails) met while reading this pack.
+
+        Reads `shards` ((split, path, index of its first image); default every shard) record by record
+        to name the shard and the record; a pack where none fails gets a message naming the pack.
+        """
+        if shards is None:
+            shards = [(split, *shard) for split in SPLITS for shard in zip(self.shards[split], self.starts[split])]
+        fresh = f"re-pack into a new folder with `{repack_command(self.manifest.options, 'NEW_OUT')}`"
+        found = _damaged_record([path for _, path, _ in shards])
+        if found is None:
+            return AekitError(
+                f"{self.folder} holds a corrupt record ({_first_line(exc)}); find it with `aekit data check "
+                f"{_q(self.folder)}`, then {fresh}."
+            )
+        path, number, detail = found
+        split, _, first = next(shard for shard in shards if shard[1] == path)
+        return AekitError(
+            f"{path}: record {number} (counting from 0; image {first + number} of {split}) is corrupt ({detail}): "
+            f"{fresh} (`aekit data check {_q(self.folder)}` checks every record)."
+        )
 
     def describe(self) -> dict:
         """The run's `data` record, shaped like `aekit.data.loading.DataSplits.describe()`, plus the folder and identity."""
@@ -354,6 +379,8 @@ class PackedDataset:
             for images, _ in self._in_order(split, min(count, 4096), False, limit=count, pairs=True):
                 out[filled : filled + len(images)] = images.numpy()
                 filled += len(images)
+        except _tf().errors.DataLossError as exc:
+            raise self.damaged(exc) from None
         except _tf().errors.OpError as exc:
             if self.wrong_image in str(exc):
                 raise AekitError(f"{self.wrong_image}.") from None
@@ -397,3 +424,20 @@ class PackedDataset:
             return images, features["index"]
 
         return parse
+
+
+def _damaged_record(paths: list[str]) -> tuple[str, int, str] | None:
+    """(shard, number of its record counted from 0, the reader's words) of the first record in `paths`
+    whose checksum or framing fails; None when every record reads."""
+    tf = _tf()
+    for path in paths:
+        number = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                number += 1
+        except tf.errors.DataLossError as exc:
+            at = re.search(r"corrupted record at (\d+)", str(exc))
+            return path, number, f"its checksum fails, at byte {int(at[1]):,}" if at else _first_line(exc)
+        except tf.errors.OpError:
+            continue
+    return None

@@ -167,7 +167,9 @@ class _FolderReader:
         if count > 1 and DECODE_EXECUTOR == "thread":
             executor = ThreadPoolExecutor(count)
         elif count > 1:  # spawned, not forked: forking a process that runs TensorFlow's threads can deadlock
-            executor = ProcessPoolExecutor(count, mp_context=get_context("spawn"), initializer=_ignore_interrupts)
+            executor = ProcessPoolExecutor(
+                count, mp_context=get_context("spawn"), initializer=_start_decoder, initargs=(os.getpid(),)
+            )
 
         def tasks(ranges):
             for split, start, stop in ranges:
@@ -180,10 +182,16 @@ class _FolderReader:
                 return (decode_files(*task) for task in tasks(ranges))
             return _ordered_map(executor, decode_files, tasks(ranges), lookahead=4 * count)
 
-        try:
+        if executor is None:
             yield chunks_of
-        finally:
-            if executor is not None:
+            return
+        with _stopped_on_sigterm(executor):
+            try:
+                yield chunks_of
+            except BaseException:  # an error, Ctrl-C or SIGTERM: running decodes are not waited for
+                _stop_decoders(executor)
+                raise
+            finally:
                 executor.shutdown(wait=True, cancel_futures=True)
 
 
@@ -209,9 +217,77 @@ def decode_files(names: list[str], mode: str, first: tuple[str, tuple], folder: 
     return images[..., None] if images.ndim == 3 else images
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _start_decoder(parent: int) -> None:
+    """Starts a decoding process: it dies with `parent`, and leaves Ctrl-C to the parent, which stops it.
+
+    On Linux the kernel kills it (SIGKILL) when the parent dies, even by SIGKILL; a parent that died
+    before this ran (the process is an orphan already) is not waited for either.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _ignore_interrupts() -> None:
     """Decoding processes leave Ctrl-C to the parent, which stops them (no traceback per process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _die_with_parent() -> bool:
+    """Asks Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG); False elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _stop_decoders(executor) -> None:
+    """Ends the decoding processes of `executor` now (SIGTERM, then SIGKILL to any that remain)."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
+@contextmanager
+def _stopped_on_sigterm(executor):
+    """While decoding processes run, SIGTERM stops them and exits (code 143) instead of orphaning them.
+
+    Only in the main thread (where Python runs signal handlers) and where no handler was set: a
+    caller's own SIGTERM handler is left alone. The decoders also die by themselves when this
+    process dies (`_start_decoder`).
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def on_sigterm(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _stop_decoders(executor)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _ordered_map(executor, fn, tasks: Iterable[tuple], lookahead: int) -> Iterator:
@@ -264,7 +340,7 @@ def _interrupts_held():
     """Holds back Ctrl-C (SIGINT) in this thread while decoding processes may start (inside submit()).
 
     A process started now inherits the block, so a Ctrl-C while it is still importing stays pending
-    until `_ignore_interrupts` discards it, instead of printing a KeyboardInterrupt traceback from
+    until `_start_decoder` discards it, instead of printing a KeyboardInterrupt traceback from
     every process. This process gets a Ctrl-C that came meanwhile once the block is lifted.
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: the initializer alone
