@@ -225,6 +225,10 @@ def render_export(console: Console, result) -> None:
         report = (e.quantization or {}).get("sensitivity")
         if report:
             _render_sensitivity(console, e, report)
+    for e in result.entries:
+        note = (e.quantization or {}).get("note")
+        if note and e.status == "passed":
+            console.print(f"[bold yellow]note:[/] {e.file}: {escape(note)}.", highlight=False)
     console.print(export_outcome(result.entries), highlight=False)
     console.print(f"Manifest: {result.output / 'manifest.json'}", highlight=False)
     console.print(

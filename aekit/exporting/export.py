@@ -513,6 +513,8 @@ def _write_int8(model, role, fmt, path, options, calib_inputs, measure, bound) -
         else:
             quantizer = int8.TFLiteQuantizer(model, role, calib_inputs)
         candidate, choice = int8.choose(quantizer, measure, bound, scratch, options.int8_float, options.sensitivity)
+        slow = getattr(quantizer, "SLOW_FLOAT", {})
+        choice.note = next((slow[n.name] for n in choice.float_nodes if n.name in slow), None)
         shutil.move(candidate, path)
     return choice
 

@@ -60,6 +60,7 @@ class Int8Choice:
     nodes: int = 0  # quantizable nodes in the graph
     target_db: float = 0.0
     kernels: str = "default"  # the kernel set the sensitivity was measured on
+    note: str | None = None  # what keeping these nodes float costs beyond precision (speed), when it does
 
     @property
     def passed(self) -> bool:
@@ -83,6 +84,8 @@ class Int8Choice:
                 f"cost the most, and with {len(self.float_nodes)} of {self.nodes} nodes in float the file agrees "
                 f"to {_fmt(self.chosen_db)}"
             )
+        if self.note:
+            record["note"] = self.note
         if self.sensitivity is not None:
             record["sensitivity"] = {"kernels": self.kernels, "nodes": self.sensitivity}
         return record
@@ -254,6 +257,12 @@ class TFLiteQuantizer:
     """
 
     OP_GROUPS = ("TRANSPOSE_CONV",)
+    # Kept float, the quantizer leaves their weights int8: LiteRT runs them as hybrid kernels, not on XNNPACK.
+    SLOW_FLOAT = {
+        "TRANSPOSE_CONV": "TRANSPOSE_CONV kept float runs as LiteRT's hybrid kernel (int8 weights, float activations), "
+        "which XNNPACK does not take: this file is smaller than the float32 one but slower on LiteRT; for speed "
+        "export the decoder with --quantize fp16, or use the ONNX int8 decoder"
+    }
 
     suffix = ".tflite"
 
