@@ -6,7 +6,6 @@ Every file is kept only after its own runtime agreed with the Keras model on rea
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ from aekit.core.manifest import (
     sha256_of,
 )
 from aekit.core.recipe import TrainConfig, read_config
+from aekit.core.resources import FILE_LIMIT_FIXES, WHAT_RAN_OUT, resource_code
 from aekit.edge.runtimes import KERNEL_NAMES, open_runner, run_batched
 from aekit.errors import AekitError
 from aekit.exporting import int8
@@ -52,12 +52,9 @@ IN_PROGRESS = ".aekit-export-in-progress"  # names the run while an export write
 # Write failures that are the machine's, not the file's: they stop the whole export (the previous one stays as it was)
 # instead of marking one file failed. errno -> what ran out, as the error names it.
 RESOURCE_ERRORS = {
-    errno.ENOSPC: ("the disk is full", "Free space, or pass --output a folder on another disk"),
-    errno.EDQUOT: ("the disk quota is used up", "Free space within your quota, or pass --output a folder on another disk"),
-    errno.EFBIG: ("a file-size limit was reached", "Raise the limit (ulimit -f unlimited), or export fewer files at once"),
+    code: (what, FILE_LIMIT_FIXES.get(code, "Free space, or pass --output a folder on another disk"))
+    for code, what in WHAT_RAN_OUT.items()
 }
-# The same failures as some converters word them (TensorFlow's own file layer raises no OSError).
-RESOURCE_WORDS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT, "File too large": errno.EFBIG}
 # How int8 files are made, recorded in each int8 manifest entry with the nodes kept in float (aekit.exporting.int8).
 # Both hold their quality on AVX2-only x86, VNNI x86 and ARM alike (docs/benchmarks.md, "int8 on every CPU").
 QUANTIZATION_SCHEMES = {
@@ -304,11 +301,8 @@ def _claim(output: Path):
 
 
 def _resource_problem(exc: BaseException) -> int | None:
-    """The errno of a full disk, a used-up quota or a file-size limit behind `exc` (None for anything else)."""
-    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
-        return exc.errno
-    text = str(exc)
-    return next((code for words, code in RESOURCE_WORDS.items() if words in text), None)
+    """The errno of a full disk, a used-up quota, a file-size or open-files limit behind `exc` (None for anything else)."""
+    return resource_code(exc)
 
 
 def _export_into(output, run_dir, loaded, plan, options, previous, weights, on_file) -> ExportResult:

@@ -1,46 +1,25 @@
 """Resource faults during training named for what they are: a full disk, a quota, a file-size limit,
 too many open files, or memory, each as one AekitError line with the fix that applies.
 
-The wording follows the export side's (aekit.exporting.export RESOURCE_ERRORS / RESOURCE_WORDS).
-TensorFlow's file layer raises no OSError: a full disk comes as an OpError (ResourceExhaustedError,
-like running out of memory) whose text holds the C library's words, so those are looked for first.
+What ran out and how it is recognised: aekit.core.resources, shared with the export. A full disk
+comes from TensorFlow as a ResourceExhaustedError, like running out of memory: its words are looked
+for first.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
 from aekit.core import runs
+from aekit.core.resources import FILE_LIMIT_FIXES, WHAT_RAN_OUT, resource_code
 from aekit.errors import AekitError
 
+# What ran out (aekit.core.resources), and the fix for a training run.
 RESOURCE_ERRORS = {
-    errno.ENOSPC: ("the disk is full", "Free space, or train into a folder on another disk (-o)"),
-    errno.EDQUOT: ("the disk quota is used up", "Free space within your quota, or train into a folder on another disk (-o)"),
-    errno.EFBIG: ("a file-size limit was reached", "Raise the limit (ulimit -f unlimited)"),
-    errno.EMFILE: ("this process has too many files open", "Raise the limit (ulimit -n 4096)"),
-    errno.ENFILE: ("the system has too many files open", "Close other programs, or raise the system's limit (fs.file-max)"),
+    code: (what, FILE_LIMIT_FIXES.get(code, "Free space, or train into a folder on another disk (-o)"))
+    for code, what in WHAT_RAN_OUT.items()
 }
-# The same failures as TensorFlow's file layer words them (in order: the longer words first).
-RESOURCE_WORDS = {
-    "No space left on device": errno.ENOSPC,
-    "Disk quota exceeded": errno.EDQUOT,
-    "File too large": errno.EFBIG,
-    "Too many open files in system": errno.ENFILE,
-    "Too many open files": errno.EMFILE,
-}
-
-
-def resource_code(exc: BaseException) -> int | None:
-    """The errno of a disk, quota, file-size or open-files fault `exc` is (an OSError, or TensorFlow's
-    words for one); None for anything else, out of memory included."""
-    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
-        return exc.errno
-    if isinstance(exc, (OSError, MemoryError)):
-        return None
-    text = str(getattr(exc, "message", None) or exc)
-    return next((code for words, code in RESOURCE_WORDS.items() if words in text), None)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
