@@ -108,6 +108,25 @@ def test_a_model_replaced_after_its_check_does_not_run_in_its_place(export, tmp_
         EncoderSession(encoder)  # the new file is not the one the manifest vouches for
 
 
+def test_a_model_that_links_outside_its_folder_is_refused_before_it_is_read(export, tmp_path, monkeypatch):
+    encoder, _ = export
+    outside = tmp_path / "elsewhere" / "secret.onnx"
+    outside.parent.mkdir()
+    outside.write_bytes(encoder.read_bytes())  # even the very bytes the manifest vouches for
+    encoder.unlink()
+    encoder.symlink_to(outside)
+    read = []
+    monkeypatch.setattr(sessions, "read_model_bytes", lambda path: read.append(path) or b"")
+    import aekit.core.manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "sha256_of", lambda path: read.append(path) or "")
+    with pytest.raises(AekitError, match="symbolic link .* outside its export folder"):
+        EncoderSession(encoder)
+    code, lines = run("encode", "--model", encoder, str(tmp_path), "-o", tmp_path / "codes.npz")
+    assert_one_line_error(code, lines, "symbolic link", "outside its export folder")
+    assert read == []  # neither read nor hashed
+
+
 # --- 3. a decode killed while moving into an existing folder ---------------------------------------
 
 

@@ -151,12 +151,25 @@ class FileEntry:
             return f"{self.file} failed at export ({self.reason or 'no reason recorded'})"
         if not path.exists():
             return f"{self.file} is missing"
+        outside = link_outside(path)
+        if outside:  # refused before a byte of it is read
+            return outside
         size, digest = directory_size_and_hash(path) if path.is_dir() else (path.stat().st_size, None)
         if size != self.bytes:
             return f"{self.file} changed since export (size {size:,} bytes, the manifest says {self.bytes:,})"
         if (digest or sha256_of(path)) != self.sha256:
             return f"{self.file} changed since export (sha256 mismatch)"
         return None
+
+
+def link_outside(path: Path) -> str | None:
+    """Why `path` is not a file of its own folder: a symlink (at any depth) that leads out of it; None otherwise."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    target = path.resolve()
+    if path.is_symlink() and not target.is_relative_to(folder):
+        return f"{path.name} is a symbolic link to {target}, outside its export folder {folder}"
+    return None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aekit.core.manifest import MANIFEST, FileEntry, Manifest
+from aekit.core.manifest import MANIFEST, FileEntry, Manifest, link_outside
 from aekit.core.pixels import PixelRange, PixelScaling
 from aekit.core.sources import source_range
 from aekit.edge.runtimes import check_device, open_runner, out_of_memory, run_batched
@@ -50,7 +50,7 @@ def read_verified(model_path: Path) -> tuple[Manifest, FileEntry, bytes]:
     entry = manifest.entry(model_path.name)
     if entry is None:
         raise AekitError(f"{model_path.name} is not listed in {model_path.parent / MANIFEST}. Re-export the run.")
-    problem = entry.problem(model_path.parent) if entry.status != "passed" else None
+    problem = entry.problem(model_path.parent) if entry.status != "passed" else link_outside(model_path)
     content = b"" if problem else read_model_bytes(model_path)
     problem = problem or _bytes_problem(entry, content)
     if problem:
