@@ -28,7 +28,7 @@ def export(
         str, typer.Option(help="none | fp16 (tflite) | int8 (onnx, tflite; calibrated on the run's training images).")
     ] = "none",
     parts: Annotated[str, typer.Option(help="encoder,decoder (default) or all (adds the autoencoder).")] = "encoder,decoder",
-    opset: Annotated[int, typer.Option(help="ONNX opset (13-18).")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset (13-21; 19-21 are upgraded from tf2onnx's 18).")] = 17,
     calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8 ranges.")] = 512,
     min_agreement_db: Annotated[
         Optional[float],

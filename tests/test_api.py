@@ -183,7 +183,7 @@ def test_errors_name_keyword_arguments_and_leave_no_folder(tmp_path):
         aekit.train(epochs=1, resume=True, output=tmp_path / "nothing")
     with pytest.raises(InputError, match=r"^batch_sizes must be positive integers"):
         aekit.bench(tmp_path, batch_sizes=(0, 8))
-    with pytest.raises(InputError, match=r"^opset=3: tf2onnx here converts opsets 13 to 18"):
+    with pytest.raises(InputError, match=r"^opset=3: aekit here exports opsets 13 to 21"):
         aekit.export(tmp_path, opset=3)  # options are checked before the run is looked for
 
 

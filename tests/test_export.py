@@ -256,7 +256,7 @@ def test_tampered_manifest_is_detected(run_copy):
         (ExportOptions(formats=("onnx",), quantize="fp16"), "Use --quantize none, int8"),
         (ExportOptions(formats=("pdf",)), "not one of"),
         (ExportOptions(quantize="int4"), "--quantize"),
-        (ExportOptions(opset=21), "--opset 21"),
+        (ExportOptions(opset=22), "--opset 22"),
     ],
 )
 def test_impossible_combinations(trained_run, options, words):

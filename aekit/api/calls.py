@@ -372,7 +372,7 @@ def export(
         formats: "onnx", "tflite", "savedmodel", "all", or a tuple of them.
         quantize: None (float32), "fp16" (tflite) or "int8" (onnx, tflite; calibrated on training images).
         parts: ("encoder", "decoder"), or "all" (adds the autoencoder).
-        opset: ONNX opset, 13-18 (None: 17).
+        opset: ONNX opset, 13-21 (None: 17; 19-21 are upgraded from tf2onnx's 18; int8 files need 19+ for onnx.reference).
         calibration_samples: training images that calibrate int8 ranges.
         min_agreement_db: a file passes when its reconstructions agree with Keras' to this PSNR (None:
             float32 60, fp16 40, int8 30).

@@ -43,9 +43,11 @@ QUANTIZE = {"none": "float32", "fp16": "fp16", "int8": "int8"}
 # 30 dB = RMS difference 0.032 (about 8 grey levels of 255): a well-made int8 file measures
 # 38-46 dB here, the faulty ones seen (u8s8 saturation, per-tensor BatchNorm) 19-27 dB.
 DEFAULT_MIN_AGREEMENT_DB = {"float32": 60.0, "fp16": 40.0, "int8": 30.0}
-# tf2onnx 1.17 converts up to opset 18; onnxruntime runs it.
+# tf2onnx 1.17 converts up to opset 18; 19 to 21 are converted at 18, then upgraded by onnx's version
+# converter (writers._upgrade_opset). onnxruntime runs them all; int8 files need 19 or higher to run in
+# onnx.reference.ReferenceEvaluator (it has no DequantizeLinear before opset 19).
 DEFAULT_OPSET = 17
-MAX_OPSET = 18
+MAX_OPSET = 21
 # Training images whose latents set the int8 code ranges (min/max per dimension).
 LATENT_CALIBRATION_IMAGES = 10_000
 IN_PROGRESS = ".aekit-export-in-progress"  # names the run while an export writes files; removed with the manifest written
@@ -133,7 +135,7 @@ class ExportOptions:
             raise AekitError(f"--format is empty: pass one of {', '.join(FORMATS)}, all.")
         table = [export_format(f) for f in self.formats]
         if not MAX_OPSET >= self.opset >= 13:
-            raise AekitError(f"--opset {self.opset}: tf2onnx here converts opsets 13 to {MAX_OPSET}. Pick one in that range.")
+            raise AekitError(f"--opset {self.opset}: aekit here exports opsets 13 to {MAX_OPSET}. Pick one in that range.")
         if self.calibration_samples < 1 or self.parity_samples < 1:
             raise AekitError("--calibration-samples must be at least 1.")
         if self.min_agreement_db is not None and not (math.isfinite(self.min_agreement_db) and 0 < self.min_agreement_db <= 100):

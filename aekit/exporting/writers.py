@@ -14,6 +14,9 @@ from aekit.quiet import quiet_native_output as _quiet
 
 INPUT_NAMES = {"encoder": "image", "decoder": "latent", "autoencoder": "image"}
 OUTPUT_NAMES = {"encoder": "latent", "decoder": "reconstruction", "autoencoder": "reconstruction"}
+# The highest opset tf2onnx 1.17 converts to. Higher ones (up to export.MAX_OPSET) are converted at this one,
+# then upgraded by onnx's version converter (_upgrade_opset).
+TF2ONNX_MAX_OPSET = 18
 
 
 def _write_onnx(model, role: str, path: Path, opset: int, precision: str) -> None:
@@ -22,9 +25,28 @@ def _write_onnx(model, role: str, path: Path, opset: int, precision: str) -> Non
         raise ValueError(f"ONNX files are written in float32 here; {precision} is made by aekit.exporting.int8")
     spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name=INPUT_NAMES[role])
     with _quiet():  # tf2onnx prints and logs conversion chatter
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=[spec], opset=opset)
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=[spec], opset=min(opset, TF2ONNX_MAX_OPSET))
+    if opset > TF2ONNX_MAX_OPSET:
+        proto = _upgrade_opset(proto, opset)
     _name_tensors(proto, OUTPUT_NAMES[role])
     path.write_bytes(proto.SerializeToString())
+
+
+def _upgrade_opset(proto, opset: int):
+    """The tf2onnx graph at a higher default-domain opset, checked, with the IR version that opset needs.
+
+    onnx's version converter adapts each node (this model's ops, Conv, ConvTranspose, MatMul, LeakyRelu,
+    Mul, Add, Reshape, Transpose, Sigmoid, Shape, Slice, Gather, Concat, Cast, convert 18 -> 21 unchanged
+    in meaning). It keeps the IR version, 8 from tf2onnx at opset 18; opset 21 needs IR 10.
+    """
+    import onnx
+    from onnx import version_converter
+
+    upgraded = version_converter.convert_version(proto, opset)
+    needed = onnx.helper.find_min_ir_version_for(list(upgraded.opset_import), ignore_unknown=True)
+    upgraded.ir_version = max(upgraded.ir_version, needed)
+    onnx.checker.check_model(upgraded)
+    return upgraded
 
 
 def _name_tensors(proto, output_name: str) -> None:
