@@ -120,6 +120,25 @@ def test_a_manifest_that_cannot_be_written_swaps_nothing_in(exported, monkeypatc
     assert hashes(out) == before
 
 
+def test_ctrl_c_during_the_swap_puts_the_previous_export_back(exported, monkeypatch):
+    out = exported / "export"
+    before = hashes(out)
+    real = export_module.os.replace
+    moves = []
+
+    def interrupted_after_two(source, target):  # Ctrl-C lands once two files have been swapped in
+        moves.append(target)
+        if len(moves) == 4:
+            raise KeyboardInterrupt
+        return real(source, target)
+
+    monkeypatch.setattr(export_module.os, "replace", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(exported, ExportOptions(formats=("onnx",)))
+    monkeypatch.setattr(export_module.os, "replace", real)
+    assert hashes(out) == before  # the previous files and manifest, byte for byte; nothing staged is left
+
+
 def test_a_first_export_that_runs_out_of_space_leaves_no_folder(run_copy, monkeypatch):
     monkeypatch.setattr(export_module, "_write_onnx", _full_disk(errno.ENOSPC))
     with pytest.raises(export_module.AekitError, match="the disk is full"):

@@ -312,7 +312,8 @@ def _export_into(output, run_dir, loaded, plan, options, previous, weights, on_f
 
     Until the swap nothing of the previous export is touched, so an export that stops (a full disk, a
     file-size limit, Ctrl-C) leaves it exactly as it was; its own staged files are removed. A swap that
-    fails is rolled back; one killed mid-way leaves the IN_PROGRESS marker for the next export to finish.
+    fails or is interrupted (Ctrl-C) is rolled back; one killed mid-way leaves the IN_PROGRESS marker for
+    the next export to finish.
     """
     try:
         entries, manifest = _write_staged(output, run_dir, loaded, plan, options, previous, weights, on_file)
@@ -321,7 +322,7 @@ def _export_into(output, run_dir, loaded, plan, options, previous, weights, on_f
         raise
     try:
         _swap_in(output, entries, manifest)
-    except Exception:  # rolled back (_swap_in); Ctrl-C mid-swap is left as a kill leaves it
+    except BaseException:  # rolled back (_swap_in), Ctrl-C included
         _remove_staged(output)
         raise
     _remove_orphans(output, manifest)
@@ -388,7 +389,7 @@ def _swap_in(output: Path, entries: list[FileEntry], manifest: Manifest) -> None
             if entry.status == "passed":  # a failed file leaves none: the manifest no longer vouches for the older one
                 os.replace(_staged(output, entry.file), final)
         manifest.write(output)
-    except Exception:
+    except BaseException:  # a full disk, or Ctrl-C mid-swap: the previous export is put back as it was
         for final, backup in reversed(moved):
             _remove(final)
             if backup is not None:
