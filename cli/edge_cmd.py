@@ -12,7 +12,7 @@ import typer.core
 import typer.exceptions
 from rich.markup import escape
 
-from aekit.cli.app import edge_errors, positive, user_errors
+from aekit.cli.app import edge_errors, positive
 from aekit.cli.render import err_console, out_console
 
 EDGE_DEVICE_HELP = (
@@ -297,7 +297,7 @@ def _ran_on(*sessions) -> str:
     return text
 
 
-@user_errors
+@edge_errors
 def info(json_out: Annotated[bool, typer.Option("--json", help="Print as one JSON object.")] = False):
     """Versions of aekit's engines, visible GPUs and onnxruntime's execution providers."""
     from aekit.cli.render import render_info

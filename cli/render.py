@@ -159,18 +159,20 @@ def render_info(console: Console, facts: dict) -> None:
     table = Table(title=f"aekit {facts['aekit']}", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
+    table.add_row("install", "full (train, export, bench)" if facts["install"] == "full" else "edge (no TensorFlow)")
     table.add_row("python", facts["python"])
-    table.add_row("platform", facts["platform"])
+    table.add_row("platform", f"{facts['platform']} ({facts['machine']}, {facts['libc'] or 'C library unknown'})")
     table.add_row("cpu", f"{facts['cpu']} ({facts['cpu_count']} logical cores)")
     for name, version in facts["packages"].items():
         if version:
             table.add_row(name, version)
-    table.add_row("TensorFlow built with CUDA", str(facts["tensorflow_built_with_cuda"]))
     gpus = facts["gpus"]
-    table.add_row("GPUs visible to TensorFlow", ", ".join(f"{g['name']} ({g['model']})" for g in gpus) if gpus else "none")
+    if gpus is not None:
+        table.add_row("TensorFlow built with CUDA", str(facts["tensorflow_built_with_cuda"]))
+        table.add_row("GPUs visible to TensorFlow", ", ".join(f"{g['name']} ({g['model']})" for g in gpus) if gpus else "none")
     table.add_row("onnxruntime providers available", ", ".join(facts["onnxruntime_available_providers"]) or "none")
     console.print(table)
-    if not gpus and any("CUDA" in p for p in facts["onnxruntime_available_providers"]):
+    if gpus is not None and not gpus and any("CUDA" in p for p in facts["onnxruntime_available_providers"]):
         console.print(
             "[yellow]note:[/] onnxruntime lists CUDA as available, but no GPU is visible: its sessions will run on CPU.",
             highlight=False,

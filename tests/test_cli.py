@@ -91,6 +91,7 @@ def test_info_reports_versions_gpus_and_providers():
     facts = json.loads(result.stdout)
     assert facts["packages"]["tensorflow"].startswith("2.") and facts["packages"]["tf2onnx"]
     assert facts["gpus"] == [] and "CPUExecutionProvider" in facts["onnxruntime_available_providers"]
+    assert facts["install"] == "full" and facts["machine"] and facts["libc"].startswith("glibc ")
 
 
 def test_help_explains_the_global_batch_and_learning_rate():

@@ -1,5 +1,6 @@
 """The TensorFlow boundary: every aekit module imports where TensorFlow cannot, and the first use names the install."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,25 @@ def test_the_first_use_of_a_missing_module_names_the_install():
     assert "available False False" in proc.stdout
     assert "This command needs TensorFlow, and this is an edge install of aekit" in proc.stdout
     assert "pip install 'aekit[full]'" in proc.stdout
+
+
+def test_info_runs_where_tensorflow_cannot_and_says_it_is_the_edge_install():
+    proc = run_blocked("""
+        import json
+        from typer.testing import CliRunner
+        from aekit.cli.main import app
+        result = CliRunner().invoke(app, ["info", "--json"])
+        print(result.exit_code)
+        print(result.stdout)
+        print(CliRunner().invoke(app, ["info"], terminal_width=200).stdout)
+    """)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, facts, table = proc.stdout.split("\n", 2)
+    facts = json.loads(facts)
+    assert code == "0" and facts["install"] == "edge" and facts["gpus"] is None
+    assert facts["tensorflow_built_with_cuda"] is None and "CPUExecutionProvider" in facts["onnxruntime_available_providers"]
+    assert facts["machine"] and facts["packages"]["onnxruntime"] or facts["packages"]["onnxruntime-gpu"]
+    assert "edge (no TensorFlow)" in table and "onnxruntime providers available" in table and "GPUs visible" not in table
 
 
 @needs_tensorflow

@@ -43,15 +43,21 @@ def cpu_name() -> str:
 
 
 def system_info() -> dict:
-    """aekit/Python/library versions, CPU, GPUs TensorFlow sees, onnxruntime providers."""
+    """aekit/Python/library versions, CPU, C library, GPUs TensorFlow sees, onnxruntime providers.
+
+    Works on the edge install too (no TensorFlow): `install` says which side this is, and the TensorFlow
+    facts are None there, so a board can report its runtimes and providers.
+    """
     import os
 
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append(
-            {"name": device.name, "model": details.get("device_name"), "compute_capability": details.get("compute_capability")}
-        )
+    training = tf.available
+    gpus = None
+    if training:
+        gpus = []
+        for device in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(device)
+            model, capability = details.get("device_name"), details.get("compute_capability")
+            gpus.append({"name": device.name, "model": model, "compute_capability": capability})
     try:
         import onnxruntime as ort
 
@@ -59,14 +65,18 @@ def system_info() -> dict:
         ort_device = ort.get_device()
     except ImportError:
         ort_providers, ort_device = [], None
+    libc, libc_version = platform.libc_ver()
     return {
         "aekit": __version__,
+        "install": "full" if training else "edge",
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "machine": platform.machine(),
+        "libc": f"{libc} {libc_version}".strip() or None,
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "packages": package_versions(),
-        "tensorflow_built_with_cuda": bool(tf.test.is_built_with_cuda()),
+        "tensorflow_built_with_cuda": bool(tf.test.is_built_with_cuda()) if training else None,
         "gpus": gpus,
         "onnxruntime_available_providers": ort_providers,
         "onnxruntime_device": ort_device,
