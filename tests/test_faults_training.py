@@ -138,3 +138,41 @@ def test_a_resource_fault_while_checkpointing_is_named_for_what_it_is(tmp_path, 
     if "Out of memory" not in words:
         assert "Out of memory" not in lines[0] and "--filters" not in lines[0]
     assert not runs.is_finished(tmp_path / "run")  # not left looking finished
+
+
+# --- 4. two packs into one folder ----------------------------------------------------------------
+
+
+@needs_tensorflow
+def test_a_second_pack_into_a_folder_being_packed_fails_at_once_and_writes_nothing(tmp_path):
+    from aekit.data.pack.writer import PackLock
+
+    out = tmp_path / "pack"
+    source = _noise_npz(tmp_path / "src.npz")
+    with PackLock(str(out)):  # another `aekit data pack` holds it
+        code, lines = run("data", "pack", source, out, "--quiet")
+        assert_one_line_error(code, lines, str(out), "being packed by another aekit data pack", f"pid {os.getpid()}")
+        assert not out.exists()
+    assert run("data", "pack", source, out, "--quiet")[0] == 0  # released: packs, and leaves no lock behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pack", "src.npz"]
+
+
+@needs_tensorflow
+def test_a_full_disk_while_packing_is_named_and_the_next_pack_continues(tmp_path, monkeypatch):
+    import aekit.data.pack.writer as writer
+
+    real, calls = writer._write_shard, []
+
+    def full_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "_write_shard", full_after_two)
+    out, source = tmp_path / "pack", _noise_npz(tmp_path / "src.npz")
+    code, lines = run("data", "pack", source, out, "--shard-size", "16", "--quiet")
+    assert_one_line_error(code, lines, "the disk is full", "continues from the shards already written")
+    monkeypatch.setattr(writer, "_write_shard", real)
+    assert run("data", "pack", source, out, "--shard-size", "16", "--quiet")[0] == 0
+    assert (out / "dataset.json").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aekit.core.resources import FILE_LIMIT_FIXES, WHAT_RAN_OUT, resource_code
+from aekit.core.runs import FileLock
 from aekit.data.pack.files import _folder_name, _join, _sha256, _tf
 from aekit.data.pack.reader import _read_manifest
 from aekit.data.pack.records import _shard_problem
@@ -91,19 +94,58 @@ class PackResult:
         }
 
 
+class PackLock(FileLock):
+    """Holds a local pack folder for one `aekit data pack`: `.<folder>.pack.lock` beside it (see FileLock).
+
+    Beside, not inside: the folder holds only the pack's own files, and its unfinished ones are removed
+    by name. Folders on other file systems (gs://...) are not locked.
+    """
+
+    def __init__(self, out: str):
+        folder = Path(out)
+        super().__init__(folder.parent / f".{folder.name}.pack.lock")
+        self.folder = folder
+
+    def busy(self, holder: str) -> str:
+        return (
+            f"{self.folder} is being packed by another aekit data pack ({holder}). Wait for it to finish "
+            "(or stop it), or pack into another folder."
+        )
+
+    def cannot_create(self, exc: OSError) -> str:
+        return f"Cannot create {self.path} beside the pack folder: {exc.strerror}. Pass a writable folder as OUT."
+
+
 def _file_errors(function):
-    """File system errors (TensorFlow's or the OS's) from `function(source, out, ...)` as one AekitError line."""
+    """File system errors (TensorFlow's or the OS's) from `function(source, out, ...)` as one AekitError line; the
+    pack folder held (PackLock) while `function` writes it."""
 
     @functools.wraps(function)
     def wrapper(source, out, *args, **kwargs):
         tf = _tf()
+        local = "://" not in os.fspath(out)
+        # A path under a file is refused by the pack itself, naming it; no lock is made there.
+        under_a_file = local and any(p.exists() and not p.is_dir() for p in Path(_folder_name(out)).parents)
+        lock = PackLock(_folder_name(out)) if local and not under_a_file else None
         try:
+            if lock:
+                lock.acquire()
             return function(source, out, *args, **kwargs)
         except (tf.errors.OpError, OSError) as exc:
+            code = resource_code(exc)
+            if code is not None:
+                raise AekitError(
+                    f"Packing into {out} stopped: {WHAT_RAN_OUT[code]} ({os.strerror(code)}). "
+                    f"{FILE_LIMIT_FIXES.get(code, 'Free space, or pack into a folder on another disk')}; the same "
+                    "command then continues from the shards already written."
+                ) from None
             text = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
             raise AekitError(
                 f"Cannot write the pack in {out} ({str(text).splitlines()[0][:160]}). Pass a writable folder as OUT."
             ) from None
+        finally:
+            if lock:
+                lock.release()
 
     return wrapper
 
