@@ -139,6 +139,20 @@ def test_ctrl_c_during_the_swap_puts_the_previous_export_back(exported, monkeypa
     assert hashes(out) == before  # the previous files and manifest, byte for byte; nothing staged is left
 
 
+def test_out_of_memory_while_exporting_is_one_line_and_leaves_the_previous_export(exported, monkeypatch):
+    out = exported / "export"
+    before = hashes(out)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(export_module, "_write_onnx", no_memory)
+    result = CliRunner().invoke(app, ["export", "--run", str(exported), "--format", "onnx"], terminal_width=400)
+    error = one_error_line(result)
+    assert "Out of memory while exporting" in error and "ulimit -v" in error and "unchanged" in error
+    assert result.exit_code == 2 and hashes(out) == before
+
+
 def test_a_first_export_that_runs_out_of_space_leaves_no_folder(run_copy, monkeypatch):
     monkeypatch.setattr(export_module, "_write_onnx", _full_disk(errno.ENOSPC))
     with pytest.raises(export_module.AekitError, match="the disk is full"):

@@ -270,6 +270,12 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
         if created:
             with suppress(OSError):  # the folder this call made, left empty: as if never started
                 output.rmdir()
+        if isinstance(exc, MemoryError):
+            raise AekitError(
+                f"Out of memory while exporting into {output}. Close other programs, raise the process's memory "
+                "limit (ulimit -v), or export one format or part at a time (--format onnx --parts encoder). Nothing "
+                "was swapped in: the previous export there, if any, is unchanged."
+            ) from None
         problem = _resource_problem(exc)
         if problem is None:
             raise
@@ -492,7 +498,7 @@ def _export_one(loaded, role, fmt, precision, output, options, calibration, refe
         _remove(tmp)
         raise
     except Exception as exc:  # a converter or runtime failure marks this file failed, not the whole export
-        if _resource_problem(exc) is not None:
+        if isinstance(exc, MemoryError) or _resource_problem(exc) is not None:
             raise  # the machine's failure, not the file's: the whole export stops (export_run)
         entry.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         _remove(tmp)
