@@ -184,6 +184,16 @@ def test_bench_will_not_replace_the_users_files_without_overwrite(exported, tmp_
     assert (mine / "bench.csv").read_text() != "my own numbers\n"
 
 
+def test_a_second_bench_writing_the_same_folder_fails_at_once(exported, tmp_path):
+    from aekit.edge.outputs import OutputClaim
+
+    folder = tmp_path / "results"
+    with OutputClaim(folder):  # another bench is writing its files there
+        result = CliRunner().invoke(app, ["bench", "--run", str(exported), "-o", str(folder), *QUICK_BENCH], terminal_width=400)
+        assert "being written by another aekit command" in one_error_line(result)
+        assert not folder.exists()
+
+
 def test_bench_replaces_its_own_results_in_the_default_folder(exported):
     for _ in range(2):
         result = CliRunner().invoke(app, ["bench", "--run", str(exported), *QUICK_BENCH])

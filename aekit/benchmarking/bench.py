@@ -277,17 +277,20 @@ def write_outputs(result: BenchResult, folder: Path, overwrite: bool = True) -> 
     """
     import json
 
+    from aekit.edge.outputs import OutputClaim
+
     folder = Path(folder)
-    check_outputs(folder, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    runs.write_text(folder / "bench.json", json.dumps(result.to_json(), indent=2) + "\n")
-    buffer = io.StringIO()
-    names = list(asdict(result.rows[0]).keys()) if result.rows else [f for f in Row.__dataclass_fields__]
-    writer = csv.DictWriter(buffer, fieldnames=names)
-    writer.writeheader()
-    writer.writerows(asdict(r) for r in result.rows)
-    runs.write_text(folder / "bench.csv", buffer.getvalue())
-    _plot(result, folder / "bench.png")
+    with OutputClaim(folder):  # one writer at a time: a second bench into this folder fails at once
+        check_outputs(folder, overwrite)
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.write_text(folder / "bench.json", json.dumps(result.to_json(), indent=2) + "\n")
+        buffer = io.StringIO()
+        names = list(asdict(result.rows[0]).keys()) if result.rows else [f for f in Row.__dataclass_fields__]
+        writer = csv.DictWriter(buffer, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in result.rows)
+        runs.write_text(folder / "bench.csv", buffer.getvalue())
+        _plot(result, folder / "bench.png")
     result.output = folder
 
 
