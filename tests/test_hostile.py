@@ -252,17 +252,21 @@ def test_metrics_that_are_not_an_object_are_one_line(run_copy):
 
 
 def test_an_interrupted_export_is_finished_by_the_next_and_refused_to_another_run(trained_run, run_copy, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
     from aekit.exporting import export as export_module
 
     out = tmp_path / "deploy"
-
-    def killed(self, folder):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(export_module.Manifest, "write", killed)
-        with pytest.raises(KeyboardInterrupt):
-            export_run(run_copy, ExportOptions(formats=("onnx",), output=str(out)))
+    # kill -9 while the manifest is written (Ctrl-C there is rolled back: test_faults_export)
+    script = (
+        "import os, signal, sys; from pathlib import Path\n"
+        "from aekit.exporting import export as e\n"
+        "e.Manifest.write = lambda self, folder: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "e.export_run(Path(sys.argv[1]), e.ExportOptions(formats=('onnx',), output=Path(sys.argv[2])))\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(run_copy), str(out)], capture_output=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "encoder.onnx").is_file() and not (out / MANIFEST).exists()  # files written, no manifest
 
     other = CliRunner().invoke(app, ["export", "--run", str(trained_run), "--output", str(out)])
