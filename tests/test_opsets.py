@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-from support import assert_one_line_error, needs_tensorflow, run
+from support import assert_one_line_error, colour_patch_run, needs_tensorflow, run
 
 pytestmark = needs_tensorflow
 
@@ -11,29 +10,7 @@ pytestmark = needs_tensorflow
 @pytest.fixture(scope="module")
 def patch_run(tmp_path_factory):
     """A small finished run on colour patches (gradients, stripes, flat blocks), as in test_int8.py; and a few of its images."""
-    from aekit.core.recipe import TrainConfig
-    from aekit.training.loop import train
-
-    root = tmp_path_factory.mktemp("patches")
-    rng = np.random.default_rng(7)
-    y, x = np.mgrid[0:16, 0:16] / 15.0
-    images = []
-    for kind in ("gradients", "stripes", "blocks"):
-        (root / kind).mkdir()
-        for i in range(80):
-            if kind == "gradients":
-                img = np.stack([x * rng.random(), y * rng.random(), (1 - x) * rng.random()], -1)
-            elif kind == "stripes":
-                img = (0.5 + 0.5 * np.sin(x * rng.uniform(4, 12) + rng.random() * 6))[..., None] * rng.random(3)
-            else:
-                img = np.where((x > rng.random())[..., None], rng.random(3), rng.random(3))
-            pixels = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / kind / f"{i:03d}.png")
-            if i < 3:
-                images.append(pixels.astype(np.float32) / 255)
-    run_dir = tmp_path_factory.mktemp("runs") / "patches"
-    train(TrainConfig(dataset=str(root), filters=(8, 16), latent_dim=8, epochs=2, batch_size=32, gpus=0), run_dir)
-    return run_dir, np.stack(images)
+    return colour_patch_run(tmp_path_factory)
 
 
 def _both(path, x):
