@@ -94,6 +94,12 @@ def main() -> None:
                 loaded = load_run(run_dir)
                 images = loaded.scaling.to_model_numpy(loaded.splits.sample("val", 64))
                 latents = np.asarray(loaded.models["encoder"](images, training=False))
+                kept = [e for e in exported.entries if (e.quantization or {}).get("float_nodes")]
+                if kept:  # what keeping nodes float costs in speed: the same files all int8, side by side
+                    fmts = tuple(sorted({e.format for e in kept}))
+                    parts = tuple(sorted({e.role for e in kept}))
+                    pure = dict(quantize="int8", int8_float="none", min_agreement_db=0, output=run_dir / "allint8")
+                    export_run(run_dir, ExportOptions(formats=fmts, parts=parts, **pure))
                 for entry in exported.entries:
                     q = entry.quantization or {}
                     p, ref = entry.parity, entry.reference_parity
@@ -118,17 +124,20 @@ def main() -> None:
                         "img_s": speed(file, inputs) if passed else None,
                         "float32_img_s": speed(float_file, inputs),
                     }
+                    all_int8 = run_dir / "allint8" / entry.file
+                    row["all_int8_img_s"] = speed(all_int8, inputs) if row["float_nodes"] and all_int8.exists() else None
                     rows.append(row)
                     print(
                         f"{kind} seed {seed}: {entry.file:<20} {entry.status:<6} agreement {row['agreement_db'] or 0:5.1f} dB, "
                         f"reference {row['reference_agreement_db'] or 0:5.1f} dB, all-int8 {row['all_int8_db'] or 0:5.1f} dB, "
-                        f"{row['float_nodes']}/{row['nodes']} float",
+                        f"{row['float_nodes']}/{row['nodes']} float, {row['img_s'] or 0:,.0f} img/s "
+                        f"(all int8 {row['all_int8_img_s'] or 0:,.0f}, float32 {row['float32_img_s']:,.0f})",
                         flush=True,
                     )
 
     print(f"\nint8 files over {args.runs} seeds per model kind, CPU: {cpu}")
     head = ("model", "file", "pass 30 dB", "agreement dB min/mean", "reference dB min", "all-int8 dB min",
-            "nodes float", "size vs fp32", "img/s int8 / fp32")  # fmt: skip
+            "nodes float", "size vs fp32", "img/s int8 / fp32", "img/s all int8 (where nodes kept float)")  # fmt: skip
     print(" | ".join(head))
     for kind in args.kinds.split(","):
         for name in sorted({r["file"] for r in rows if r["kind"] == kind}):
@@ -141,11 +150,13 @@ def main() -> None:
             size = np.mean([r["bytes"] / r["float32_bytes"] for r in ok]) if ok else float("nan")
             fast = np.mean([r["img_s"] for r in ok]) if ok else float("nan")
             slow = np.mean([r["float32_img_s"] for r in group])
+            pure = [r["all_int8_img_s"] for r in group if r.get("all_int8_img_s")]
+            pure = f"{np.mean(pure):,.0f} ({len(pure)} of {len(group)})" if pure else "-"
             print(
                 f"{kind} | {name} | {len(ok)}/{len(group)} | {min(agree, default=float('nan')):.1f} / "
                 f"{np.mean(agree) if agree else float('nan'):.1f} | {min(refs, default=float('nan')):.1f} | "
                 f"{min(base, default=float('nan')):.1f} | {','.join(map(str, floats))} of {group[0]['nodes']} | "
-                f"{size:.2f}x | {fast:,.0f} / {slow:,.0f}"
+                f"{size:.2f}x | {fast:,.0f} / {slow:,.0f} | {pure}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=2))

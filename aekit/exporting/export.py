@@ -515,7 +515,9 @@ def _write_int8(model, role, fmt, path, options, calib_inputs, measure, bound) -
             quantizer = int8.OnnxQuantizer(float_path, INPUT_NAMES[role], calib_inputs, scratch)
         else:
             quantizer = int8.TFLiteQuantizer(model, role, calib_inputs)
-        candidate, choice = int8.choose(quantizer, measure, bound, scratch, options.int8_float, options.sensitivity)
+        candidate, choice = int8.choose(
+            quantizer, measure, bound, scratch, options.int8_float, options.sensitivity, aim_db=int8.AIM_DB.get(role)
+        )
         slow = getattr(quantizer, "SLOW_FLOAT", {})
         choice.note = next((slow[n.name] for n in choice.float_nodes if n.name in slow), None)
         shutil.move(candidate, path)
