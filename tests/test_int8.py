@@ -174,3 +174,49 @@ def test_impossible_int8_options_are_one_line(patch_run, tmp_path, args, words):
     code, out = run("export", "--run", str(patch_run), "--format", "onnx", "--output", str(tmp_path / "o"), *args)
     # a node name is checked against the file's graph, once the export has started (and said so)
     assert_one_line_error(code, [line for line in out if not line.startswith("Exporting run")], *words)
+
+
+class _CountingQuantizer:
+    """A stand-in quantizer: writes which nodes stay float; `_noise_measure` reads them back."""
+
+    suffix = ".txt"
+
+    def __init__(self, nodes):
+        from aekit.exporting.int8 import Node
+
+        self.nodes = [Node(name, op) for name, op in nodes]
+
+    def write(self, path, float_nodes=()):
+        path.write_text(",".join(float_nodes))
+
+
+def _noise_measure(noise: dict[str, float]):
+    """Agreement in dB of a file whose int8 nodes each add their noise power (the model choose() predicts with)."""
+    import math
+
+    def measure(path, kernel_sets, count=None):
+        floats = set(path.read_text().split(","))
+        total = sum(p for name, p in noise.items() if name not in floats)
+        return {k: 100.0 if total == 0 else -10 * math.log10(total) for k in kernel_sets}
+
+    return measure
+
+
+def test_an_encoder_that_holds_the_bound_but_not_its_aim_keeps_its_costliest_node_float(tmp_path):
+    from aekit.exporting import int8
+
+    quantizer = _CountingQuantizer([("conv", "CONV_2D"), ("leaky", "LEAKY_RELU"), ("dense", "FULLY_CONNECTED")])
+    # All int8: 1e-5 + 6e-5 + 1e-5 -> 41.0 dB, above the bound's 33 but below the encoder's aim of 43.
+    measure = _noise_measure({"conv": 1e-5, "leaky": 6e-5, "dense": 1e-5})
+
+    _, decoder_like = int8.choose(quantizer, measure, BOUND, tmp_path)
+    assert decoder_like.how == "all int8" and decoder_like.float_nodes == []
+    assert decoder_like.to_json()["aim_db"] == BOUND + int8.MARGIN_DB
+
+    path, encoder = int8.choose(quantizer, measure, BOUND, tmp_path, aim_db=int8.AIM_DB["encoder"])
+    assert int8.AIM_DB["encoder"] >= 40.0
+    assert encoder.how == "auto" and [n.name for n in encoder.float_nodes] == ["leaky"]
+    assert 46.0 < min(encoder.chosen_db.values()) < 48.0  # 2e-5 left: 47.0 dB
+    assert path.read_text() == "leaky"
+    record = encoder.to_json()
+    assert record["aim_db"] == int8.AIM_DB["encoder"] + int8.MARGIN_DB and "aims at" in record["why"]
