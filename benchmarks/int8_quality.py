@@ -98,7 +98,7 @@ def main() -> None:
                 if kept:  # what keeping nodes float costs in speed: the same files all int8, side by side
                     fmts = tuple(sorted({e.format for e in kept}))
                     parts = tuple(sorted({e.role for e in kept}))
-                    pure = dict(quantize="int8", int8_float="none", min_agreement_db=0, output=run_dir / "allint8")
+                    pure = dict(quantize="int8", int8_float="none", min_agreement_db=1, output=run_dir / "allint8")
                     export_run(run_dir, ExportOptions(formats=fmts, parts=parts, **pure))
                 for entry in exported.entries:
                     q = entry.quantization or {}
