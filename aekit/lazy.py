@@ -5,6 +5,10 @@ Modules that need TensorFlow, Keras, TFDS, tf2onnx or matplotlib write `from aek
 read, so the edge side (which never reads one) runs where none of them is installed, and where one
 is missing the first use is a one-line AekitError naming the install that has it.
 
+The training side needs Python 3.11 or later (TRAINING_PYTHON; the edge side runs on 3.10): on an older
+Python the training modules count as not installed (`available` is False, so `aekit info` and `aekit
+bench` take the edge path) and their first use is a one-line AekitError naming Python 3.11.
+
 TensorFlow is imported with its native start-up notices (absl, oneDNN, the CUDA probe on a CPU
 machine) silenced unless TF_CPP_MIN_LOG_LEVEL is set to something other than 3, in the CLI and in a
 notebook alike.
@@ -18,11 +22,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import platform
 import sys
 
 from aekit.errors import AekitError
 
 FULL_INSTALL = "pip install 'aekit[full]'"
+# The training side (aekit[full]) is built and tested on Python 3.11+ and reads TOML recipes with tomllib (3.11);
+# the edge side (encode/decode/reconstruct/score, info, bench of exported files) runs on 3.10 too.
+TRAINING_PYTHON = (3, 11)
+TRAINING_MODULES = {"tensorflow", "keras", "tensorflow_datasets", "tf2onnx"}
 DISPLAY_NAMES = {
     "tensorflow": "TensorFlow",
     "keras": "Keras",
@@ -51,7 +60,9 @@ class LazyModule:
 
     @property
     def available(self) -> bool:
-        """Whether the module can be imported (without importing it)."""
+        """Whether the module can be imported (without importing it); False for the training side below TRAINING_PYTHON."""
+        if python_problem(self._name) is not None:
+            return False
         if self._name in sys.modules:
             return True
         try:
@@ -67,7 +78,29 @@ class LazyModule:
         return f"<LazyModule {self._name} ({state})>"
 
 
+def python_problem(name: str) -> str | None:
+    """Why this Python cannot run the training module `name` (None when it can, and for every other module)."""
+    if name.split(".")[0] not in TRAINING_MODULES or sys.version_info >= TRAINING_PYTHON:
+        return None
+    return training_python_problem()
+
+
+def training_python_problem() -> str | None:
+    """Why this Python cannot run aekit's training side (None on Python 3.11 or later)."""
+    if sys.version_info >= TRAINING_PYTHON:
+        return None
+    need = ".".join(map(str, TRAINING_PYTHON))
+    return (
+        f"aekit's training side (train, export, data pack, bench against Keras) needs Python {need} or later; this is "
+        f"Python {platform.python_version()}, which runs the edge commands (encode, decode, reconstruct, score, info). "
+        f"Train and export on Python {need}+ and copy the export folder here."
+    )
+
+
 def _import(name: str, install: str, quiet: bool, setup=None):
+    problem = python_problem(name)
+    if problem is not None:
+        raise AekitError(problem)
     root = name.split(".")[0]
     if root not in sys.modules:
         try:
@@ -77,7 +110,7 @@ def _import(name: str, install: str, quiet: bool, setup=None):
         if not found:
             shown = DISPLAY_NAMES.get(root, root)
             raise AekitError(
-                f"This command needs {shown}, and this is an edge install of aekit (encode/decode/reconstruct/score only). "
+                f"This command needs {shown}, and this is an edge install of aekit (encode/decode/reconstruct/score/bench only). "
                 f"Install the training side: {install}."
             )
     if setup is not None:

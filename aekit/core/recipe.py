@@ -15,6 +15,7 @@ from pathlib import Path
 from aekit.core import runs
 from aekit.core.pixels import check_pixel_max
 from aekit.errors import AekitError
+from aekit.lazy import training_python_problem
 
 # Recipe fields added after runs were already being recorded, with the value those runs trained with.
 RECIPE_BEFORE_FIELD = {"warmup_steps": 0, "adam_beta_2": 0.999, "val_from_end": True}
@@ -171,7 +172,9 @@ def read_recipe_file(path: str | Path) -> dict:
 
             data = json.loads(text)
         elif path.suffix.lower() == ".toml":
-            import tomllib
+            if training_python_problem():
+                raise AekitError(training_python_problem())
+            import tomllib  # novermin (Python 3.11+, like the rest of the training side: aekit.lazy.TRAINING_PYTHON)
 
             data = tomllib.loads(text)
         else:
