@@ -12,7 +12,7 @@ import typer.core
 import typer.exceptions
 from rich.markup import escape
 
-from aekit.cli.app import user_errors
+from aekit.cli.app import edge_errors, user_errors
 from aekit.cli.render import err_console, out_console
 
 
@@ -22,7 +22,13 @@ def export(
         Optional[Path], typer.Option(help="Run folder to export. Default: the newest finished run under runs/.")
     ] = None,
     format: Annotated[
-        str, typer.Option("--format", "-f", help="onnx, tflite, savedmodel, all, or a comma list (onnx,tflite).")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx, tflite, savedmodel, all (those three), tflm (int8 batch-1 .tflite with a .cc/.h C array for "
+            "tflite-micro), or a comma list (onnx,tflite).",
+        ),
     ] = "onnx",
     quantize: Annotated[
         str, typer.Option(help="none | fp16 (tflite) | int8 (onnx, tflite; calibrated on the run's training images).")
@@ -54,6 +60,13 @@ def export(
             "the manifest (auto measures it only when the all-int8 file fails).",
         ),
     ] = False,
+    static_batch: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Write onnx/tflite files of this fixed batch, with no shape arithmetic (what OpenCV DNN and "
+            "microcontrollers load), named e.g. encoder_batch1.onnx beside the dynamic ones. Default: a dynamic batch.",
+        ),
+    ] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Export folder. Default: <run>/export.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest entries as JSON on stdout.")] = False,
 ):
@@ -64,8 +77,9 @@ def export(
 
     run_dir = runs.require_finished_run(run) if run else runs.newest_finished_run()
     options = ExportOptions.from_text(
-        format, parts, quantize, opset, calibration_samples, min_agreement_db, output, int8_float, sensitivity
+        format, parts, quantize, opset, calibration_samples, min_agreement_db, output, int8_float, sensitivity, static_batch
     )
+    options.plan()  # every option checked before anything is printed or loaded
     if not json_out:
         err_console.print(f"Exporting run [bold]{run_dir}[/]" + ("" if run else " (newest finished run)"), highlight=False)
     with err_console.status("converting and checking parity...", spinner="dots") if not json_out else contextlib.nullcontext():
@@ -78,17 +92,21 @@ def export(
         raise typer.Exit(1)
 
 
-@user_errors
+@edge_errors  # bench runs on the edge install too
 def bench(
     run: Annotated[
         Optional[Path],
         typer.Option(
             help="Run folder. Default: the newest finished run under runs/. Exports float32 and int8 ONNX/TFLite "
-            "first when nothing is exported."
+            "first when nothing is exported (on the training side; the edge install benchmarks what is exported)."
         ),
     ] = None,
     model: Annotated[
-        Optional[Path], typer.Option(help="Benchmark one exported .onnx/.tflite file instead of a run's exports.")
+        Optional[list[Path]],
+        typer.Option(
+            help="Benchmark one exported .onnx/.tflite file instead of a run's exports (give it twice for an encoder "
+            "and a decoder of one format)."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="cuda | cpu | auto (CUDA when onnxruntime can use it).")] = "auto",
     allow_fallback: Annotated[
@@ -110,6 +128,9 @@ def bench(
         Optional[int], typer.Option(help="Score only the first N held-out images (default: all of them).")
     ] = None,
     no_keras: Annotated[bool, typer.Option("--no-keras", help="Skip the Keras baseline rows.")] = False,
+    no_openvino: Annotated[
+        bool, typer.Option("--no-openvino", help="Skip the OpenVINO rows (added for the .onnx files when openvino is installed).")
+    ] = False,
     output: Annotated[
         Optional[Path], typer.Option("--output", "-o", help="Folder for bench.json/csv/png. Default: <run>/bench.")
     ] = None,
@@ -129,14 +150,25 @@ def bench(
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON on stdout.")] = False,
 ):
-    """Measure throughput, latency and reconstruction error of every export (and Keras)."""
+    """Measure throughput, latency and reconstruction error of every export (and Keras, where TensorFlow is installed)."""
     from aekit.benchmarking.bench import UNLISTED, BenchOptions, bench_run, check_outputs, write_outputs
     from aekit.cli.render import export_notice, render_bench
     from aekit.core import runs
     from aekit.edge.outputs import check_output_folder
 
     options = BenchOptions.from_text(
-        batch_sizes, parts, device, allow_fallback, seconds, runs_, warmup, threads, min_psnr, quality_images, not no_keras
+        batch_sizes,
+        parts,
+        device,
+        allow_fallback,
+        seconds,
+        runs_,
+        warmup,
+        threads,
+        min_psnr,
+        quality_images,
+        not no_keras,
+        not no_openvino,
     )
     options.validate()  # every option checked before a run is loaded or anything is exported
     if output is not None:  # checked now, not after minutes of benchmarking
@@ -151,14 +183,14 @@ def bench(
         else (lambda fmt, q: err_console.print(f"  nothing was exported yet: exported {export_notice(fmt, q)}", highlight=False))
     )
     with err_console.status("benchmarking...", spinner="dots") if not json_out else contextlib.nullcontext():
-        result = bench_run(run_dir, options, model=model, dataset=dataset, on_export=on_export, unlisted=unlisted)
+        result = bench_run(run_dir, options, model=model or None, dataset=dataset, on_export=on_export, unlisted=unlisted)
     folder = output or (Path(result.header["run"]) / "bench")
     write_outputs(result, folder, overwrite=overwrite or output is None)  # <run>/bench is bench's own folder
     for warning in result.header["warnings"]:
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    if model is not None and any(r.file_check == UNLISTED for r in result.rows):
+    if model and any(r.file_check == UNLISTED for r in result.rows):
         err_console.print(
-            f"[bold yellow]warning:[/] {escape(str(model))} is {UNLISTED} against a manifest entry (--unlisted).",
+            f"[bold yellow]warning:[/] {escape(', '.join(map(str, model)))} is {UNLISTED} against a manifest entry (--unlisted).",
             highlight=False,
             soft_wrap=True,
         )

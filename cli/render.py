@@ -210,6 +210,10 @@ def render_export(console: Console, result) -> None:
         kept = (e.quantization or {}).get("float_nodes")
         if kept and e.status == "passed":
             status += f" ({len(kept)} of {e.quantization['quantizable_nodes']} nodes float)"
+        if e.static_batch is not None and e.status == "passed":
+            status += f" (batch {e.static_batch}{', ' + e.form + ' form' if e.form else ''})"
+        if e.micro and e.status == "passed":
+            status += f" (+ {', '.join(e.micro['files'])}; arena {e.micro['arena_constant']:,} bytes)"
         table.add_row(
             e.file,
             e.format,
@@ -276,7 +280,7 @@ def export_outcome(entries) -> str:
     return f"Exported {_count(kept, 'file')} ({', '.join(kept)}); {', '.join(failed)} failed and {_was(failed)} not kept."
 
 
-FORMAT_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "savedmodel": "SavedModel"}
+FORMAT_NAMES = {"onnx": "ONNX", "tflite": "TFLite", "savedmodel": "SavedModel", "tflm": "tflite-micro"}
 
 
 def export_notice(fmt: str, quantize: str, passed: list[str] | None = None, failed: list[str] | None = None) -> str:
@@ -306,18 +310,28 @@ def _its(items: list) -> str:
     return "its" if len(items) == 1 else "their"
 
 
+BENCH_ABSENT_NAMES = {"keras": "Keras baseline", "openvino": "OpenVINO", "bench.png": "bench.png"}
+
+
 def render_bench(console: Console, result) -> None:
     h = result.header
-    gpus = ", ".join(g.get("model") or g["name"] for g in h["gpus"]) or "no GPU"
+    # The edge install has no TensorFlow to list GPUs with (None): its GPU is what onnxruntime reports per row.
+    listed = h["gpus"]
+    gpus = "GPUs not listed (no TensorFlow)" if listed is None else ", ".join(g.get("model") or g["name"] for g in listed)
+    gpus = gpus or "no GPU"
     v = h["versions"]
+    runtimes = [f"onnxruntime {v.get('onnxruntime-gpu') or v.get('onnxruntime')}", f"LiteRT {v.get('ai-edge-litert')}"]
+    runtimes += [f"OpenVINO {v['openvino']}"] if v.get("openvino") else []
+    runtimes += [f"TensorFlow {v['tensorflow']}" if v.get("tensorflow") else "no TensorFlow"]
     console.print(
         f"[bold]aekit bench[/] — run {h['run']}; {h['images']} images from {h['data']}\n"
         f"CPU {h['cpu']} ({h['cpu_count']} cores, {h['options']['threads']} threads); {gpus}; "
-        f"onnxruntime {v.get('onnxruntime-gpu') or v.get('onnxruntime')}, LiteRT {v.get('ai-edge-litert')}, "
-        f"TensorFlow {v.get('tensorflow')}; training val MSE "
+        f"{', '.join(runtimes)}; training val MSE "
         + (f"{h['train_val_mse']:.5f}" if h.get("train_val_mse") is not None else "not recorded"),
         highlight=False,
     )
+    for what, why in (h.get("absent") or {}).items():  # once each: what was not benchmarked (or drawn), and why
+        console.print(f"  {BENCH_ABSENT_NAMES.get(what, what)}: {escape(why)}", highlight=False, soft_wrap=True)
     if h.get("exported_now"):
         console.print("Nothing was exported, so bench exported first:", highlight=False)
     for key in h.get("exported_now") or []:
@@ -363,7 +377,10 @@ def render_bench(console: Console, result) -> None:
             r.status, f"[yellow]{r.status}[/]"
         )
         if r.status != "failed" and r.quality_partner:
-            status += f"; quality with the {escape(r.quality_partner.replace('keras', 'Keras'))}"
+            partner = r.quality_partner.replace("keras", "Keras")
+            status += f"; quality with {'the ' if partner.startswith('Keras') else ''}{escape(partner)}"
+        if r.status != "failed" and r.agreement_db is not None:
+            status += f"; agrees with onnxruntime to {r.agreement_db:.1f} dB"
         table.add_row(
             r.part,
             r.runtime,
@@ -393,7 +410,8 @@ def render_bench(console: Console, result) -> None:
             highlight=False,
         )
     if result.output:
-        console.print(f"Wrote {result.output}/bench.json, bench.csv, bench.png", highlight=False)
+        drawn = "bench.png" not in (h.get("absent") or {})
+        console.print(f"Wrote {result.output}/bench.json, bench.csv" + (", bench.png" if drawn else ""), highlight=False)
 
 
 @contextmanager

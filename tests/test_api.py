@@ -1,6 +1,7 @@
 """The Python API as a notebook uses it (`import aekit`): the README example, a path source and resume, an array
 source and resume, errors a caller catches by kind whose messages name keywords, quiet calls, and a lazy import."""
 
+import importlib.util
 import json
 import os
 import re
@@ -86,7 +87,7 @@ def check_example(folder: Path, ns: dict) -> None:
     # bench: the Keras baseline and the ONNX files, every part at both batch sizes, each row measured.
     assert {(r.runtime, r.part, r.batch_size) for r in result.rows} == {
         (runtime, part, batch)
-        for runtime in ("keras", "onnxruntime")
+        for runtime in ("keras", "onnxruntime", *(("openvino",) if importlib.util.find_spec("openvino") else ()))
         for part in ("encoder", "decoder", "roundtrip")
         for batch in (1, 64)
     }

@@ -1,4 +1,5 @@
 import csv
+import importlib.util
 import io
 import json
 from types import SimpleNamespace
@@ -16,7 +17,9 @@ from aekit.cli.render import export_notice, export_outcome, render_bench
 from aekit.core import runs
 from aekit.exporting.export import ExportOptions, export_run
 
-FAST = dict(batch_sizes=(1, 8), runs=4, warmup=1, min_psnr=5.0)  # the small model reaches ~15 dB
+# the small model reaches ~15 dB; OpenVINO's rows are checked in the first test only (and in test_openvino.py)
+FAST = dict(batch_sizes=(1, 8), runs=4, warmup=1, min_psnr=5.0, include_openvino=False)
+OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 def export_failure_of(row) -> bool:
@@ -32,17 +35,18 @@ def export_failure_of(row) -> bool:
 
 
 def test_bench_exports_what_it_needs_and_every_figure_is_sane(run_copy):
-    result = bench_run(run_copy, BenchOptions(**FAST))
+    result = bench_run(run_copy, BenchOptions(**{**FAST, "include_openvino": True}))
     assert result.header["exported_now"] == ["onnx:none", "tflite:none", "onnx:int8", "tflite:int8"]
     kinds = {(r.runtime, r.precision) for r in result.rows}
-    assert kinds == {
+    expected = {
         ("keras", "float32"),
         ("onnxruntime", "float32"),
         ("onnxruntime", "int8"),
         ("litert", "float32"),
         ("litert", "int8"),
-    }
-    assert len(result.rows) == 5 * 3 * 2
+    } | ({("openvino", "float32"), ("openvino", "int8")} if OPENVINO else set())
+    assert kinds == expected and set(result.header["absent"]) == (set() if OPENVINO else {"openvino"})
+    assert len(result.rows) == len(expected) * 3 * 2
     for row in result.rows:
         if export_failure_of(row):
             assert row.mse is None and row.psnr is None and row.ssim is None  # a failed row shows no quality
@@ -54,6 +58,10 @@ def test_bench_exports_what_it_needs_and_every_figure_is_sane(run_copy):
         assert row.latency_ms_mean > 0 and 0 < row.ssim <= 1 and row.psnr > 5
         if row.runtime == "onnxruntime":
             assert row.provider == "CPUExecutionProvider" and row.device == "cpu"
+        # OpenVINO runs the .onnx files held to f32, and agrees with onnxruntime on them to the export's bounds
+        assert (row.agreement_db is not None) == (row.runtime == "openvino"), row
+        if row.runtime == "openvino":
+            assert row.provider == "OpenVINO CPU/f32" and row.agreement_db >= (60 if row.precision == "float32" else 30), row
         if row.runtime != "keras":
             assert row.file_bytes > 0
     train_mse = json.loads((run_copy / runs.METRICS).read_text())["final_val_mse"]
@@ -62,6 +70,8 @@ def test_bench_exports_what_it_needs_and_every_figure_is_sane(run_copy):
     assert by_kind[("keras", "float32")] == pytest.approx(train_mse, rel=1e-4)
     assert by_kind[("onnxruntime", "float32")] == pytest.approx(train_mse, rel=1e-4)
     assert by_kind[("litert", "float32")] == pytest.approx(train_mse, rel=1e-4)
+    if OPENVINO:
+        assert by_kind[("openvino", "float32")] == pytest.approx(train_mse, rel=1e-4)
     # int8 quality: at least the encoder half is an int8 file; its agreement is >= 30 dB (test_export.py),
     # so its reconstruction MSE cannot exceed Keras' by more than about 2 * sqrt(MSE * 1e-3) + 1e-3
     for kind in (("litert", "int8"), ("onnxruntime", "int8")):
@@ -79,10 +89,10 @@ def test_bench_exports_what_it_needs_and_every_figure_is_sane(run_copy):
 
     write_outputs(result, run_copy / "bench")
     data = json.loads((run_copy / "bench" / "bench.json").read_text())
-    assert len(data["rows"]) == 30 and data["header"]["versions"]["onnxruntime-gpu"]
+    assert len(data["rows"]) == len(result.rows) and data["header"]["versions"]["onnxruntime-gpu"]
     with open(run_copy / "bench" / "bench.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 30 and float(rows[0]["images_per_sec"]) > 0
+    assert len(rows) == len(result.rows) and float(rows[0]["images_per_sec"]) > 0
     with Image.open(run_copy / "bench" / "bench.png") as plot:
         assert plot.size[0] > 300
 

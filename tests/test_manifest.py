@@ -28,7 +28,7 @@ def export_copy(export_dir, tmp_path):
 
 
 def test_one_format_table_names_suffixes_runtimes_and_precisions():
-    assert FORMATS == ("onnx", "tflite", "savedmodel")
+    assert FORMATS == ("onnx", "tflite", "savedmodel", "tflm")
     assert len({f.suffix for f in EXPORT_FORMATS}) == len(EXPORT_FORMATS)
     assert export_format("tflite").file_name("encoder", "int8") == "encoder_int8.tflite"
     assert export_format("savedmodel").file_name("decoder", "float32") == "decoder_savedmodel"

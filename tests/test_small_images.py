@@ -11,7 +11,7 @@ from aekit.benchmarking.bench import BenchOptions, bench_run, keras_target, run_
 from aekit.benchmarking.quality import ssim, ssim_window
 from aekit.cli.main import app
 
-FAST = dict(batch_sizes=(1, 8), runs=3, warmup=1, min_psnr=5.0)
+FAST = dict(batch_sizes=(1, 8), runs=3, warmup=1, min_psnr=5.0, include_openvino=False)
 
 
 def structured_images(count: int, side: int, seed: int = 0) -> np.ndarray:

@@ -360,6 +360,7 @@ def export(
     min_agreement_db: float | None = None,
     int8_float="auto",
     sensitivity: bool = False,
+    static_batch: int | None = None,
     output: str | os.PathLike | None = None,
     check: bool = True,
     quiet: bool = True,
@@ -369,7 +370,8 @@ def export(
 
     Args:
         run_or_path: an aekit.Run, a run folder, or None for the newest finished run under runs/.
-        formats: "onnx", "tflite", "savedmodel", "all", or a tuple of them.
+        formats: "onnx", "tflite", "savedmodel", "all" (those three), "tflm" (int8, batch 1, with C sources for
+            tflite-micro), or a tuple of them.
         quantize: None (float32), "fp16" (tflite) or "int8" (onnx, tflite; calibrated on training images).
         parts: ("encoder", "decoder"), or "all" (adds the autoencoder).
         opset: ONNX opset, 13-21 (None: 17; 19-21 are upgraded from tf2onnx's 18; int8 files need 19+ for onnx.reference).
@@ -379,6 +381,8 @@ def export(
         int8_float: int8 only: "auto" (the most sensitive nodes kept float until the file agrees on every kernel
             set), "none" (every node int8), or a tuple of node names (with one part).
         sensitivity: int8 only: measure every node's cost for each file, recorded in the manifest's quantization.
+        static_batch: onnx/tflite files of this fixed batch, without shape arithmetic (for OpenCV DNN and
+            microcontrollers), named e.g. encoder_batch1.onnx; None: a dynamic batch.
         output: the export folder (None: <run>/export).
         check: raise ExportError when a file failed its check (False: return it in the result).
         quiet: keep the converters' and TensorFlow's output out of the caller's.
@@ -405,6 +409,7 @@ def export(
             Path(output) if output is not None else None,
             _comma_text("int8_float", int8_float),
             bool(sensitivity),
+            static_batch,
         )
         options.plan()  # every option checked before the run is looked for
         result = export_run(_finished_run(run_or_path), options, on_file)
@@ -432,7 +437,8 @@ def bench(
     min_psnr: float = 15.0,
     quality_images: int | None = None,
     include_keras: bool = True,
-    model: str | os.PathLike | None = None,
+    include_openvino: bool = True,
+    model=None,
     dataset: str | None = None,
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -443,6 +449,8 @@ def bench(
     """Measures throughput, latency and reconstruction quality of a run's exports (and of Keras).
 
     A run with nothing exported is exported first (float32 and int8 ONNX and TFLite), as `aekit bench` does.
+    On the edge install (no TensorFlow) it benchmarks the files already exported, without the Keras rows;
+    `result.header["absent"]` names what was left out and why (Keras, OpenVINO, bench.png without matplotlib).
 
     Args:
         run_or_path: an aekit.Run, a run folder, or None for the newest finished run (or the run of `model`).
@@ -453,8 +461,10 @@ def bench(
         device: "auto", "cuda" or "cpu"; allow_fallback accepts the CPU when CUDA does not run.
         min_psnr: rows whose round-trip PSNR is below this are marked "quality below floor".
         quality_images: score only the first N held-out images (None: all).
-        include_keras: add the Keras baseline rows.
-        model: one exported .onnx/.tflite file to benchmark instead of the run's exports.
+        include_keras: add the Keras baseline rows (where TensorFlow is installed).
+        include_openvino: add OpenVINO rows for the .onnx files (where openvino is installed: aekit[openvino]).
+        model: one exported .onnx/.tflite file to benchmark instead of the run's exports, or a list of an
+            encoder and a decoder file of one format.
         dataset: held-out images for quality (None: the run's validation split).
         output: the folder for bench.json, bench.csv and bench.png (None: <run>/bench, bench's own folder).
         overwrite: replace those files in `output` if it already holds them (else an error before any work).
@@ -480,15 +490,15 @@ def bench(
             min_psnr=min_psnr,
             quality_images=quality_images,
             include_keras=include_keras,
+            include_openvino=include_openvino,
         )
         options.validate()  # every option checked before a run is loaded or anything is exported
         if output is not None:
             check_output_folder(Path(output), "bench.json, bench.csv and bench.png", "--output")
             check_outputs(Path(output), overwrite)
         run_dir = _finished_run(run_or_path) if run_or_path is not None or model is None else None
-        result = bench_run(
-            run_dir, options, model=Path(model) if model is not None else None, dataset=dataset, on_row=on_row, unlisted=unlisted
-        )
+        files = None if model is None else [Path(model)] if _is_path_like(model) else [Path(m) for m in model]
+        result = bench_run(run_dir, options, model=files, dataset=dataset, on_row=on_row, unlisted=unlisted)
         folder = Path(output) if output is not None else Path(result.header["run"]) / "bench"
         write_outputs(result, folder, overwrite=overwrite or output is None)
         result.output = folder

@@ -36,6 +36,7 @@ EXPORT_FLAGS = {
     "--min-agreement-db": "min_agreement_db",
     "--int8-float": "int8_float",
     "--sensitivity": "sensitivity",
+    "--static-batch": "static_batch",
     "--run": "run_or_path",
 }
 BENCH_FLAGS = {
@@ -51,6 +52,7 @@ BENCH_FLAGS = {
     "--min-psnr": "min_psnr",
     "--quality-images": "quality_images",
     "--no-keras": "include_keras",
+    "--no-openvino": "include_openvino",
     "--model": "model",
     "--dataset": "dataset",
     "--overwrite": "overwrite",

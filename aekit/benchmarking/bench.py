@@ -5,6 +5,10 @@ timed runs for a duration or a count, giving images/s and latency percentiles.
 Quality (MSE, PSNR, SSIM of encoder -> decoder on held-out images) is measured
 once per (runtime, precision) and shown on its rows. A row that cannot run is a
 failed row with its reason; the table never crashes as a whole.
+
+It runs on the edge install too (no TensorFlow, no matplotlib): there it benchmarks the files already
+exported, with the runtimes installed, and what it cannot do there (the Keras baseline, bench.png, an
+OpenVINO that is not installed) is named once, with the reason, in header["absent"].
 """
 
 from __future__ import annotations
@@ -20,13 +24,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aekit.benchmarking.quality import _quality, _quality_header, ssim_window
+from aekit.benchmarking.quality import EDGE_INSTALL, _quality, _quality_header, held_out_images, ssim_by, ssim_window
+from aekit.benchmarking.targets import (
+    KERAS,
+    UNLISTED,
+    Target,
+    keras_target,
+    model_target,
+    openvino_targets,
+    targets_from_manifest,
+)
 from aekit.core import runs
-from aekit.core.manifest import MANIFEST, FileEntry, Manifest, export_format, format_of_file
-from aekit.edge.runtimes import NoCudaError, check_threads, default_threads, open_runner
+from aekit.core.manifest import MANIFEST, Manifest
+from aekit.core.metrics import mse_per_image, psnr_from_mse
+from aekit.edge.runtimes import OPENVINO, NoCudaError, check_threads, default_threads, open_runner
 from aekit.edge.runtimes import no_cuda_message as _no_cuda_message
 from aekit.errors import AekitError
-from aekit.lazy import pyplot, tf
+from aekit.lazy import keras, pyplot, tf
+
+__all__ = ["KERAS", "UNLISTED", "Target", "keras_target", "targets_from_manifest", "BenchOptions", "Row", "BenchResult"]
 
 if TYPE_CHECKING:
     from aekit.benchmarking.quality import Quality
@@ -35,10 +51,10 @@ if TYPE_CHECKING:
 PARTS = ("encoder", "decoder", "roundtrip")
 DEVICES = ("auto", "cuda", "cpu")
 MAX_SECONDS = 3600.0  # per batch size and part: a benchmark that would run for hours is a typo
-KERAS = "keras"
 STATUS_PASSED, STATUS_LOW, STATUS_FAILED = "passed", "quality below floor", "failed"
 OUTPUT_FILES = ("bench.json", "bench.csv", "bench.png")
-UNLISTED = "unlisted, not checked"  # Row.file_check of a --model file its manifest does not vouch for
+NO_TENSORFLOW = f"not benchmarked: no TensorFlow in this install ({EDGE_INSTALL}); it runs where aekit[full] is installed"
+NO_MATPLOTLIB = "not drawn: no matplotlib in this install (pip install matplotlib draws it); bench.json and bench.csv hold it all"
 
 
 @dataclass
@@ -54,6 +70,7 @@ class BenchOptions:
     min_psnr: float = 15.0
     quality_images: int | None = None  # None: the whole held-out split
     include_keras: bool = True
+    include_openvino: bool = True  # OpenVINO rows for the .onnx files, when openvino is installed
 
     @classmethod
     def from_text(
@@ -69,6 +86,7 @@ class BenchOptions:
         min_psnr: float = 15.0,
         quality_images: int | None = None,
         include_keras: bool = True,
+        include_openvino: bool = True,
     ) -> BenchOptions:
         """Options from the command line's comma lists: batch sizes "1,8,64", parts "encoder,roundtrip"."""
         try:
@@ -76,7 +94,20 @@ class BenchOptions:
         except ValueError:
             raise AekitError(f"--batch-sizes {batch_sizes!r} is not a comma list of integers, e.g. 1,8,64,256.") from None
         chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
-        return cls(device, allow_fallback, sizes, seconds, runs, warmup, threads, chosen, min_psnr, quality_images, include_keras)
+        return cls(
+            device,
+            allow_fallback,
+            sizes,
+            seconds,
+            runs,
+            warmup,
+            threads,
+            chosen,
+            min_psnr,
+            quality_images,
+            include_keras,
+            include_openvino,
+        )
 
     def validate(self) -> None:
         if self.device not in DEVICES:
@@ -99,21 +130,6 @@ class BenchOptions:
         if self.quality_images is not None and self.quality_images < 1:
             raise AekitError("--quality-images must be at least 1.")
         check_threads(self.threads)
-
-
-@dataclass
-class Target:
-    """One runtime + precision to benchmark: files (or Keras models) for encoder and decoder."""
-
-    runtime: str
-    precision: str
-    files: dict  # part -> Path (encoder/decoder), or Keras models for the baseline
-    format: str
-    error: str | None = None  # known broken before opening: every row fails with this reason
-    file_check: str | None = None  # copied onto every row: UNLISTED for a file no manifest entry vouches for
-    # part -> why that file cannot be benchmarked (failed at export, missing, changed since). Its rows
-    # and the round trip fail with the reason; the other part still runs, with Keras as its partner.
-    failed_parts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +162,10 @@ class Row:
     quality_note: str | None = None  # why a figure is missing (e.g. SSIM on images too small), or how it was measured
     # UNLISTED when the file under test is not the one a manifest entry vouches for (bench --model FILE --unlisted).
     file_check: str | None = None
+    # Rows of a runtime that runs another runtime's files (openvino on the .onnx files): PSNR in dB of its round-trip
+    # reconstructions against onnxruntime's on the same files (capped at 100). Below the bound the files were held
+    # to at export (float32 60, int8 30), the row fails and says so. None for the other rows.
+    agreement_db: float | None = None
 
 
 @dataclass
@@ -156,52 +176,6 @@ class BenchResult:
 
     def to_json(self) -> dict:
         return {"header": self.header, "rows": [asdict(r) for r in self.rows]}
-
-
-def targets_from_manifest(export_dir: Path, partners: dict | None = None) -> list[Target]:
-    """Every ONNX/TFLite encoder+decoder pair in an export folder, grouped by format and precision.
-
-    Args:
-        export_dir: a folder written by aekit export.
-        partners: Keras "encoder"/"decoder" models that stand in for a part whose file cannot run,
-            so the other part is still measured. Without them such a target fails as a whole.
-    """
-    manifest = Manifest.load(export_dir, verify=False)  # the schema; each file is checked below, per target
-    groups: dict[tuple[str, str], Target] = {}
-    for entry in manifest.files:
-        fmt = export_format(entry.format)
-        if not fmt.edge or entry.role not in ("encoder", "decoder"):
-            continue
-        key = (fmt.name, entry.precision)
-        target = groups.setdefault(key, Target(fmt.runtime, entry.precision, {}, fmt.name))
-        problem = entry.problem(export_dir)
-        if problem:
-            target.failed_parts[entry.role] = f"{problem}; re-export it: {_export_command(*key)}"
-        else:
-            target.files[entry.role] = export_dir / entry.file
-    for (fmt, precision), target in groups.items():
-        for role in ("encoder", "decoder"):
-            if role not in target.files and role not in target.failed_parts:
-                target.failed_parts[role] = (
-                    f"no {role} was exported for {fmt} {precision}; export it: {_export_command(fmt, precision)}"
-                )
-        usable = [role for role in ("encoder", "decoder") if role in target.files]
-        if not usable or partners is None:
-            if target.failed_parts:
-                target.error = "; ".join(target.failed_parts[r] for r in sorted(target.failed_parts))
-        else:
-            for role in target.failed_parts:
-                target.files[role] = partners[role]
-    return [groups[key] for key in sorted(groups)]
-
-
-def _export_command(fmt: str, precision: str) -> str:
-    quantize = "none" if precision == "float32" else precision
-    return f"aekit export --format {fmt} --quantize {quantize}"
-
-
-def keras_target(models: dict) -> Target:
-    return Target(KERAS, "float32", {"encoder": models["encoder"], "decoder": models["decoder"]}, "keras")
 
 
 def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, on_row=None) -> BenchResult:
@@ -217,9 +191,16 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
     window = ssim_window(images.shape[1:3])
     result = BenchResult(header=_header(options, threads))
     result.header["quality"] = _quality_header(images, window)
+    result.header["ssim_by"] = ssim_by() if window else None
+    referenced = {id(t.reference) for t in targets if t.reference is not None}
+    qualities: dict[int, Quality | None] = {}
     for target in targets:
         session = _open(target, options, threads)
         quality = _quality(session, images, window) if session.error is None else None
+        qualities[id(target)] = quality
+        agreement, disagrees = _agreement(target, quality, qualities)
+        if quality is not None and id(target) not in referenced:
+            quality.reconstructions = None  # kept only while a later target is compared with it
         for part in options.parts:
             for batch in options.batch_sizes:
                 row = Row(
@@ -235,13 +216,16 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
                     file_bytes=session.bytes_for(part),
                     rss_mb=session.rss_mb,
                     file_check=target.file_check,
+                    agreement_db=agreement,
                 )
                 failed = _failed_part_reason(target, part)
                 if failed or session.error:
                     row.reason = failed or session.error  # a failed file's own reason first, not its target's
                 else:
                     _time_row(row, session, part, images, batch, options)
-                    if row.reason is None:  # only a row that ran shows quality figures
+                    if row.reason is None and disagrees:  # it ran, but not what the files compute: no quality shown
+                        row.reason = disagrees
+                    elif row.reason is None:  # only a row that ran shows quality figures
                         _set_quality(row, target, part, quality)
                         below = row.psnr is not None and row.psnr < options.min_psnr
                         row.status = STATUS_LOW if below else STATUS_PASSED
@@ -252,6 +236,23 @@ def run_bench(targets: list[Target], images: np.ndarray, options: BenchOptions, 
                     on_row(row)
     result.rows.sort(key=lambda r: (PARTS.index(r.part), r.batch_size, r.status != STATUS_PASSED, -(r.images_per_sec or 0)))
     return result
+
+
+def _agreement(target: Target, quality: Quality | None, qualities: dict) -> tuple[float | None, str | None]:
+    """(agreement_db, why the target fails) of a target held to its reference's reconstructions (OpenVINO's to onnxruntime's)."""
+    reference = qualities.get(id(target.reference)) if target.reference is not None else None
+    if quality is None or reference is None or reference.reconstructions is None:
+        return None, None
+    agreement = float(psnr_from_mse(mse_per_image(reference.reconstructions, quality.reconstructions).mean()))
+    bound = target.min_agreement_db
+    if bound is None or agreement >= bound:
+        return agreement, None
+    files = " and ".join(sorted(p.name for r, p in target.files.items() if isinstance(p, Path) and not target.is_stand_in(r)))
+    return agreement, (
+        f"{target.runtime}'s round trip through {files} agrees with {target.reference.runtime}'s on the same files to only "
+        f"{agreement:.1f} dB, below the {bound:g} dB the files were held to at export: {target.runtime} does not compute "
+        f"what they compute, so no quality is shown; deploy these files with {target.reference.runtime}"
+    )
 
 
 def check_outputs(folder: Path, overwrite: bool = False) -> None:
@@ -283,6 +284,9 @@ def write_outputs(result: BenchResult, folder: Path, overwrite: bool = True) -> 
     with OutputClaim(folder):  # one writer at a time: a second bench into this folder fails at once
         check_outputs(folder, overwrite)
         folder.mkdir(parents=True, exist_ok=True)
+        if not pyplot.available:  # the edge install: the table and the files, without the picture
+            result.header.setdefault("absent", {})["bench.png"] = NO_MATPLOTLIB
+            (folder / "bench.png").unlink(missing_ok=True)  # never leave an older run's picture beside new figures
         runs.write_text(folder / "bench.json", json.dumps(result.to_json(), indent=2) + "\n")
         buffer = io.StringIO()
         names = list(asdict(result.rows[0]).keys()) if result.rows else [f for f in Row.__dataclass_fields__]
@@ -290,22 +294,24 @@ def write_outputs(result: BenchResult, folder: Path, overwrite: bool = True) -> 
         writer.writeheader()
         writer.writerows(asdict(r) for r in result.rows)
         runs.write_text(folder / "bench.csv", buffer.getvalue())
-        _plot(result, folder / "bench.png")
+        if pyplot.available:
+            _plot(result, folder / "bench.png")
     result.output = folder
 
 
 def _set_quality(row: Row, target: Target, part: str, quality: Quality | None) -> None:
-    """The target's round-trip figures on a row that ran, naming the Keras model that stood in for a part, if any."""
+    """The target's round-trip figures on a row that ran, naming the stand-in (Keras model, float32 file) for a part, if any."""
     if quality is None:
         return
     row.mse, row.psnr, row.ssim = quality.mse, quality.psnr, quality.ssim
     notes = [quality.ssim_note] if quality.ssim_note else []
-    if target.runtime != KERAS:
-        stand_ins = [p for p in ("encoder", "decoder") if p != part and not isinstance(target.files.get(p), Path)]
-        if stand_ins:
-            row.quality_partner = " and ".join(f"keras {p}" for p in stand_ins)
-            why = "; ".join(f"{p} file failed" for p in stand_ins if p in target.failed_parts) or "only this file is benchmarked"
-            notes.insert(0, f"round trip through the Keras {' and '.join(stand_ins)} ({why})")
+    stand_ins = [p for p in ("encoder", "decoder") if p != part and target.is_stand_in(p)]
+    if stand_ins:
+        labels = [target.partners[p] for p in stand_ins]
+        row.quality_partner = " and ".join(labels)
+        why = "; ".join(f"{p} file failed" for p in stand_ins if p in target.failed_parts) or "only this file is benchmarked"
+        words = [f"the Keras {label.removeprefix(KERAS + ' ')}" if label.startswith(KERAS + " ") else label for label in labels]
+        notes.insert(0, f"round trip through {' and '.join(words)} ({why})")
     row.quality_note = "; ".join(notes) or None
 
 
@@ -364,12 +370,13 @@ def _open(target: Target, options: BenchOptions, threads: int) -> _OpenTarget:
                 session.runners[part] = _keras_callable(item)
                 devices.append((*_keras_device(), "TensorFlow sees no GPU"))
             else:
-                runner = open_runner(item, "cpu" if options.device == "cpu" else "cuda", threads, allow_fallback=True)
+                runtime, device = OPENVINO if target.runtime == OPENVINO else None, "cpu" if options.device == "cpu" else "cuda"
+                runner = open_runner(item, device, threads, allow_fallback=True, runtime=runtime)
                 session.runners[part] = runner.run
                 devices.append((runner.device, runner.providers[0], f"{runner.runtime} runs on {', '.join(runner.providers)}"))
         # Report the device of the file under test (the first Path), else Keras'. Only exported
         # files are held to --device cuda; the Keras baseline runs wherever TensorFlow can.
-        is_file = [isinstance(item, Path) for item in target.files.values()]
+        is_file = [isinstance(item, Path) and not target.is_stand_in(part) for part, item in target.files.items()]
         files_first = sorted(range(len(devices)), key=lambda i: not is_file[i])
         session.device, session.provider, why = devices[files_first[0]]
         if options.device == "cuda" and is_file[files_first[0]] and session.device != "cuda" and not options.allow_fallback:
@@ -441,6 +448,7 @@ def _header(options: BenchOptions, threads: int) -> dict:
         "gpus": facts["gpus"],
         "onnxruntime_available_providers": facts["onnxruntime_available_providers"],
         "versions": {"aekit": facts["aekit"], **{k: v for k, v in facts["packages"].items() if v}},
+        "install": facts["install"],
         "options": {**asdict(options), "threads": threads},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -472,21 +480,55 @@ def _plot(result: BenchResult, path: Path) -> None:
 DEFAULT_EXPORTS = (("onnx", "none"), ("tflite", "none"), ("onnx", "int8"), ("tflite", "int8"))
 
 
+def training_side() -> bool:
+    """Whether this install has TensorFlow and Keras (the Keras baseline, exporting what is missing)."""
+    return tf.available and keras.available
+
+
+def openvino_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def absent_runtimes(options: BenchOptions, training: bool, keras_asked: bool = True) -> dict[str, str]:
+    """What bench leaves out and why, one entry per runtime: header["absent"] (bench.png joins it when not drawn)."""
+    absent = {}
+    if keras_asked and not training:
+        absent[KERAS] = NO_TENSORFLOW
+    elif keras_asked and not options.include_keras:
+        absent[KERAS] = "not benchmarked: --no-keras (include_keras=False)"
+    if not options.include_openvino:
+        absent[OPENVINO] = "not benchmarked: --no-openvino (include_openvino=False)"
+    elif not openvino_installed():
+        absent[OPENVINO] = "not benchmarked: not installed (pip install 'aekit[openvino]' adds its rows for the .onnx files)"
+    elif options.device == "cuda":
+        absent[OPENVINO] = "not benchmarked with --device cuda: aekit runs OpenVINO on its CPU plugin only"
+    return absent
+
+
 def bench_run(
     run_dir: Path | None,
     options: BenchOptions,
-    model: Path | None = None,
+    model: Path | list[Path] | None = None,
     dataset: str | None = None,
     on_row=None,
     on_export=None,
     unlisted: bool = False,
 ) -> BenchResult:
-    """Benchmarks a run's exports (exporting float32 and int8 ONNX/TFLite first if none exist), or one file.
+    """Benchmarks a run's exports (exporting float32 and int8 ONNX/TFLite first if none exist), or named files.
+
+    On the edge install (no TensorFlow) the files must be exported already; the Keras baseline is absent
+    (header["absent"] says why), and quality is measured on files only.
 
     Args:
         run_dir: a finished run (None with `model`).
-        model: one exported .onnx/.tflite file; its partner part comes from Keras
-            (the run named in the manifest beside it) for quality figures.
+        model: one exported .onnx/.tflite file (or a list of one, or of an encoder and a decoder of one format).
+            One file's partner part, for quality figures, is Keras (the run named in the manifest beside it), or
+            on the edge install the float32 file of that part listed beside it.
         dataset: held-out images to use instead of the run's validation split.
         on_export: called with each (format, quantize) exported because nothing was; the header's
             "exported_now" lists them ("onnx:int8") and "exported_now_files" which files each kept or failed.
@@ -494,40 +536,44 @@ def bench_run(
             size or sha256); its rows say Row.file_check == UNLISTED. Without it such a file is refused.
 
     Returns:
-        BenchResult; header["warnings"] holds one line per thing the reader must know (an export of older weights).
+        BenchResult; header["warnings"] holds one line per thing the reader must know (an export of older weights),
+        header["absent"] what was not benchmarked (or drawn) and why.
     """
-    from aekit.data.loading import load_data
-    from aekit.exporting.export import ExportOptions, export_run, load_run
+    from aekit.core.recipe import read_config
 
     options.validate()
+    training = training_side()
     exported, exported_files = [], {}
     if model is not None:
-        model = Path(model)
-        fmt = format_of_file(model)
-        if not model.is_file() or fmt is None or not fmt.edge:
-            raise AekitError(f"--model {model}: expected an existing .onnx or .tflite file (see aekit export).")
-        manifest, entry, problem = _listing(model)
-        if problem and not unlisted:
-            raise AekitError(
-                f"--model {model}: {problem}, so nothing vouches that it is what aekit exported and checked. "
-                "Re-export it with aekit export, or pass --unlisted to benchmark it unchecked."
-            )
-        run_dir = run_dir or (Path(manifest.run) if manifest and manifest.run else None)
-        if run_dir is None or not runs.is_finished(run_dir):
-            raise AekitError(f"--model {model}: no manifest.json beside it names a finished run. Pass --run too.")
-        loaded = load_run(run_dir)
-        role, precision = (entry.role, entry.precision) if entry else _role_and_precision(model, fmt)
-        if role not in ("encoder", "decoder"):
-            raise AekitError(f"--model {model} is an {role}; bench takes encoder or decoder files.")
-        files = {"encoder": loaded.models["encoder"], "decoder": loaded.models["decoder"], role: model}
-        targets = [Target(fmt.runtime, precision, files, fmt.name, file_check=UNLISTED if problem else None)]
-        # Only the file's own part is timed (the round trip would mostly time the Keras partner); its quality still shows.
-        options = dataclasses.replace(options, parts=(role,))
-        stale = _stale_export(manifest, run_dir, model.parent) if manifest and not problem else None
+        paths = [Path(m) for m in ([model] if isinstance(model, (str, Path)) else model)]
+        run_dir = runs.require_finished_run(run_dir) if run_dir is not None else None
+        cache = {}
+
+        def keras_models(found: Path) -> dict:  # the run the files' manifest names, loaded for its Keras partner part
+            cache["run"] = _load_run(found)
+            return cache["run"].models
+
+        target, run_dir, manifest, parts, vouched = model_target(paths, unlisted, run_dir, keras_models if training else None)
+        loaded = cache.get("run")
+        targets = [target]
+        if parts:  # one file: only its own part is timed (the round trip would mostly time its partner); its quality still shows
+            options = dataclasses.replace(options, parts=parts)
+        stale = _stale_export(manifest, run_dir, paths[0].parent) if manifest and vouched else None
+        absent = absent_runtimes(options, training, keras_asked=False)
     else:
-        loaded = load_run(run_dir)
+        read_config(run_dir)  # a damaged config is a one-line error before anything else
+        loaded = _load_run(run_dir) if training else None
         export_dir = Path(run_dir) / "export"
-        if not (export_dir / MANIFEST).is_file() or not targets_from_manifest(export_dir, loaded.models):
+        partners = loaded.models if loaded else None
+        if not (export_dir / MANIFEST).is_file() or not targets_from_manifest(export_dir, partners):
+            if not training:
+                raise AekitError(
+                    f"Nothing is exported in {export_dir} to benchmark, and this install has no TensorFlow to export it "
+                    f"({EDGE_INSTALL}). Export on the training machine (aekit export --run {run_dir} --format onnx,tflite, "
+                    "and --quantize int8) and copy the run here, or name exported files with --model."
+                )
+            from aekit.exporting.export import ExportOptions, export_run
+
             for fmt, quantize in DEFAULT_EXPORTS:
                 done = export_run(run_dir, ExportOptions(formats=(fmt,), quantize=quantize))
                 exported.append(f"{fmt}:{quantize}")
@@ -537,21 +583,14 @@ def bench_run(
                 }
                 if on_export:
                     on_export(fmt, quantize)
-        targets = targets_from_manifest(export_dir, loaded.models)
-        if options.include_keras:
+        targets = targets_from_manifest(export_dir, partners)
+        if options.include_keras and loaded:
             targets.insert(0, keras_target(loaded.models))
         stale = _stale_export(Manifest.load(export_dir, verify=False), run_dir, export_dir)
-    if dataset is not None:
-        splits = load_data(dataset, loaded.splits.val_split, pixel_max=loaded.splits.scaling.pixel_max)  # the run's units
-        source = splits.source
-    else:
-        splits, source = loaded.splits, f"{loaded.splits.source} (the run's validation split)"
-    images = splits.scaling.to_model_numpy(splits.head("val", options.quality_images))
-    if images.shape[1:] != tuple(loaded.config["model"]["input_shape"]):
-        raise AekitError(
-            f"--dataset images are {images.shape[1:]}, the model takes {tuple(loaded.config['model']['input_shape'])}. "
-            "Pass data of the run's image shape."
-        )
+        absent = absent_runtimes(options, training)
+    if OPENVINO not in absent:
+        targets = openvino_targets(targets)
+    images, source = held_out_images(Path(run_dir), loaded, dataset, options.quality_images, training)
     result = run_bench(targets, images, options, on_row)
     result.header.update(
         {
@@ -563,29 +602,16 @@ def bench_run(
             "train_val_mse": runs.read_json(Path(run_dir) / runs.METRICS).get("final_val_mse"),
             "export_weights": stale,
             "warnings": [stale["warning"]] if stale else [],
+            "absent": absent,
         }
     )
     return result
 
 
-def _listing(model: Path) -> tuple[Manifest | None, FileEntry | None, str | None]:
-    """The manifest beside `model`, its entry, and why that entry does not vouch for the file (None when it does)."""
-    if not (model.parent / MANIFEST).is_file():
-        return None, None, f"no {MANIFEST} beside it lists it"
-    manifest = Manifest.load(model.parent, verify=False)
-    entry = manifest.entry(model.name)
-    if entry is None:
-        return manifest, None, f"{model.parent / MANIFEST} does not list {model.name}"
-    return manifest, entry, entry.problem(model.parent)
+def _load_run(run_dir: Path):
+    from aekit.exporting.export import load_run
 
-
-def _role_and_precision(model: Path, fmt) -> tuple[str, str]:
-    """What an unlisted file's name says it is, as aekit export names files (encoder_int8.onnx)."""
-    for role in ("encoder", "decoder", "autoencoder"):
-        for precision in fmt.precisions:
-            if model.name == fmt.file_name(role, precision):
-                return role, precision
-    return ("decoder" if model.name.startswith("decoder") else "encoder"), "float32"
+    return load_run(run_dir)
 
 
 def _stale_export(manifest: Manifest, run_dir: Path, export_dir: Path) -> dict | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from aekit.errors import AekitError
 
 MANIFEST = "manifest.json"
 # 2: parity judged by agreement in dB (was: relative MSE rise); int8 entries record their quantization scheme.
+# Later additions are optional entry fields (static_batch, form, micro), absent from older manifests and
+# read as None: an older manifest reads as it was, and an older reader skips what it does not know.
 SCHEMA_VERSION = 2
 ROLES = ("encoder", "decoder", "autoencoder")
 PRECISIONS = ("float32", "fp16", "int8")
@@ -37,28 +40,54 @@ class ExportFormat:
         suffix: what the file (or folder) name ends with.
         runtime: what runs it: "onnxruntime", "litert" (both TensorFlow-free, for the edge) or "tensorflow".
         precisions: what --quantize can make of it.
+        static_batch: the fixed batch every file of the format has (tflm: 1); None when --static-batch chooses.
+        in_all: made by --format all (tflm, a microcontroller deliverable, only when named).
     """
 
     name: str
     suffix: str
     runtime: str
     precisions: tuple[str, ...]
+    static_batch: int | None = None
+    in_all: bool = True
 
     @property
     def edge(self) -> bool:
-        """Runs on the edge side (encode/decode/bench), without TensorFlow."""
-        return self.runtime != "tensorflow"
+        """Runs on the edge side (encode/decode/bench) with onnxruntime or LiteRT, without TensorFlow."""
+        return self.runtime in EDGE_RUNTIMES
 
-    def file_name(self, role: str, precision: str) -> str:
-        return f"{role}{'' if precision == 'float32' else '_' + precision}{self.suffix}"
+    def file_name(self, role: str, precision: str, static_batch: int | None = None) -> str:
+        """e.g. encoder.onnx, decoder_int8.tflite, encoder_batch1.onnx, encoder_int8_batch1.tflite, encoder_tflm.tflite.
+
+        The precision is left out for float32 and for a format of one precision; `static_batch` adds
+        `_batchN` for a fixed-batch file of a format whose batch is otherwise dynamic.
+        """
+        tag = "" if precision == "float32" or self.precisions == (precision,) else f"_{precision}"
+        batch = f"_batch{static_batch}" if static_batch is not None and self.static_batch is None else ""
+        return f"{role}{tag}{batch}{self.suffix}"
+
+    def companion_names(self, file: str) -> tuple[str, ...]:
+        """The files written beside `file` (tflm: the C source and header holding the model as an array)."""
+        if self.name != "tflm":
+            return ()
+        stem = file.removesuffix(".tflite")
+        return (f"{stem}.cc", f"{stem}.h")
 
 
+EDGE_RUNTIMES = ("onnxruntime", "litert")
 EXPORT_FORMATS = (
     ExportFormat("onnx", ".onnx", "onnxruntime", ("float32", "int8")),
     ExportFormat("tflite", ".tflite", "litert", ("float32", "fp16", "int8")),
     ExportFormat("savedmodel", "_savedmodel", "tensorflow", ("float32",)),
+    # int8, batch 1, for tflite-micro: the .tflite (LiteRT runs it too) and a .cc/.h pair holding it as a C array.
+    ExportFormat("tflm", "_tflm.tflite", "tflite-micro", ("int8",), static_batch=1, in_all=False),
 )
 FORMATS = tuple(f.name for f in EXPORT_FORMATS)
+ALL_FORMATS = tuple(f.name for f in EXPORT_FORMATS if f.in_all)  # what --format all makes
+# An exported file's name (ExportFormat.file_name), for telling aekit's files from others in an export folder.
+EXPORT_NAME = re.compile(
+    r"^(encoder|decoder|autoencoder)(_fp16|_int8)?(_batch[1-9][0-9]*)?(\.onnx|_tflm\.tflite|_tflm\.cc|_tflm\.h|\.tflite|_savedmodel)$"
+)
 
 
 def export_format(name: str) -> ExportFormat:
@@ -70,7 +99,10 @@ def export_format(name: str) -> ExportFormat:
 
 
 def format_of_file(path: Path) -> ExportFormat | None:
-    """The format a file or folder name belongs to, by its suffix (None if none)."""
+    """The format a file or folder name belongs to, by its suffix (None if none).
+
+    A tflite-micro file (encoder_tflm.tflite) is a .tflite file: LiteRT runs it (its entry's format says tflm).
+    """
     name = Path(path).name
     return next((fmt for fmt in EXPORT_FORMATS if name.endswith(fmt.suffix)), None)
 
@@ -131,6 +163,14 @@ class FileEntry:
     quantization: dict | None = None
     # int8 files: the same check on the runtime's reference kernels (what a device without its optimized ones runs).
     reference_parity: Parity | None = None
+    # The file's fixed batch: it takes exactly this many inputs at a time (None: any batch).
+    static_batch: int | None = None
+    # A decoder rewritten to compute the same function in other ops (e.g. "crop": transposed convolutions
+    # unpadded, then cropped), so runtimes that refuse the original's ops load it; None: as Keras has it.
+    form: str | None = None
+    # tflm entries: the C source and header (each file's bytes and sha256), the array's names, the tensor
+    # arena measured by tflite-micro, and the ops a microcontroller build registers.
+    micro: dict | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -144,13 +184,23 @@ class FileEntry:
         data["reference_parity"] = Parity(**data["reference_parity"]) if data.get("reference_parity") else None
         return cls(**data)
 
+    def companions(self) -> dict[str, dict]:
+        """The files written with this one ({name: {bytes, sha256}}; tflm: the .cc and .h)."""
+        return dict((self.micro or {}).get("files") or {})
+
     def problem(self, folder: Path) -> str | None:
-        """Why the file in `folder` is not the one this entry vouches for (None when it is)."""
+        """Why the file in `folder` (or a companion) is not the one this entry vouches for (None when it is)."""
         path = Path(folder) / self.file
         if self.status != "passed":
             return f"{self.file} failed at export ({self.reason or 'no reason recorded'})"
         if not path.exists():
             return f"{self.file} is missing"
+        for name, record in self.companions().items():
+            companion = Path(folder) / name
+            if not companion.is_file():
+                return f"{name} (written with {self.file}) is missing"
+            if companion.stat().st_size != record.get("bytes") or sha256_of(companion) != record.get("sha256"):
+                return f"{name} (written with {self.file}) changed since export"
         outside = link_outside(path)
         if outside:  # refused before a byte of it is read
             return outside
@@ -302,6 +352,13 @@ def validate_manifest(data, folder: Path | None = None) -> list[str]:
                 problems.append(f"{name}: {key} must list name, shape and dtype")
         if entry.get("format") == "onnx" and not entry.get("opset"):
             problems.append(f"{name}: onnx entry without opset")
+        batch = entry.get("static_batch")
+        if batch is not None and not (is_whole(batch) and batch >= 1):
+            problems.append(f"{name}: static_batch {batch!r} is not a positive whole number")
+        if entry.get("micro") is not None and not (
+            isinstance(entry["micro"], dict) and isinstance(entry["micro"].get("files", {}), dict)
+        ):
+            problems.append(f"{name}: micro is not an object with its files")
         if entry.get("status") == "passed":
             if not isinstance(entry.get("parity"), dict):
                 problems.append(f"{name}: passed without parity figures")

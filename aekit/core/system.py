@@ -17,6 +17,7 @@ PACKAGES = (
     "onnxruntime-gpu",
     "onnxruntime",
     "ai-edge-litert",
+    "openvino",
     "numpy",
 )
 

@@ -1,10 +1,11 @@
-"""Running exported files with their own runtimes: onnxruntime for .onnx, LiteRT for .tflite.
+"""Running exported files with their own runtimes: onnxruntime for .onnx, LiteRT for .tflite (and OpenVINO for .onnx).
 
 TensorFlow-free. A runner takes float32 model inputs (images in [0, 1] or
 latents) in any batch size, quantizes them itself when the file wants uint8/int8
 input, and returns float32 outputs. onnxruntime may silently fall back from CUDA
 to CPU, so the runner reports the providers the session really uses, and
-`open_runner` refuses `device="cuda"` when CUDA is not what runs.
+`open_runner` refuses `device="cuda"` when CUDA is not what runs. OpenVINO (`aekit[openvino]`) is a
+further runtime for .onnx files, on its CPU plugin, asked for by name (`runtime="openvino"`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from aekit.quiet import quiet_native_output
 DEVICES = ("cpu", "cuda", "auto")
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 LITERT_PROVIDER = "XNNPACK/CPU"  # LiteRT's Python interpreter has no GPU delegate: .tflite files run on the CPU
+OPENVINO = "openvino"
+# OpenVINO's CPU plugin runs float32 models in bf16 by default on CPUs with AMX or AVX512-BF16 (f16 on some ARM
+# CPUs): "f32" holds it to float32 (INFERENCE_PRECISION_HINT), so it reproduces the float32 file; "default" is
+# the plugin's own choice (what `openvino.Core().compile_model(path, "CPU")` runs).
+OPENVINO_PRECISIONS = ("f32", "default")
 # The kernels a file runs on. "default": what each runtime runs unless told (onnxruntime with every graph
 # optimization, which fuses int8 QDQ groups into integer kernels; LiteRT with XNNPACK). "builtin": the
 # runtime's own optimized kernels without those (onnxruntime's basic optimizations only; LiteRT without
@@ -147,14 +153,18 @@ class OnnxRunner:
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0]
         self.output_name = self.session.get_outputs()[0].name
+        self.static_batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None  # --static-batch files
 
     @property
     def device(self) -> str:
         return "cuda" if self.providers and self.providers[0] == CUDA_PROVIDER else "cpu"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return in_fixed_groups(self._run, np.asarray(batch, np.float32), self.static_batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         try:
-            return self.session.run([self.output_name], {self.input.name: np.asarray(batch, np.float32)})[0]
+            return self.session.run([self.output_name], {self.input.name: batch})[0]
         except MemoryError:
             raise out_of_memory(f"running {self.path.name} on {len(batch):,} inputs") from None
         except Exception as exc:  # onnxruntime reports a failed allocation as its own RuntimeException
@@ -183,7 +193,13 @@ class TFLiteRunner:
     device = "cpu"
 
     def __init__(self, path: Path, threads: int | None = None, content: bytes | None = None, kernels: str = "default"):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        except ImportError:
+            raise AekitError(
+                f"{path} is a .tflite file, which needs LiteRT: pip install ai-edge-litert (or 'aekit[edge]'). Where "
+                "LiteRT has no wheels (Intel Macs, Windows on ARM), use the .onnx files."
+            ) from None
 
         self.path = Path(path)
         self.kernels = check_kernels(kernels)
@@ -207,7 +223,9 @@ class TFLiteRunner:
             raise AekitError(f"LiteRT cannot load {path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.batch = None
+        fixed = int(self.input["shape_signature"][0])
+        self.static_batch = None if fixed == -1 else fixed  # --static-batch files: never resized
+        self.batch = self.static_batch
 
     def _resize(self, batch_size: int) -> None:
         if batch_size != self.batch:
@@ -236,11 +254,94 @@ class TFLiteRunner:
         return [spec(self.input)], [spec(self.output)]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, np.float32)
+        return in_fixed_groups(self._run, np.asarray(batch, np.float32), self.static_batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         self._resize(len(batch))
         self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
         self.interpreter.invoke()
         return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+
+
+class OpenVinoRunner:
+    """An OpenVINO compiled model over one .onnx file, on OpenVINO's CPU plugin, any batch size (a dynamic batch).
+
+    Args:
+        path: the .onnx file (named in messages; read only when `content` is None).
+        threads: inference threads (None: the physical cores).
+        content: the file's bytes, already verified (sessions.py): what runs is what was checked.
+        precision: "f32" (INFERENCE_PRECISION_HINT f32, the float32 file's own arithmetic) or "default" (the
+            plugin's choice: bf16 on CPUs with AMX or AVX512-BF16). `inference_precision` says what it runs.
+
+    An int8 QDQ file runs on OpenVINO's own int8 kernels (it reads QuantizeLinear/DequantizeLinear pairs as
+    FakeQuantize); whether those agree with onnxruntime's is measured, not assumed (aekit bench's agreement_db).
+    """
+
+    runtime = OPENVINO
+    device = "cpu"
+    kernels = "default"
+
+    def __init__(self, path: Path, threads: int | None = None, content: bytes | None = None, precision: str = "f32"):
+        import openvino as ov
+
+        if precision not in OPENVINO_PRECISIONS:
+            raise AekitError(f"OpenVINO precision {precision!r} is not one of {', '.join(OPENVINO_PRECISIONS)}.")
+        self.path = Path(path)
+        self.precision = precision
+        config = {"INFERENCE_NUM_THREADS": int(threads or default_threads())}
+        if precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        core = ov.Core()
+        try:
+            with quiet_native_output():
+                model = core.read_model(content if content is not None else read_file_bytes(self.path))
+                self.compiled = core.compile_model(model, "CPU", config)
+        except MemoryError:
+            raise out_of_memory(f"loading {path}") from None
+        except Exception as exc:  # OpenVINO raises RuntimeError (and its own types) for files it cannot read
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise AekitError(f"OpenVINO cannot load {path}: {first}. Run it with onnxruntime.") from None
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16, f16
+        self.providers = [f"OpenVINO CPU/{self.inference_precision}"]
+        self.request = self.compiled.create_infer_request()
+        first = self.compiled.input(0).get_partial_shape()[0]
+        self.static_batch = first.get_length() if first.is_static else None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return in_fixed_groups(self._run, np.ascontiguousarray(batch, np.float32), self.static_batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            self.request.infer({0: batch})
+            return self.request.get_output_tensor(0).data.copy()
+        except MemoryError:
+            raise out_of_memory(f"running {self.path.name} on {len(batch):,} inputs") from None
+
+    def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """The model's inputs and outputs as OpenVINO reads them (None for the dynamic batch)."""
+
+        def spec(port):
+            shape = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+
+        return [spec(p) for p in self.compiled.inputs], [spec(p) for p in self.compiled.outputs]
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version (None when it is not installed), without importing it."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def read_file_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise AekitError(f"Cannot read {path}: {exc.strerror}. Pass a readable file written by aekit export.") from None
 
 
 def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
@@ -268,8 +369,10 @@ def open_runner(
     allow_fallback: bool = False,
     content: bytes | None = None,
     kernels: str = "default",
+    runtime: str | None = None,
+    precision: str = "f32",
 ):
-    """The runner for a file, by its suffix, held to the device asked for.
+    """The runner for a file, by its suffix (or the runtime named), held to the device asked for.
 
     Args:
         path: an exported .onnx or .tflite file.
@@ -280,9 +383,11 @@ def open_runner(
         allow_fallback: with device "cuda", accept the CPU instead of raising NoCudaError.
         kernels: "default", or "builtin"/"reference" for the kernels a device without the runtime's fastest ones
             runs (KERNELS; CPU only).
+        runtime: None (the format's own runtime), or "openvino" for an .onnx file (aekit[openvino]; CPU only).
+        precision: OpenVINO's inference precision, "f32" or "default" (OPENVINO_PRECISIONS); other runtimes ignore it.
 
     Returns:
-        An OnnxRunner or TFLiteRunner; its `providers[0]` and `device` say what really runs.
+        An OnnxRunner, TFLiteRunner or OpenVinoRunner; its `providers[0]` and `device` say what really runs.
     """
     path = Path(path)
     device = check_device(device)
@@ -293,7 +398,15 @@ def open_runner(
     if fmt is None or fmt.runtime not in RUNNERS:
         suffixes = " or ".join(f.suffix for f in EDGE_FORMATS)
         raise AekitError(f"{path}: expected a {suffixes} file written by aekit export.")
-    if fmt.runtime == "onnxruntime":
+    if runtime == OPENVINO:
+        if fmt.runtime != "onnxruntime":
+            raise AekitError(f"{path}: OpenVINO runs the .onnx exports; run .tflite files with LiteRT.")
+        if kernels != "default":
+            raise AekitError(f"kernels {kernels!r}: OpenVINO runs its own kernels only (kernels='default').")
+        runner = OpenVinoRunner(path, threads, content=content, precision=precision)
+    elif runtime not in (None, fmt.runtime):
+        raise AekitError(f"{path}: runtime {runtime!r} does not run {fmt.suffix} files; pass runtime=None or {OPENVINO!r}.")
+    elif fmt.runtime == "onnxruntime":
         runner = RUNNERS[fmt.runtime](path, device, threads, content=content, kernels=kernels)
     else:
         runner = RUNNERS[fmt.runtime](path, threads, content=content, kernels=kernels)
@@ -310,6 +423,8 @@ def require_device(runner, device: str, allow_fallback: bool = False) -> None:
     """Raises NoCudaError when "cuda" was asked for and the runner does not run on CUDA (unless allowed)."""
     if check_device(device) != "cuda" or runner.device == "cuda" or allow_fallback:
         return
+    if runner.runtime == OPENVINO:
+        raise NoCudaError(no_cuda_message(f"aekit runs OpenVINO on its CPU plugin ({runner.path.name})", "Use onnxruntime-gpu"))
     if runner.runtime == "litert":
         raise NoCudaError(
             no_cuda_message(
@@ -323,6 +438,23 @@ def require_device(runner, device: str, allow_fallback: bool = False) -> None:
             no_cuda_message(f"{what}; this onnxruntime is the CPU build", "Install onnxruntime-gpu in place of onnxruntime")
         )
     raise NoCudaError(no_cuda_message(what))
+
+
+def in_fixed_groups(run, inputs: np.ndarray, static_batch: int | None) -> np.ndarray:
+    """`run` over any number of inputs for a file of a fixed batch (None: any batch, one call).
+
+    The inputs go in groups of exactly `static_batch`; the last group is padded by repeating its last
+    input, and the outputs of the padding are dropped.
+    """
+    if static_batch is None or len(inputs) == static_batch:
+        return run(inputs)
+    outputs = []
+    for start in range(0, len(inputs), static_batch):
+        group = inputs[start : start + static_batch]
+        short = static_batch - len(group)
+        padded = np.concatenate([group, np.repeat(group[-1:], short, axis=0)]) if short else group
+        outputs.append(run(padded)[: len(group)])
+    return np.concatenate(outputs) if outputs else run(inputs)
 
 
 def run_batched(runner, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:

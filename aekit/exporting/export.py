@@ -17,7 +17,8 @@ from pathlib import Path
 from aekit import __version__
 from aekit.core import runs
 from aekit.core.manifest import (
-    EXPORT_FORMATS,
+    ALL_FORMATS,
+    EXPORT_NAME,
     FORMATS,
     MANIFEST,
     ROLES,
@@ -31,7 +32,7 @@ from aekit.core.recipe import TrainConfig, read_config
 from aekit.core.resources import FILE_LIMIT_FIXES, WHAT_RAN_OUT, resource_code
 from aekit.edge.runtimes import KERNEL_NAMES, open_runner, run_batched
 from aekit.errors import AekitError
-from aekit.exporting import int8
+from aekit.exporting import int8, micro, static
 from aekit.exporting.parity import _Int8Checks, _keras_predict, _KerasReference, _parity, _parity_problem
 from aekit.exporting.writers import INPUT_NAMES, _SavedModelRunner, _write_onnx, _write_savedmodel, _write_tflite
 from aekit.lazy import keras
@@ -94,6 +95,7 @@ class ExportOptions:
     output: Path | None = None
     int8_float: str | tuple[str, ...] = "auto"  # int8: "auto", "none", or node names kept float (aekit.exporting.int8)
     sensitivity: bool = False  # int8: measure every node's sensitivity, recorded in the manifest
+    static_batch: int | None = None  # onnx/tflite files of this fixed batch (aekit.exporting.static); None: dynamic
 
     @classmethod
     def from_text(
@@ -107,9 +109,10 @@ class ExportOptions:
         output: Path | None = None,
         int8_float: str = "auto",
         sensitivity: bool = False,
+        static_batch: int | None = None,
     ) -> ExportOptions:
         """Options from the command line's comma lists: formats "onnx,tflite" or "all", parts "encoder,decoder" or "all"."""
-        chosen = FORMATS if formats.strip() == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
+        chosen = ALL_FORMATS if formats.strip() == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
         roles = ROLES if parts.strip() == "all" else tuple(p.strip() for p in parts.split(",") if p.strip())
         bad = [r for r in roles if r not in ROLES]
         if bad or not roles:
@@ -124,6 +127,7 @@ class ExportOptions:
             output=output,
             int8_float=int8.parse_float_nodes(int8_float),
             sensitivity=sensitivity,
+            static_batch=static_batch,
         )
 
     def plan(self) -> list[tuple[str, str, str]]:
@@ -143,7 +147,8 @@ class ExportOptions:
                 f"--min-agreement-db {self.min_agreement_db} must be a PSNR in dB between 0 and 100 "
                 "(defaults: float32 60, fp16 40, int8 30). Pass e.g. --min-agreement-db 30."
             )
-        if (self.int8_float != "auto" or self.sensitivity) and precision != "int8":
+        int8_files = precision == "int8" or any(f.static_batch for f in table)  # tflm files are int8 whatever --quantize
+        if (self.int8_float != "auto" or self.sensitivity) and not int8_files:
             flag = "--sensitivity" if self.sensitivity else "--int8-float"
             raise AekitError(f"{flag} applies to int8 files only. Pass --quantize int8 with it, or leave it out.")
         if isinstance(self.int8_float, tuple) and len(self.parts) > 1:
@@ -151,9 +156,25 @@ class ExportOptions:
                 "--int8-float with node names applies to one part: the names are that part's nodes. "
                 "Pass --parts encoder or --parts decoder with it (or --int8-float auto)."
             )
-        explicit_all = len(set(self.formats)) == len(FORMATS)
+        static_batch = static.check_static_batch(self.static_batch)
+        explicit_all = set(ALL_FORMATS) <= set(self.formats)
         plan = []
         for fmt in table:
+            if fmt.static_batch is not None:  # tflm: int8 at batch 1 whatever the defaults
+                if self.quantize not in ("none", "int8"):
+                    raise AekitError(f"--format {fmt.name} is int8 only. Leave --quantize out, or pass --quantize int8.")
+                if static_batch not in (None, fmt.static_batch):
+                    raise AekitError(
+                        f"--format {fmt.name} files have batch {fmt.static_batch}. Leave --static-batch out, or pass "
+                        f"--static-batch {fmt.static_batch}."
+                    )
+                plan += [(role, fmt.name, fmt.precisions[0]) for role in self.parts]
+                continue
+            if static_batch is not None and fmt.runtime == "tensorflow" and not explicit_all:
+                raise AekitError(
+                    f"--static-batch applies to onnx and tflite files; --format {fmt.name} keeps a dynamic batch. "
+                    "Pass --format onnx,tflite with it."
+                )
             if precision not in fmt.precisions:
                 if explicit_all:  # --format all: float-only formats stay float32
                     plan += [(role, fmt.name, "float32") for role in self.parts]
@@ -251,7 +272,7 @@ def export_run(run_dir: Path, options: ExportOptions, on_file=None, data_dir: st
     """
     plan = options.plan()
     run_dir = runs.require_finished_run(run_dir)
-    output = Path(options.output) if options.output else Path(run_dir) / "export"
+    output = Path(options.output) if options.output else Path(run_dir) / static.default_folder(options.static_batch)
     _previous_export(output, run_dir)  # refused before anything is loaded or written
     weights = runs.read_json(run_dir / runs.METRICS).get("weights_sha256")
     created = not output.exists()
@@ -387,13 +408,14 @@ def _swap_in(output: Path, entries: list[FileEntry], manifest: Manifest) -> None
     moved: list[tuple[Path, Path | None]] = []
     try:
         for entry in entries:
-            final = output / entry.file
-            backup = output / f".partial-previous-{entry.file}" if final.exists() else None
-            if backup is not None:
-                os.replace(final, backup)
-            moved.append((final, backup))
-            if entry.status == "passed":  # a failed file leaves none: the manifest no longer vouches for the older one
-                os.replace(_staged(output, entry.file), final)
+            for name in (entry.file, *export_format(entry.format).companion_names(entry.file)):
+                final = output / name
+                backup = output / f".partial-previous-{name}" if final.exists() else None
+                if backup is not None:
+                    os.replace(final, backup)
+                moved.append((final, backup))
+                if entry.status == "passed":  # a failed file leaves none: the manifest no longer vouches for the older one
+                    os.replace(_staged(output, name), final)
         manifest.write(output)
     except BaseException:  # a full disk, or Ctrl-C mid-swap: the previous export is put back as it was
         for final, backup in reversed(moved):
@@ -415,7 +437,7 @@ def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
     """The manifest already in `output` (None if none, or unreadable); AekitError if it is another run's export."""
     if output.exists() and not output.is_dir():
         raise AekitError(f"--output {output} is a file. Pass a folder for the exported files.")
-    own = output.resolve() == (Path(run_dir) / "export").resolve()  # the run's own export folder
+    own = output.resolve() in {(Path(run_dir) / static.default_folder(b)).resolve() for b in (None, static.folder_batch(output))}
     if not (output / MANIFEST).is_file():
         skip = (".partial-", IN_PROGRESS, runs.RunLock.NAME)
         theirs = sorted(p.name for p in output.iterdir() if not p.name.startswith(skip)) if output.is_dir() else []
@@ -447,9 +469,12 @@ def _previous_export(output: Path, run_dir: Path) -> Manifest | None:
 
 
 def _export_one(loaded, role, fmt, precision, output, options, calibration, reference, checks) -> FileEntry:
-    name = export_format(fmt).file_name(role, precision)
+    table = export_format(fmt)
+    batch = table.static_batch or (options.static_batch if table.runtime != "tensorflow" else None)
+    name = table.file_name(role, precision, batch)
     min_agreement = options.min_agreement_db if options.min_agreement_db is not None else DEFAULT_MIN_AGREEMENT_DB[precision]
     model = loaded.models[role]
+    written, form = static.written_model(model, batch, fmt, precision, role)  # the same function, in its runtime's best form
     calib_inputs = _keras_predict(reference.models["encoder"], calibration) if role == "decoder" else calibration
     tmp = _staged(output, name)
     _remove(tmp)
@@ -464,21 +489,31 @@ def _export_one(loaded, role, fmt, precision, output, options, calibration, refe
         sha256="",
         status="failed",
         opset=options.opset if fmt == "onnx" else None,
-        quantization=dict(QUANTIZATION_SCHEMES[fmt]) if precision == "int8" else None,
+        quantization=dict(QUANTIZATION_SCHEMES["tflite" if fmt == "tflm" else fmt]) if precision == "int8" else None,
+        static_batch=batch,
+        form=form,
     )
     choice = None
     try:
         if precision == "int8":
-            choice = _write_int8(model, role, fmt, tmp, options, calib_inputs, checks.measure(role, min_agreement), min_agreement)
+            measure = checks.measure(role, min_agreement)
+            if batch is not None:  # a fixed-batch candidate takes groups of its batch; a tflm one runs on tflite-micro
+                opener = (lambda path, _: micro.choice_runner(path)) if fmt == "tflm" else _open_on_kernels
+                measure = static.fixed_measure(checks, role, opener, one_kernel_set=fmt == "tflm")
+            choice = _write_int8(written, role, fmt, tmp, options, calib_inputs, measure, min_agreement)
             entry.quantization.update(choice.to_json())
+            if fmt == "tflm":
+                entry.quantization["selection_runtime"] = micro.RUNTIME
         elif fmt == "onnx":
-            _write_onnx(model, role, tmp, options.opset, precision)
+            _write_onnx(written, role, tmp, options.opset, precision)
         elif fmt == "tflite":
-            _write_tflite(model, role, tmp, precision)
+            _write_tflite(written, role, tmp, precision)
         else:
             _write_savedmodel(model, role, tmp)
         runner = _SavedModelRunner(tmp) if fmt == "savedmodel" else open_runner(tmp, "cpu")
         entry.inputs, entry.outputs = runner.specs()
+        if fmt == "tflm":  # checked by tflite-micro itself, with the arena it measured
+            runner = micro.MicroRunner(tmp)
         outputs = run_batched(runner, reference.inputs_for(role))
         entry.parity = _parity(reference, role, outputs, min_agreement, runner.runtime)
         problem = _parity_problem(entry.parity, precision)
@@ -494,27 +529,48 @@ def _export_one(loaded, role, fmt, precision, output, options, calibration, refe
         else:  # kept under its staged name; swapped in once the whole export got through (_export_into)
             entry.status = "passed"
             entry.bytes, entry.sha256 = directory_size_and_hash(tmp) if tmp.is_dir() else (tmp.stat().st_size, sha256_of(tmp))
+            if fmt == "tflm":
+                entry.micro = _write_micro_sources(output, entry, runner)
     except AekitError:
-        _remove(tmp)
+        _remove_with_companions(output, name, fmt)
         raise
     except Exception as exc:  # a converter or runtime failure marks this file failed, not the whole export
         if isinstance(exc, MemoryError) or _resource_problem(exc) is not None:
             raise  # the machine's failure, not the file's: the whole export stops (export_run)
+        entry.status, entry.micro = "failed", None
         entry.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        _remove(tmp)
+        _remove_with_companions(output, name, fmt)
     return entry
 
 
-def _write_int8(model, role, fmt, path, options, calib_inputs, measure, bound) -> int8.Int8Choice:
-    """Writes the int8 file `int8.choose` picks (all int8, or its sensitive nodes float) to `path`."""
+def _open_on_kernels(path: Path, kernels: str):
+    return open_runner(path, "cpu", kernels=kernels)
+
+
+def _remove_with_companions(output: Path, name: str, fmt: str) -> None:
+    for file in (name, *export_format(fmt).companion_names(name)):
+        _remove(_staged(output, file))
+
+
+def _write_micro_sources(output: Path, entry: FileEntry, runner: micro.MicroRunner) -> dict:
+    """The staged .cc/.h of a tflm entry, and its `micro` record (micro.entry_sources)."""
+    staged = {name: _staged(output, name) for name in export_format("tflm").companion_names(entry.file)}
+    return micro.entry_sources(_staged(output, entry.file).read_bytes(), entry, staged, runner.arena_size)
+
+
+def _write_int8(written, role, fmt, path, options, calib_inputs, measure, bound) -> int8.Int8Choice:
+    """Writes the int8 file `int8.choose` picks (all int8, or its sensitive nodes float) to `path`.
+
+    `written` is the Keras model converted: the run's own, or a fixed-batch or rewritten form of it (_export_one).
+    """
     with tempfile.TemporaryDirectory(prefix="aekit-int8-") as scratch:
         scratch = Path(scratch)
         if fmt == "onnx":
             float_path = scratch / "float.onnx"
-            _write_onnx(model, role, float_path, options.opset, "float32")
+            _write_onnx(written, role, float_path, options.opset, "float32")
             quantizer = int8.OnnxQuantizer(float_path, INPUT_NAMES[role], calib_inputs, scratch)
-        else:
-            quantizer = int8.TFLiteQuantizer(model, role, calib_inputs)
+        else:  # at the fixed batch, if there is one: calibrated on groups of it
+            quantizer = int8.TFLiteQuantizer(written, role, calib_inputs)
         candidate, choice = int8.choose(
             quantizer, measure, bound, scratch, options.int8_float, options.sensitivity, aim_db=int8.AIM_DB.get(role)
         )
@@ -569,13 +625,10 @@ def _merge_with_previous(
 
 def _remove_orphans(output: Path, manifest: Manifest) -> None:
     """Removes exported-file names the manifest does not vouch for (a killed export's, or stale ones)."""
-    kept = {e.file for e in manifest.files if e.status == "passed"}
-    for fmt in EXPORT_FORMATS:
-        for role in ("encoder", "decoder", "autoencoder"):
-            for precision in fmt.precisions:
-                name = fmt.file_name(role, precision)
-                if name not in kept and (output / name).exists():
-                    _remove(output / name)
+    kept = {name for e in manifest.files if e.status == "passed" for name in (e.file, *e.companions())}
+    for path in output.iterdir():
+        if EXPORT_NAME.match(path.name) and path.name not in kept:
+            _remove(path)
 
 
 def _versions() -> dict:

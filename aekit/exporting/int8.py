@@ -191,6 +191,15 @@ def choose(
     return candidate, choice
 
 
+def _groups(inputs: np.ndarray, batch: int, fixed: bool) -> list[np.ndarray]:
+    """Calibration inputs in groups of `batch`; for a fixed-batch file the last group is padded by repeating its
+    last input (min/max calibration is unchanged by a repeat)."""
+    groups = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
+    if fixed and groups and len(groups[-1]) < batch:
+        groups[-1] = np.concatenate([groups[-1], np.repeat(groups[-1][-1:], batch - len(groups[-1]), axis=0)])
+    return groups
+
+
 def _unloadable_as_zero(measure):
     """A candidate a runtime refuses to load (e.g. XNNPACK refusing an int8 scale ratio) agrees to 0 dB there."""
 
@@ -222,15 +231,18 @@ class OnnxQuantizer:
             quant_pre_process(str(float_path), str(self.prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(self.prepared)).graph
         self.nodes = [Node(n.name, n.op_type) for n in graph.node if n.op_type not in LAYOUT_OPS]
+        first = graph.input[0].type.tensor_type.shape.dim[0]
+        self.fixed = first.dim_value > 0  # a --static-batch file takes exactly its batch; any other, groups of 32
+        self.batch = first.dim_value if self.fixed else 32
 
     def write(self, path: Path, float_nodes: list[str] | tuple[str, ...] = ()) -> None:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        inputs, name = self.calib_inputs, self.input_name
+        groups, name = _groups(self.calib_inputs, self.batch, self.fixed), self.input_name
 
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self.batches = iter([{name: inputs[i : i + 32]} for i in range(0, len(inputs), 32)])
+                self.batches = iter([{name: group} for group in groups])
 
             def get_next(self):
                 return next(self.batches, None)
@@ -276,7 +288,9 @@ class TFLiteQuantizer:
     def __init__(self, model, role: str, calib_inputs: np.ndarray):
         converter = tf.lite.TFLiteConverter.from_keras_model(batchnorm_as_depthwise(model))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([calib_inputs[i : i + 1]] for i in range(len(calib_inputs)))
+        batch = model.input_shape[0]  # a --static-batch model is calibrated on groups of exactly its batch
+        groups = _groups(calib_inputs, batch or 1, batch is not None)
+        converter.representative_dataset = lambda: ([group] for group in groups)
         converter._experimental_calibrate_only = True
         with _quiet():
             self.calibrated = converter.convert()
@@ -316,7 +330,7 @@ def batchnorm_as_depthwise(model):
     TFLite converter quantizes per channel. Works on aekit's chain models, nested ones included.
     """
 
-    x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    x = inputs = keras.Input(model.input_shape[1:], batch_size=model.input_shape[0], name=model.inputs[0].name)
     for layer in model.layers[1:]:
         if isinstance(layer, keras.Model):
             x = batchnorm_as_depthwise(layer)(x)

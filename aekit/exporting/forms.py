@@ -1,0 +1,297 @@
+"""A trained decoder rewritten into another form of the same function, for runtimes that run that form faster.
+
+Every form computes the decoder's function (to float rounding, ~1e-6 on [0, 1] outputs); only how each
+transposed convolution is written changes. For a Keras Conv2DTranspose with kernel k, stride s and
+padding "same" (output = s x input), TensorFlow's transposed convolution places input pixel i's k taps
+at output rows s*i + a - p, a = 0..k-1, where p = max(k - s, 0) // 2 is the top (left) padding of the
+forward convolution it is the gradient of; the extra max(k - s, 0) - p rows are cut off the bottom
+(right). For the model's 3x3 kernels: stride 2 cuts 0 rows at the top and 1 at the bottom (asymmetric:
+ONNX ConvTranspose pads 0,0,1,1), stride 1 cuts 1 on each side.
+
+FORMS:
+- "native": the model as trained (a copy).
+- "crop": each Conv2DTranspose with padding "valid" (the full (H-1)*s + k rows, no padding at all), then
+  a Cropping2D of exactly the rows "same" cuts: ((p, k - s - p), (p, k - s - p)), i.e. ((0, 1), (0, 1)),
+  the last row and column, for the stride-2 3x3 layers and ((1, 1), (1, 1)) for the stride-1 one. The
+  ONNX file then holds ConvTranspose without pads and a Slice: what runtimes that cannot load asymmetric
+  ConvTranspose pads (OpenCV 4.x's dnn) need.
+- "subpixel": each Conv2DTranspose as an ordinary stride-1 Conv2D with s*s times the channels followed by
+  depth_to_space(s) (the sub-pixel convolution). Output row s*m + r takes the taps a with (r + p - a)
+  divisible by s, from input row m + d, d = (r + p - a) / s; over all phases r the offsets d span
+  [d_min, d_max], so the Conv2D has a (d_max - d_min + 1)-tap window over the input zero-padded by -d_min
+  before and d_max after (stride 2, 3x3: a 2x2 kernel, one zero row/column before, none after, written as
+  ZeroPadding2D then a "valid" Conv2D, which tf2onnx folds into the Conv's pads; stride 1: the kernel
+  flipped, a 3x3 "same" Conv2D, no depth_to_space). Its kernel at tap d - d_min, output channel
+  (r_row * s + r_col) * C_out + c (depth_to_space's channel order) is the transposed kernel's tap a; taps
+  no phase uses are zero; the bias is repeated s*s times. depth_to_space is written as Reshape -> Permute
+  -> Reshape (onnxruntime's own DepthToSpace kernel, an Eigen 6-D shuffle, cost more than the convolution
+  before it). No transposed convolution is left: LiteRT's int8 TRANSPOSE_CONV (with the dynamic batch's
+  computed output shape) is not delegated to XNNPACK, and onnxruntime has an int8 Conv (QLinearConv) but
+  no int8 ConvTranspose (it runs dequantize -> float -> quantize).
+
+fold_batchnorm(model) is another rewrite of the same function, for encoders and decoders alike: each
+BatchNorm after LeakyReLU folded into the layer before it (its docstring says when that is exact).
+
+Other layers are copied with their weights. Only what aekit's decoders hold is taken: Conv2DTranspose
+with padding "same" or "valid" (valid layers are kept as they are in "crop"), no dilation, no
+output_padding, channels_last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aekit.lazy import keras, tf
+
+FORMS = ("native", "crop", "subpixel")
+# How "subpixel" writes depth_to_space: "reshape" (Keras Reshape -> Permute -> Reshape, a 6-D transpose: the
+# faster in onnxruntime) or "op" (one layer: rows of the batch merged, a 4-D transpose; what TFLite runtimes
+# run at every precision: tflite-micro's TRANSPOSE takes at most 5-D, LiteRT has no int8 DEPTH_TO_SPACE v2).
+INTERLEAVES = ("reshape", "op")
+
+
+def rewrite_decoder(model, form: str, interleave: str = "reshape"):
+    """The decoder `model` (a Keras chain model) in `form` (FORMS): a new keras.Model computing the same function.
+
+    Args:
+        model: a Keras model whose layers form one chain (aekit's decoder: Dense, Reshape, Conv2DTranspose,
+            LeakyReLU, BatchNormalization, Activation), nested chain models included.
+        form: "native" (a copy), "crop" or "subpixel" (the module doc says how each computes the same).
+        interleave: how "subpixel" writes depth_to_space (INTERLEAVES).
+
+    Returns:
+        keras.Model with the same input and output shapes and names, in inference mode the same outputs.
+
+    Raises:
+        ValueError: an unknown form, or a Conv2DTranspose this rewrite does not take (dilation, output_padding,
+            channels_first, padding other than "same"/"valid").
+    """
+    if form not in FORMS or interleave not in INTERLEAVES:
+        raise ValueError(f"form {form!r} / interleave {interleave!r}: expected one of {FORMS} / {INTERLEAVES}")
+    x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    x = _chain(model, form, x, interleave)
+    return keras.Model(inputs, x, name=model.name)
+
+
+def _chain(model, form: str, x, interleave: str = "reshape"):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            x = _chain(layer, form, x, interleave)
+        elif isinstance(layer, keras.layers.Conv2DTranspose) and form == "crop":
+            x = _as_crop(layer, x)
+        elif isinstance(layer, keras.layers.Conv2DTranspose) and form == "subpixel":
+            x = _as_subpixel(layer, x, interleave)
+        else:
+            twin = layer.__class__.from_config(layer.get_config())
+            x = twin(x)
+            twin.set_weights(layer.get_weights())
+    return x
+
+
+def _geometry(layer) -> tuple[int, int, int, int, int, int]:
+    """(kh, kw, sh, sw, top, left): kernel, strides and the rows/columns "same" cuts before (0 for "valid")."""
+    config = layer.get_config()
+    if tuple(config.get("dilation_rate", (1, 1))) != (1, 1) or config.get("output_padding") is not None:
+        raise ValueError(f"{layer.name}: Conv2DTranspose with dilation or output_padding is not rewritten")
+    if config.get("data_format", "channels_last") != "channels_last":
+        raise ValueError(f"{layer.name}: only channels_last Conv2DTranspose is rewritten")
+    if config["padding"] not in ("same", "valid"):
+        raise ValueError(f"{layer.name}: padding {config['padding']!r} is not rewritten")
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.strides
+    same = config["padding"] == "same"
+    return kh, kw, sh, sw, (max(kh - sh, 0) // 2 if same else 0), (max(kw - sw, 0) // 2 if same else 0)
+
+
+def _twin_config(layer, **changes) -> dict:
+    config = layer.get_config()
+    config.update(changes)
+    return config
+
+
+def _activate(layer, x, name: str):
+    """The layer's own activation (aekit's decoders have none: "linear"), applied after the rewritten op."""
+    activation = layer.get_config()["activation"]
+    return x if activation == "linear" else keras.layers.Activation(activation, name=name)(x)
+
+
+def _as_crop(layer, x):
+    """Conv2DTranspose "valid", then the rows/columns "same" cuts, cropped."""
+    kh, kw, sh, sw, top, left = _geometry(layer)
+    if layer.get_config()["padding"] == "valid":
+        twin = keras.layers.Conv2DTranspose.from_config(layer.get_config())
+        x = twin(x)
+        twin.set_weights(layer.get_weights())
+        return x
+    full = keras.layers.Conv2DTranspose.from_config(_twin_config(layer, padding="valid", activation="linear"))
+    x = full(x)
+    full.set_weights(layer.get_weights())
+    bottom, right = max(kh - sh, 0) - top, max(kw - sw, 0) - left
+    if kh < sh or kw < sw:  # "same" then pads instead of cutting: not in aekit's models
+        raise ValueError(f"{layer.name}: a kernel smaller than its stride is not rewritten")
+    x = keras.layers.Cropping2D(((top, bottom), (left, right)), name=f"{layer.name}_crop")(x)
+    return _activate(layer, x, f"{layer.name}_activation")
+
+
+def subpixel_weights(kernel: np.ndarray, bias: np.ndarray | None, strides, cut) -> tuple[np.ndarray, np.ndarray | None, tuple]:
+    """A Conv2DTranspose kernel (kh, kw, C_out, C_in) as the sub-pixel Conv2D's (th, tw, C_in, sh*sw*C_out) and bias.
+
+    `cut` is (top, left) as in the module doc. Also returns the zero padding ((before, after), (before, after))
+    the Conv2D's input needs.
+    """
+    kh, kw, c_out, c_in = kernel.shape
+    (sh, sw), (top, left) = strides, cut
+
+    def offsets(k, s, p):  # [(phase r, tap a, input offset d)] for one axis
+        return [(r, a, (r + p - a) // s) for r in range(s) for a in range(k) if (r + p - a) % s == 0]
+
+    rows, cols = offsets(kh, sh, top), offsets(kw, sw, left)
+    d0_row, d1_row = min(d for *_, d in rows), max(d for *_, d in rows)
+    d0_col, d1_col = min(d for *_, d in cols), max(d for *_, d in cols)
+    weights = np.zeros((d1_row - d0_row + 1, d1_col - d0_col + 1, c_in, sh * sw * c_out), kernel.dtype)
+    for r_row, a_row, d_row in rows:
+        for r_col, a_col, d_col in cols:
+            phase = (r_row * sw + r_col) * c_out
+            weights[d_row - d0_row, d_col - d0_col, :, phase : phase + c_out] = kernel[a_row, a_col].T
+    tiled = None if bias is None else np.tile(bias, sh * sw)
+    return weights, tiled, ((-d0_row, d1_row), (-d0_col, d1_col))
+
+
+def _as_subpixel(layer, x, interleave: str = "reshape"):
+    """Conv2DTranspose "same" as (ZeroPadding2D) -> Conv2D(s*s*C_out) -> depth_to_space(s)."""
+    kh, kw, sh, sw, top, left = _geometry(layer)
+    if layer.get_config()["padding"] != "same" or sh != sw:
+        raise ValueError(f"{layer.name}: only square-stride 'same' Conv2DTranspose is rewritten as sub-pixel")
+    if kh < sh or kw < sw:
+        raise ValueError(f"{layer.name}: a kernel smaller than its stride is not rewritten")
+    use_bias = layer.get_config()["use_bias"]
+    kernel = np.asarray(layer.get_weights()[0])
+    bias = np.asarray(layer.get_weights()[1]) if use_bias else None
+    weights, tiled, padding = subpixel_weights(kernel, bias, (sh, sw), (top, left))
+    (pt, pb), (pl, pr) = padding
+    odd = weights.shape[0] % 2 == 1 and weights.shape[1] % 2 == 1
+    if odd and pt == pb == (weights.shape[0] - 1) // 2 and pl == pr == (weights.shape[1] - 1) // 2:
+        conv_padding = "same"  # symmetric: Conv2D's own padding (ONNX Conv pads, no Pad node)
+    else:
+        conv_padding = "valid"
+        if any(padding[0]) or any(padding[1]):
+            x = keras.layers.ZeroPadding2D(padding, name=f"{layer.name}_pad")(x)
+    conv = keras.layers.Conv2D(
+        weights.shape[-1], weights.shape[:2], padding=conv_padding, use_bias=use_bias, name=f"{layer.name}_subpixel"
+    )
+    x = conv(x)
+    conv.set_weights([weights] + ([tiled] if use_bias else []))
+    if sh > 1:
+        x = depth_to_space(x, sh, f"{layer.name}_to_space", interleave)
+    return _activate(layer, x, f"{layer.name}_activation")
+
+
+def depth_to_space(x, block: int, name: str, interleave: str = "reshape"):
+    """tf.nn.depth_to_space(x, block) (channels_last): channel (i * block + j) * C + c of pixel (h, w) goes to pixel
+    (h * block + i, w * block + j), channel c; as Reshape -> Permute -> Reshape, or as the op itself ("op")."""
+    if interleave == "op":
+        return _depth_to_space_layer()(block, name=name)(x)
+    height, width, channels = x.shape[1:]
+    c = channels // (block * block)
+    x = keras.layers.Reshape((height, width, block, block, c), name=f"{name}_split")(x)
+    x = keras.layers.Permute((1, 3, 2, 4, 5), name=f"{name}_interleave")(x)
+    return keras.layers.Reshape((height * block, width * block, c), name=name)(x)
+
+
+def fold_batchnorm(model):
+    """The same function with each BatchNorm that follows (Conv2D | Conv2DTranspose | Dense) -> LeakyReLU folded away.
+
+    Inference BatchNorm is y = a * x + b per channel (a = gamma / sqrt(var + eps), b = beta - mean * a). With
+    every a > 0, a * LeakyReLU(v) = LeakyReLU(a * v), so a goes into the preceding layer's kernel and bias (per
+    output channel) and only "+ b" is left; a "+ b" right before Flatten -> Dense goes into the Dense bias
+    (b tiled over the pixels, times the kernel). Any other "+ b" stays an Add of a constant (a zero-padded
+    convolution after it sees b at its borders as 0, so it cannot be folded exactly). A BatchNorm with a
+    non-positive a is kept as it is. int8 files of the folded model hold fewer elementwise integer ops.
+    """
+    x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    pending = None  # the per-channel "+ b" not yet applied
+    i = 0
+    while i < len(layers):
+        layer, after = layers[i], layers[i + 1 : i + 3]
+        scale = None
+        if (
+            isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Dense))
+            and layer.get_config()["activation"] == "linear"
+            and [type(a) for a in after] == [keras.layers.LeakyReLU, keras.layers.BatchNormalization]
+        ):
+            gamma, beta, mean, var = (np.asarray(w, np.float64) for w in after[1].get_weights())
+            scale = gamma / np.sqrt(var + after[1].epsilon)
+            scale = scale if np.all(scale > 0) else None
+        if pending is not None and isinstance(layer, keras.layers.Flatten) and isinstance(_next(layers, i), keras.layers.Dense):
+            x = _copy(layer, x)
+            kernel, bias = (np.asarray(w, np.float64) for w in layers[i + 1].get_weights())
+            tiled = np.tile(pending, kernel.shape[0] // len(pending))  # Flatten's (h, w, c) order: c fastest
+            x = _copy(layers[i + 1], x, [kernel, bias + tiled @ kernel])
+            pending, i = None, i + 2
+            continue
+        if pending is not None:
+            x, pending = _add_constant(x, pending), None
+        if scale is not None:
+            kernel, *bias = (np.asarray(w, np.float64) for w in layer.get_weights())
+            shape = [1] * kernel.ndim
+            shape[-2 if isinstance(layer, keras.layers.Conv2DTranspose) else -1] = -1  # the output-channel axis
+            x = _copy(layer, x, [kernel * scale.reshape(shape)] + [b * scale for b in bias])
+            x = _copy(after[0], x)
+            pending, i = beta - mean * scale, i + 3
+            continue
+        x, i = _copy(layer, x), i + 1
+    if pending is not None:
+        x = _add_constant(x, pending)
+    return keras.Model(inputs, x, name=model.name)
+
+
+def _copy(layer, x, weights=None):
+    """A fresh twin of `layer` applied to x, with the layer's weights or `weights` (as float32)."""
+    twin = layer.__class__.from_config(layer.get_config())
+    x = twin(x)
+    twin.set_weights(layer.get_weights() if weights is None else [np.asarray(w, np.float32) for w in weights])
+    return x
+
+
+def _next(layers, i):
+    return layers[i + 1] if i + 1 < len(layers) else None
+
+
+def _add_constant(x, values: np.ndarray):
+    return keras.ops.add(x, keras.ops.convert_to_tensor(values.astype(np.float32)))
+
+
+_LAYERS = {}
+
+
+def _depth_to_space_layer():
+    """A Keras layer computing tf.nn.depth_to_space (defined on first use: Keras is imported lazily). It rebuilds
+    from its config, as the int8 quantizer's rewrites (int8.batchnorm_as_depthwise) copy every layer."""
+    if "DepthToSpace" not in _LAYERS:
+
+        class DepthToSpace(keras.layers.Layer):
+            def __init__(self, block: int, **kwargs):
+                super().__init__(**kwargs)
+                self.block = int(block)
+
+            def call(self, x):
+                # (N, H, W, b*b*C) -> (N*H, W, b, b*C) -> (N*H, b, W, b*C) -> (N, H*b, W*b, C): a 4-D transpose between
+                # reshapes of constant shape, ops every TFLite runtime has at int8 (LiteRT 2.3 has no int8
+                # DEPTH_TO_SPACE v2; tflite-micro's TRANSPOSE stops at 5-D).
+                _, h, w, channels = x.shape
+                b = self.block
+                x = tf.reshape(x, [-1, w, b, channels // b])
+                x = tf.transpose(x, [0, 2, 1, 3])
+                return tf.reshape(x, [-1, h * b, w * b, channels // (b * b)])
+
+            def compute_output_shape(self, shape):
+                b = self.block
+                return (shape[0], shape[1] * b, shape[2] * b, shape[3] // (b * b))
+
+            def get_config(self):
+                return {**super().get_config(), "block": self.block}
+
+        _LAYERS["DepthToSpace"] = DepthToSpace
+    return _LAYERS["DepthToSpace"]

@@ -1,0 +1,135 @@
+"""Fixed-batch exports: graphs with a static batch and no shape arithmetic, and decoders OpenCV DNN 4.x loads.
+
+A dynamic-batch graph computes its batch at run time (TFLite SHAPE, STRIDED_SLICE, PACK; ONNX Shape,
+Gather, Concat feeding Reshape), which OpenCV DNN and microcontroller runtimes refuse. Traced with a fixed
+batch, the converters write every shape as a constant instead. Such a file takes exactly its batch at a
+time: aekit's runners feed it that (aekit.edge.runtimes.in_fixed_groups), padding the last group of inputs.
+
+Keras' Conv2DTranspose(padding="same") becomes an ONNX ConvTranspose with asymmetric pads (stride 2,
+kernel 3: pads [0, 0, 1, 1]), which OpenCV DNN 4.x refuses ("Unsupported asymmetric padding in
+deconvolution layer"). A fixed-batch ONNX decoder is therefore written in aekit.exporting.forms' "crop"
+form: the same function, each transposed convolution unpadded ("valid"), then cropped (`written_model`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aekit.errors import AekitError
+from aekit.lazy import keras
+from aekit.quiet import quiet_native_output as _quiet
+
+# Ops a converter writes to compute shapes at run time (aekit's models hold none of them otherwise): a
+# fixed-batch file holds none.
+SHAPE_OPS = {
+    "onnx": {"Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "ConstantOfShape", "Range", "Expand"},
+    "tflite": {"SHAPE", "STRIDED_SLICE", "PACK", "UNPACK", "GATHER", "CONCATENATION", "FILL", "RANGE", "BROADCAST_TO"},
+}
+MAX_STATIC_BATCH = 4096  # a larger fixed batch only makes every call pad more
+
+
+def default_folder(static_batch: int | None) -> str:
+    """The run's own export folder: export/, or export-batchN/ for fixed-batch files (aekit bench reads export/)."""
+    return "export" if static_batch is None else f"export-batch{static_batch}"
+
+
+def folder_batch(folder: Path) -> int | None:
+    """N for a folder named export-batchN (default_folder), else None."""
+    name = Path(folder).name.removeprefix("export-batch")
+    return int(name) if Path(folder).name.startswith("export-batch") and name.isdigit() else None
+
+
+def check_static_batch(batch) -> int | None:
+    """--static-batch as given (None: a dynamic batch), or AekitError unless a whole number from 1 to MAX_STATIC_BATCH."""
+    if batch is None:
+        return None
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or not 1 <= batch <= MAX_STATIC_BATCH:
+        raise AekitError(
+            f"--static-batch {batch!r} is not a whole number from 1 to {MAX_STATIC_BATCH:,}. Pass e.g. --static-batch 1 "
+            "(one input per call, what OpenCV DNN and microcontrollers run), or leave it out for a dynamic batch."
+        )
+    return int(batch)
+
+
+def fixed_batch(model, batch: int):
+    """The same model traced with a fixed batch: converters then write every shape as a constant."""
+    inputs = keras.Input(model.input_shape[1:], batch_size=batch, name=model.inputs[0].name)
+    return keras.Model(inputs, model(inputs), name=model.name)
+
+
+def written_model(model, batch: int | None, fmt: str, precision: str = "float32", role: str = "decoder"):
+    """(the Keras model a file is converted from, its form or None): the same function, in its runtime's best form.
+
+    - A fixed-batch ONNX decoder: "crop" (aekit.exporting.forms: no asymmetric ConvTranspose pads, OpenCV 4.x).
+    - Any other TFLite decoder, and an int8 ONNX decoder: "subpixel" (ordinary convolutions and an interleave:
+      LiteRT hands no TRANSPOSE_CONV to XNNPACK, and onnxruntime has no int8 ConvTranspose kernel; measured
+      in benchmarks/decoder_forms.py). A float32 ONNX decoder stays "native" (its ConvTranspose is faster there).
+    - An int8 ONNX encoder: its BatchNorm folded into the convolutions before it ("folded": fewer int8 passes).
+    Then at the fixed batch, when there is one.
+    """
+    from aekit.exporting import forms
+
+    form = None
+    if has_same_transpose(model):
+        if fmt == "onnx" and batch is not None:
+            form = "crop"
+        elif role == "decoder" and (fmt in ("tflite", "tflm") or (fmt == "onnx" and precision == "int8")):
+            form = "subpixel"
+    interleave = "op" if fmt in ("tflite", "tflm") else "reshape"  # tflite-micro's TRANSPOSE stops at 5-D
+    written = forms.rewrite_decoder(model, form, interleave) if form else model
+    if role == "encoder" and fmt == "onnx" and precision == "int8":
+        written, form = forms.fold_batchnorm(model), "folded"
+    return (fixed_batch(written, batch) if batch is not None else written), form
+
+
+def has_same_transpose(model) -> bool:
+    """Whether the model holds a Conv2DTranspose(padding="same") (what the "crop" form rewrites)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and has_same_transpose(layer):
+            return True
+        if isinstance(layer, keras.layers.Conv2DTranspose) and layer.get_config()["padding"] == "same":
+            return True
+    return False
+
+
+def graph_ops(path: Path) -> list[str]:
+    """Every op of an .onnx or .tflite file, in graph order (repeats kept)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        return [node.op_type for node in onnx.load(str(path)).graph.node]
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _quiet():
+        interpreter = Interpreter(model_path=str(path))
+    return [op["op_name"] for op in interpreter._get_ops_details()]
+
+
+def shape_ops(path: Path) -> list[str]:
+    """The shape-computing ops (SHAPE_OPS) an .onnx or .tflite file holds, sorted (empty for a static file)."""
+    kind = "onnx" if Path(path).suffix == ".onnx" else "tflite"
+    return sorted(set(graph_ops(path)) & SHAPE_OPS[kind])
+
+
+def fixed_measure(checks, role: str, open_file, one_kernel_set: bool = False):
+    """int8.choose's measure over fixed-batch candidates: parity._Int8Checks.measure with its own opener.
+
+    `open_file(path, kernels)` opens a candidate on a kernel set. `one_kernel_set`: the runtime has one
+    (tflite-micro), so every kernel set asked for gets the one measurement.
+    """
+    from aekit.edge.runtimes import run_batched
+    from aekit.exporting.parity import _parity
+
+    def measure(path: Path, kernel_sets: tuple[str, ...], count: int | None = None) -> dict[str, float]:
+        selection = checks.selection if count is None else checks.selection.first(count)
+        inputs = selection.inputs_for(role)
+        agreements = {}
+        for kernels in kernel_sets[:1] if one_kernel_set else kernel_sets:
+            outputs = run_batched(open_file(path, kernels), inputs)  # a fixed-batch runner takes groups of its batch
+            agreements[kernels] = _parity(selection, role, outputs, 0.0, "").agreement_db
+        return dict.fromkeys(kernel_sets, agreements[kernel_sets[0]]) if one_kernel_set else agreements
+
+    return measure

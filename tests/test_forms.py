@@ -1,0 +1,192 @@
+"""aekit.exporting.forms: every form of a decoder computes the same function, in Keras, onnxruntime and LiteRT."""
+
+import numpy as np
+import onnx
+import pytest
+from support import needs_tensorflow
+
+pytestmark = needs_tensorflow
+
+SHAPES = {  # (input shape, filters, latent): the digit layout, and a non-square colour one with three blocks
+    "square": ((28, 28, 1), (8, 16), 5),
+    "non-square": ((16, 24, 3), (4, 8, 8), 6),
+}
+
+
+def random_decoder(key: str, seed: int = 0):
+    """A decoder with random weights everywhere, BatchNorm statistics included, outputs spread over (0, 1)."""
+    from aekit.training.model import build_autoencoder
+
+    shape, filters, latent = SHAPES[key]
+    _, decoder, _ = build_autoencoder(shape, filters, latent)
+    rng = np.random.default_rng(seed)
+    for layer in decoder.layers:
+        weights = layer.get_weights()
+        if type(layer).__name__ == "BatchNormalization":  # gamma, beta, moving mean, moving variance
+            c = weights[0].shape
+            weights = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2.0, c)]
+        else:
+            weights = [rng.normal(0, 0.3, w.shape) for w in weights]
+        layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    z = rng.normal(size=(6, latent)).astype(np.float32)
+    return decoder, z
+
+
+def keras_out(model, z):
+    return np.asarray(model(z, training=False))
+
+
+@pytest.mark.parametrize("key", list(SHAPES))
+@pytest.mark.parametrize("form", ["native", "crop", "subpixel"])
+def test_every_form_computes_the_decoder(key, form):
+    from aekit.exporting.forms import rewrite_decoder
+
+    decoder, z = random_decoder(key)
+    expected = keras_out(decoder, z)
+    assert expected.std() > 0.05  # not saturated: a wrong rewrite would show
+    rewritten = rewrite_decoder(decoder, form)
+    assert rewritten.input_shape == decoder.input_shape and rewritten.output_shape == decoder.output_shape
+    assert np.abs(keras_out(rewritten, z) - expected).max() < 1e-5
+    kinds = [type(layer).__name__ for layer in rewritten.layers]
+    transposed = [layer for layer in rewritten.layers if type(layer).__name__ == "Conv2DTranspose"]
+    if form == "crop":
+        assert len(transposed) == len(SHAPES[key][1]) + 1 and all(t.padding == "valid" for t in transposed)
+        assert kinds.count("Cropping2D") == len(transposed)
+    if form == "subpixel":
+        assert not transposed and kinds.count("Conv2D") == len(SHAPES[key][1]) + 1
+
+
+def test_the_crop_side_matters():
+    """'same' cuts the last row and column of a stride-2 3x3 transposed conv: cutting the first ones differs."""
+    from aekit.lazy import keras
+
+    decoder, z = random_decoder("non-square")
+    layer = next(layer for layer in decoder.layers if type(layer).__name__ == "Conv2DTranspose")
+    x = np.random.default_rng(1).normal(size=(2, *layer.input.shape[1:])).astype(np.float32)
+    same = np.asarray(layer(x))
+    full = keras.layers.Conv2DTranspose.from_config({**layer.get_config(), "padding": "valid"})
+    full.build(x.shape)
+    full.set_weights(layer.get_weights())
+    valid = np.asarray(full(x))
+    assert valid.shape[1:3] == (same.shape[1] + 1, same.shape[2] + 1)
+    assert np.abs(valid[:, :-1, :-1] - same).max() < 1e-5
+    assert np.abs(valid[:, 1:, 1:] - same).max() > 0.1
+
+
+def test_subpixel_weights_of_a_stride_one_kernel_are_the_flipped_kernel():
+    from aekit.exporting.forms import subpixel_weights
+
+    kernel = np.random.default_rng(2).normal(size=(3, 3, 4, 5)).astype(np.float32)  # (kh, kw, out, in)
+    bias = np.arange(4, dtype=np.float32)
+    weights, tiled, padding = subpixel_weights(kernel, bias, (1, 1), (1, 1))
+    assert padding == ((1, 1), (1, 1))
+    np.testing.assert_array_equal(weights, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    np.testing.assert_array_equal(tiled, bias)
+    weights, tiled, padding = subpixel_weights(kernel, bias, (2, 2), (0, 0))
+    assert weights.shape == (2, 2, 5, 16) and padding == ((1, 0), (1, 0)) and tiled.shape == (16,)
+    # phase (1, 1) (output row and column odd) takes only the centre tap, from the input pixel itself
+    np.testing.assert_array_equal(weights[1, 1, :, 12:16], kernel[1, 1].T)
+    assert not weights[0, :, :, 12:16].any() and not weights[:, 0, :, 12:16].any()
+
+
+def test_an_unknown_form_is_refused():
+    from aekit.exporting.forms import rewrite_decoder
+
+    decoder, _ = random_decoder("square")
+    with pytest.raises(ValueError, match="crop"):
+        rewrite_decoder(decoder, "winograd")
+
+
+def conv_transpose_pads(model):
+    return [
+        list(onnx.helper.get_attribute_value(a))
+        for node in model.graph.node
+        if node.op_type == "ConvTranspose"
+        for a in node.attribute
+        if a.name == "pads"
+    ]
+
+
+@pytest.mark.parametrize("form", ["native", "crop", "subpixel"])
+def test_onnx_files_of_each_form_agree_and_crop_has_no_asymmetric_convtranspose_pads(tmp_path, form):
+    from aekit.edge.runtimes import OnnxRunner
+    from aekit.exporting.forms import rewrite_decoder
+    from aekit.exporting.writers import _write_onnx
+
+    decoder, z = random_decoder("non-square", seed=3)
+    expected = keras_out(decoder, z)
+    path = tmp_path / f"decoder_{form}.onnx"
+    _write_onnx(rewrite_decoder(decoder, form), "decoder", path, 17, "float32")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    pads = conv_transpose_pads(proto)
+    ops = {node.op_type for node in proto.graph.node}
+    if form == "native":  # what the rewrite is for: tf2onnx writes 'same' stride-2 as pads (0, 0, 1, 1)
+        assert [0, 0, 1, 1] in pads
+    elif form == "crop":
+        assert len(pads) == 4 and all(p == [0, 0, 0, 0] for p in pads)
+    else:
+        assert "ConvTranspose" not in ops and "DepthToSpace" not in ops and "Conv" in ops
+    out = OnnxRunner(path, "cpu", threads=1).run(z)
+    assert np.abs(out - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("interleave", ["reshape", "op"])
+def test_litert_file_of_the_subpixel_form_agrees(tmp_path, interleave):
+    from aekit.edge.runtimes import TFLiteRunner
+    from aekit.exporting.forms import rewrite_decoder
+    from aekit.exporting.static import graph_ops
+    from aekit.exporting.writers import _write_tflite
+
+    decoder, z = random_decoder("non-square", seed=4)
+    path = tmp_path / "decoder_subpixel.tflite"
+    _write_tflite(rewrite_decoder(decoder, "subpixel", interleave), "decoder", path, "float32")
+    assert np.abs(TFLiteRunner(path, threads=1).run(z) - keras_out(decoder, z)).max() < 1e-5
+    ops = graph_ops(path)
+    assert "TRANSPOSE_CONV" not in ops
+    assert ops.count("TRANSPOSE") == 3  # one interleave per stride-2 layer ("op": 4-D, what tflite-micro takes)
+
+
+def test_the_depth_to_space_op_form_runs_on_tflite_micro_at_batch_one(tmp_path):
+    pytest.importorskip("tflite_micro")
+    from aekit.exporting.forms import rewrite_decoder
+    from aekit.exporting.micro import MicroRunner
+    from aekit.exporting.static import fixed_batch
+    from aekit.exporting.writers import _write_tflite
+
+    decoder, z = random_decoder("square", seed=5)
+    path = tmp_path / "decoder_batch1.tflite"
+    _write_tflite(fixed_batch(rewrite_decoder(decoder, "subpixel", "op"), 1), "decoder", path, "float32")
+    assert np.abs(MicroRunner(path).run(z) - keras_out(decoder, z)).max() < 1e-5
+
+
+@pytest.mark.parametrize("role", ["encoder", "decoder"])
+def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(role):
+    from aekit.exporting.forms import fold_batchnorm
+    from aekit.training.model import build_autoencoder
+
+    encoder, decoder, _ = build_autoencoder((16, 24, 3), (4, 8), 6)
+    model = encoder if role == "encoder" else decoder
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if type(layer).__name__ == "BatchNormalization":
+            c = weights[0].shape
+            weights = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2.0, c)]
+        else:
+            weights = [rng.normal(0, 0.3, w.shape) for w in weights]
+        layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    x = rng.uniform(0, 1, (5, 16, 24, 3)) if role == "encoder" else rng.normal(size=(5, 6))
+    x = x.astype(np.float32)
+    expected = keras_out(model, x)
+    folded = fold_batchnorm(model)
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in folded.layers)
+    assert np.abs(keras_out(folded, x) - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
+    # a BatchNorm with a negative scale does not commute with LeakyReLU: it is kept, and the function still holds
+    norm = next(layer for layer in model.layers if type(layer).__name__ == "BatchNormalization")
+    gamma, *rest = norm.get_weights()
+    norm.set_weights([-gamma, *rest])
+    expected = keras_out(model, x)
+    kept = fold_batchnorm(model)
+    assert sum(type(layer).__name__ == "BatchNormalization" for layer in kept.layers) == 1
+    assert np.abs(keras_out(kept, x) - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
