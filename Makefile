@@ -8,7 +8,7 @@ EDGE_VENV := .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
 CHECK_DIR := .edge-check
 
-.PHONY: install install-edge lint test edge-check demo bench clean
+.PHONY: install install-edge lint py310-check test edge-check demo bench clean
 
 install: $(STAMP)
 
@@ -30,14 +30,46 @@ $(EDGE_STAMP): pyproject.toml
 	touch $(EDGE_STAMP)
 
 # The tests of the TensorFlow-free side, run where TensorFlow is not installed (their few TensorFlow tests skip).
-EDGE_TESTS := tests/test_anomaly.py tests/test_lazy.py tests/test_sources.py tests/test_splits.py tests/test_pixels.py tests/test_checks.py tests/test_layout.py
+EDGE_TESTS := tests/test_anomaly.py tests/test_lazy.py tests/test_sources.py tests/test_splits.py tests/test_pixels.py tests/test_checks.py tests/test_layout.py tests/test_bench_edge.py tests/test_openvino.py
 
-# ruff: the linter and formatter configured in pyproject.toml.
+# ruff: the linter and formatter configured in pyproject.toml. vermin: every module of aekit and its CLI
+# (the `aekit` command loads them all, the edge commands included) keeps to Python 3.10's syntax and
+# standard library, the edge side's oldest Python (requires-python; `# novermin` marks training-only lines).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/vermin --quiet --no-tips --violations --eval-annotations --target=3.10- aekit cli
 
-test: install lint
+# A real Python 3.10 compiles every module: CPython 3.10.2 built for WebAssembly (Pyodide 0.22.1, from npm,
+# cached in build/py310). It has none of aekit's dependencies, so it checks the syntax only; vermin the rest.
+PY310_DIR := build/py310
+define PY310_CHECK
+const dir = process.argv[1];
+require(dir + "/node_modules/pyodide/pyodide.js").loadPyodide({ indexURL: dir + "/node_modules/pyodide/" }).then((py) => {
+  py.FS.mkdir("/src");
+  py.FS.mount(py.FS.filesystems.NODEFS, { root: process.cwd() }, "/src");
+  const failed = py.runPython(`
+import pathlib, sys
+files = sorted(p for top in ("aekit", "cli") for p in pathlib.Path("/src", top).rglob("*.py"))
+failed = []
+for path in files:
+    try:
+        compile(path.read_text(), str(path)[5:], "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        failed.append(f"{exc.filename}:{exc.lineno}: {exc.msg}")
+print("\\n".join(failed) or f"py310-check: {len(files)} modules compile on Python {sys.version.split()[0]}")
+len(failed)
+`);
+  process.exit(failed ? 1 : 0);
+});
+endef
+export PY310_CHECK
+
+py310-check:
+	test -f $(PY310_DIR)/node_modules/pyodide/pyodide.js || npm install --prefix $(PY310_DIR) --no-save --no-audit --no-fund --no-package-lock --silent pyodide@0.22.1
+	node -e "$$PY310_CHECK" $(abspath $(PY310_DIR))
+
+test: install lint py310-check
 	$(BIN)/python -m pytest -q
 	$(MAKE) edge-check
 
