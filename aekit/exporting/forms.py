@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from aekit.lazy import keras, tf
+from aekit.lazy import keras
 
 FORMS = ("native", "crop", "subpixel")
-# How "subpixel" writes depth_to_space: "reshape" (Keras Reshape -> Permute -> Reshape, a 6-D transpose: the
-# faster in onnxruntime) or "op" (one layer: rows of the batch merged, a 4-D transpose; what TFLite runtimes
-# run at every precision: tflite-micro's TRANSPOSE takes at most 5-D, LiteRT has no int8 DEPTH_TO_SPACE v2).
+# How "subpixel" writes depth_to_space: "reshape" (Reshape -> Permute -> Reshape over a 6-D tensor: the faster
+# in onnxruntime) or "op" (the same over a 5-D one, each pixel's b*C channels as b rows of b*C: what every TFLite
+# runtime runs at every precision; tflite-micro's TRANSPOSE takes at most 5-D, and LiteRT 2.3 has no int8
+# DEPTH_TO_SPACE of the version TF 2.21 writes).
 INTERLEAVES = ("reshape", "op")
 
 
@@ -190,9 +191,11 @@ def _as_subpixel(layer, x, interleave: str = "reshape"):
 def depth_to_space(x, block: int, name: str, interleave: str = "reshape"):
     """tf.nn.depth_to_space(x, block) (channels_last): channel (i * block + j) * C + c of pixel (h, w) goes to pixel
     (h * block + i, w * block + j), channel c; as Reshape -> Permute -> Reshape, or as the op itself ("op")."""
-    if interleave == "op":
-        return _depth_to_space_layer()(block, name=name)(x)
     height, width, channels = x.shape[1:]
+    if interleave == "op":  # (H, W, b, b*C) -> (H, b, W, b*C) -> (H*b, W*b, C): a 5-D transpose
+        x = keras.layers.Reshape((height, width, block, channels // block), name=f"{name}_split")(x)
+        x = keras.layers.Permute((1, 3, 2, 4), name=f"{name}_interleave")(x)
+        return keras.layers.Reshape((height * block, width * block, channels // (block * block)), name=name)(x)
     c = channels // (block * block)
     x = keras.layers.Reshape((height, width, block, block, c), name=f"{name}_split")(x)
     x = keras.layers.Permute((1, 3, 2, 4, 5), name=f"{name}_interleave")(x)
@@ -261,37 +264,3 @@ def _next(layers, i):
 
 def _add_constant(x, values: np.ndarray):
     return keras.ops.add(x, keras.ops.convert_to_tensor(values.astype(np.float32)))
-
-
-_LAYERS = {}
-
-
-def _depth_to_space_layer():
-    """A Keras layer computing tf.nn.depth_to_space (defined on first use: Keras is imported lazily). It rebuilds
-    from its config, as the int8 quantizer's rewrites (int8.batchnorm_as_depthwise) copy every layer."""
-    if "DepthToSpace" not in _LAYERS:
-
-        class DepthToSpace(keras.layers.Layer):
-            def __init__(self, block: int, **kwargs):
-                super().__init__(**kwargs)
-                self.block = int(block)
-
-            def call(self, x):
-                # (N, H, W, b*b*C) -> (N*H, W, b, b*C) -> (N*H, b, W, b*C) -> (N, H*b, W*b, C): a 4-D transpose between
-                # reshapes of constant shape, ops every TFLite runtime has at int8 (LiteRT 2.3 has no int8
-                # DEPTH_TO_SPACE v2; tflite-micro's TRANSPOSE stops at 5-D).
-                _, h, w, channels = x.shape
-                b = self.block
-                x = tf.reshape(x, [-1, w, b, channels // b])
-                x = tf.transpose(x, [0, 2, 1, 3])
-                return tf.reshape(x, [-1, h * b, w * b, channels // (b * b)])
-
-            def compute_output_shape(self, shape):
-                b = self.block
-                return (shape[0], shape[1] * b, shape[2] * b, shape[3] // (b * b))
-
-            def get_config(self):
-                return {**super().get_config(), "block": self.block}
-
-        _LAYERS["DepthToSpace"] = DepthToSpace
-    return _LAYERS["DepthToSpace"]
