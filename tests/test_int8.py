@@ -220,3 +220,19 @@ def test_an_encoder_that_holds_the_bound_but_not_its_aim_keeps_its_costliest_nod
     assert path.read_text() == "leaky"
     record = encoder.to_json()
     assert record["aim_db"] == int8.AIM_DB["encoder"] + int8.MARGIN_DB and "aims at" in record["why"]
+
+
+def test_a_decoder_whose_fast_form_does_not_hold_in_int8_is_tried_in_its_trained_form(patch_run, tmp_path):
+    from aekit.exporting.export import ExportOptions, export_run
+
+    # A bound no int8 file reaches: the subpixel form fails, the trained form is tried, and the better one is reported.
+    options = ExportOptions(
+        formats=("tflite",), parts=("decoder",), quantize="int8", int8_float="none", min_agreement_db=99, output=tmp_path / "x"
+    )
+    (entry,) = export_run(patch_run, options).entries
+    tried = entry.quantization["forms_tried"]
+    assert set(tried) == {"subpixel", "native"} and all(10 < db < 99 for db in tried.values()), tried
+    assert entry.status == "failed" and entry.form in ("subpixel", None)
+    if abs(tried["subpixel"] - tried["native"]) > 0.01:  # the file kept is the form that agreed better
+        assert entry.form == ("subpixel" if tried["subpixel"] > tried["native"] else None)
+    assert "Tried" in entry.reason

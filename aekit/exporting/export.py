@@ -500,8 +500,10 @@ def _export_one(loaded, role, fmt, precision, output, options, calibration, refe
             if batch is not None:  # a fixed-batch candidate takes groups of its batch; a tflm one runs on tflite-micro
                 opener = (lambda path, _: micro.choice_runner(path)) if fmt == "tflm" else _open_on_kernels
                 measure = static.fixed_measure(checks, role, opener, one_kernel_set=fmt == "tflm")
-            choice = _write_int8(written, role, fmt, tmp, options, calib_inputs, measure, min_agreement)
-            entry.quantization.update(choice.to_json())
+            trained = static.fixed_batch(model, batch) if batch is not None else model  # if the fast form fails in int8
+            forms = [(written, form)] + ([(trained, None)] if form == "subpixel" else [])
+            choice, entry.form, tried = _write_int8(forms, role, fmt, tmp, options, calib_inputs, measure, min_agreement)
+            entry.quantization.update(choice.to_json(), **({"forms_tried": tried} if len(tried) > 1 else {}))
             if fmt == "tflm":
                 entry.quantization["selection_runtime"] = micro.RUNTIME
         elif fmt == "onnx":
@@ -558,26 +560,37 @@ def _write_micro_sources(output: Path, entry: FileEntry, runner: micro.MicroRunn
     return micro.entry_sources(_staged(output, entry.file).read_bytes(), entry, staged, runner.arena_size)
 
 
-def _write_int8(written, role, fmt, path, options, calib_inputs, measure, bound) -> int8.Int8Choice:
+def _write_int8(forms, role, fmt, path, options, calib_inputs, measure, bound) -> tuple[int8.Int8Choice, str | None, dict]:
     """Writes the int8 file `int8.choose` picks (all int8, or its sensitive nodes float) to `path`.
 
-    `written` is the Keras model converted: the run's own, or a fixed-batch or rewritten form of it (_export_one).
+    `forms`: [(the Keras model to convert, its form)], the fastest first (_export_one): the first whose file
+    holds is kept, else the one that agrees best. Returns its choice, its form, and {form: agreement dB} tried.
     """
-    with tempfile.TemporaryDirectory(prefix="aekit-int8-") as scratch:
-        scratch = Path(scratch)
-        if fmt == "onnx":
-            float_path = scratch / "float.onnx"
-            _write_onnx(written, role, float_path, options.opset, "float32")
-            quantizer = int8.OnnxQuantizer(float_path, INPUT_NAMES[role], calib_inputs, scratch)
-        else:  # at the fixed batch, if there is one: calibrated on groups of it
-            quantizer = int8.TFLiteQuantizer(written, role, calib_inputs)
-        candidate, choice = int8.choose(
-            quantizer, measure, bound, scratch, options.int8_float, options.sensitivity, aim_db=int8.AIM_DB.get(role)
-        )
-        slow = getattr(quantizer, "SLOW_FLOAT", {})
-        choice.note = next((slow[n.name] for n in choice.float_nodes if n.name in slow), None)
+    best, tried = None, {}
+    with tempfile.TemporaryDirectory(prefix="aekit-int8-") as root:
+        for i, (written, form) in enumerate(forms):
+            scratch = Path(root) / str(i)
+            scratch.mkdir()
+            if fmt == "onnx":
+                float_path = scratch / "float.onnx"
+                _write_onnx(written, role, float_path, options.opset, "float32")
+                quantizer = int8.OnnxQuantizer(float_path, INPUT_NAMES[role], calib_inputs, scratch)
+            else:  # at the fixed batch, if there is one: calibrated on groups of it
+                quantizer = int8.TFLiteQuantizer(written, role, calib_inputs)
+            candidate, choice = int8.choose(
+                quantizer, measure, bound, scratch, options.int8_float, options.sensitivity, aim_db=int8.AIM_DB.get(role)
+            )
+            slow = getattr(quantizer, "SLOW_FLOAT", {})
+            choice.note = next((slow[n.name] for n in choice.float_nodes if n.name in slow), None)
+            agreement = min(choice.chosen_db.values(), default=0.0)
+            tried[form or "native"] = round(agreement, 2)
+            if best is None or agreement > min(best[1].chosen_db.values(), default=0.0):
+                best = (candidate, choice, form)
+            if choice.passed:
+                break
+        candidate, choice, form = best
         shutil.move(candidate, path)
-    return choice
+    return choice, form, tried
 
 
 def _int8_next_step(choice: int8.Int8Choice, fmt: str) -> str:
