@@ -227,7 +227,7 @@ def test_a_decoder_whose_fast_form_does_not_hold_in_int8_is_tried_in_its_trained
 
     # A bound no int8 file reaches: the subpixel form fails, the trained form is tried, and the better one is reported.
     options = ExportOptions(
-        formats=("tflite",), parts=("decoder",), quantize="int8", int8_float="none", min_agreement_db=99, output=tmp_path / "x"
+        formats=("onnx",), parts=("decoder",), quantize="int8", int8_float="none", min_agreement_db=99, output=tmp_path / "x"
     )
     (entry,) = export_run(patch_run, options).entries
     tried = entry.quantization["forms_tried"]

@@ -86,6 +86,7 @@ def test_dynamic_and_static_files_live_side_by_side_in_one_manifest(static_expor
     assert by_name["encoder.onnx"].static_batch is None and by_name["encoder.onnx"].inputs[0].shape[0] is None
     assert by_name["decoder_batch1.onnx"].form == "crop" and by_name["encoder_batch1.onnx"].form is None
     assert by_name["decoder.onnx"].form is None and by_name["decoder_batch1.tflite"].form == "subpixel"
+    assert by_name["decoder.tflite"].form is None  # a dynamic-batch .tflite decoder keeps its transposed convolutions
     data = json.loads((output / "manifest.json").read_text())
     assert {e["file"]: e["static_batch"] for e in data["files"]}["encoder_batch1.tflite"] == 1
 

@@ -63,9 +63,11 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
     """(the Keras model a file is converted from, its form or None): the same function, in its runtime's best form.
 
     - A fixed-batch ONNX decoder: "crop" (aekit.exporting.forms: no asymmetric ConvTranspose pads, OpenCV 4.x).
-    - Any other TFLite decoder, and an int8 ONNX decoder: "subpixel" (ordinary convolutions and an interleave:
-      LiteRT hands no TRANSPOSE_CONV to XNNPACK, and onnxruntime has no int8 ConvTranspose kernel; measured
-      in benchmarks/decoder_forms.py). A float32 ONNX decoder stays "native" (its ConvTranspose is faster there).
+    - A fixed-batch TFLite decoder (tflm too), and an int8 ONNX decoder: "subpixel" (ordinary convolutions and an
+      interleave: LiteRT hands no TRANSPOSE_CONV to XNNPACK, and onnxruntime has no int8 ConvTranspose kernel;
+      measured in benchmarks/decoder_forms.py). A float32 ONNX decoder stays "native" (its ConvTranspose is
+      faster there), and so does a dynamic-batch TFLite decoder: LiteRT 2.3's XNNPACK returned wrong outputs
+      for one (a tiny digit decoder) when invoked twice at batch 256 without a resize.
     - An int8 ONNX encoder: its BatchNorm folded into the convolutions before it ("folded": fewer int8 passes).
     Then at the fixed batch, when there is one.
     """
@@ -73,9 +75,11 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
 
     form = None
     if has_same_transpose(model):
+        # not a dynamic-batch .tflite: XNNPACK ran one wrongly on a repeated invoke at batch 256
+        fast = fmt == "tflm" or (fmt == "tflite" and batch is not None) or (fmt == "onnx" and precision == "int8")
         if fmt == "onnx" and batch is not None:
             form = "crop"
-        elif role == "decoder" and (fmt in ("tflite", "tflm") or (fmt == "onnx" and precision == "int8")):
+        elif role == "decoder" and fast:
             form = "subpixel"
     interleave = "op" if fmt in ("tflite", "tflm") else "reshape"  # tflite-micro's TRANSPOSE stops at 5-D
     written = forms.rewrite_decoder(model, form, interleave) if form else model
