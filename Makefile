@@ -69,8 +69,13 @@ py310-check:
 	test -f $(PY310_DIR)/node_modules/pyodide/pyodide.js || npm install --prefix $(PY310_DIR) --no-save --no-audit --no-fund --no-package-lock --silent pyodide@0.22.1
 	node -e "$$PY310_CHECK" $(abspath $(PY310_DIR))
 
+# Each test file runs in a process of its own: the deployers' clients some tests load (OpenCV DNN, OpenVINO,
+# tflite-micro's nightly interpreter) are native libraries that stay out of the other files' processes (a
+# whole-suite process once crashed in matplotlib after them).
+TEST_FILES := $(sort $(wildcard tests/test_*.py))
+
 test: install lint py310-check
-	$(BIN)/python -m pytest -q
+	set -e; for file in $(TEST_FILES); do echo "$$file"; $(BIN)/python -m pytest -q -p no:cacheprovider "$$file"; done
 	$(MAKE) edge-check
 
 # Proves the packaging: the edge venv has no TensorFlow and still encodes a real export.
