@@ -496,10 +496,8 @@ def _export_one(loaded, role, fmt, precision, output, options, calibration, refe
     choice = None
     try:
         if precision == "int8":
-            measure = checks.measure(role, min_agreement)
-            if batch is not None:  # a fixed-batch candidate takes groups of its batch; a tflm one runs on tflite-micro
-                opener = (lambda path, _: micro.choice_runner(path)) if fmt == "tflm" else _open_on_kernels
-                measure = static.fixed_measure(checks, role, opener, one_kernel_set=fmt == "tflm")
+            # a tflm candidate is measured on tflite-micro; a fixed-batch one is fed its batch by its runner
+            measure = checks.measure(role, min_agreement, micro.choice_runner if fmt == "tflm" else None)
             trained = static.fixed_batch(model, batch) if batch is not None else model  # if the fast form fails in int8
             forms = [(written, form)] + ([(trained, None)] if form == "subpixel" else [])
             choice, entry.form, tried = _write_int8(forms, role, fmt, tmp, options, calib_inputs, measure, min_agreement)
@@ -543,10 +541,6 @@ def _export_one(loaded, role, fmt, precision, output, options, calibration, refe
         entry.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         _remove_with_companions(output, name, fmt)
     return entry
-
-
-def _open_on_kernels(path: Path, kernels: str):
-    return open_runner(path, "cpu", kernels=kernels)
 
 
 def _remove_with_companions(output: Path, name: str, fmt: str) -> None:

@@ -62,17 +62,20 @@ class _Int8Checks:
         self.selection = _KerasReference(models, calibration[: int8.SELECTION_IMAGES])
         self.reference = parity.first(REFERENCE_PARITY_IMAGES)
 
-    def measure(self, role: str, bound: float):
-        """(A candidate file, kernel sets) -> its agreement on the selection images on each (int8.choose)."""
+    def measure(self, role: str, bound: float, one_runner=None):
+        """(A candidate file, kernel sets) -> its agreement on the selection images on each (int8.choose).
+
+        `one_runner(path)`: a runtime of one kernel set (tflite-micro), whose one measurement stands for each.
+        """
 
         def measure(path: Path, kernel_sets: tuple[str, ...], count: int | None = None) -> dict[str, float]:
             selection = self.selection if count is None else self.selection.first(count)
             inputs = selection.inputs_for(role)
             agreements = {}
-            for kernels in kernel_sets:
-                outputs = run_batched(open_runner(path, "cpu", kernels=kernels), inputs)
-                agreements[kernels] = _parity(selection, role, outputs, bound, "").agreement_db
-            return agreements
+            for kernels in kernel_sets[:1] if one_runner else kernel_sets:
+                runner = one_runner(path) if one_runner else open_runner(path, "cpu", kernels=kernels)
+                agreements[kernels] = _parity(selection, role, run_batched(runner, inputs), bound, "").agreement_db
+            return dict.fromkeys(kernel_sets, agreements[kernel_sets[0]]) if one_runner else agreements
 
         return measure
 

@@ -116,24 +116,3 @@ def shape_ops(path: Path) -> list[str]:
     """The shape-computing ops (SHAPE_OPS) an .onnx or .tflite file holds, sorted (empty for a static file)."""
     kind = "onnx" if Path(path).suffix == ".onnx" else "tflite"
     return sorted(set(graph_ops(path)) & SHAPE_OPS[kind])
-
-
-def fixed_measure(checks, role: str, open_file, one_kernel_set: bool = False):
-    """int8.choose's measure over fixed-batch candidates: parity._Int8Checks.measure with its own opener.
-
-    `open_file(path, kernels)` opens a candidate on a kernel set. `one_kernel_set`: the runtime has one
-    (tflite-micro), so every kernel set asked for gets the one measurement.
-    """
-    from aekit.edge.runtimes import run_batched
-    from aekit.exporting.parity import _parity
-
-    def measure(path: Path, kernel_sets: tuple[str, ...], count: int | None = None) -> dict[str, float]:
-        selection = checks.selection if count is None else checks.selection.first(count)
-        inputs = selection.inputs_for(role)
-        agreements = {}
-        for kernels in kernel_sets[:1] if one_kernel_set else kernel_sets:
-            outputs = run_batched(open_file(path, kernels), inputs)  # a fixed-batch runner takes groups of its batch
-            agreements[kernels] = _parity(selection, role, outputs, 0.0, "").agreement_db
-        return dict.fromkeys(kernel_sets, agreements[kernel_sets[0]]) if one_kernel_set else agreements
-
-    return measure
