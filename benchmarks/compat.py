@@ -264,6 +264,7 @@ class Reference:
         if spec["dtype"] in ("uint8", "int8"):
             info = np.iinfo(spec["dtype"])
             values = np.clip(np.round(values / spec["scale"] + spec["zero_point"]), info.min, info.max)
+        values = values.reshape(len(values), *spec["shape"][1:])  # a "phases4d" decoder's (N, 1, 1, L) latent images
         return np.ascontiguousarray(values.astype(spec["dtype"]))
 
     def compare(self, entry: dict, outputs: np.ndarray) -> tuple[float, float]:

@@ -119,9 +119,12 @@ def _opencv(model: str, mode: str, threads: int):
     else:
         net = dnn.readNetFromTFLite(model, *engine)
 
+    nchw = model.endswith(".tflite")  # OpenCV's TFLite importer takes and gives 4-D blobs as NCHW (the file's NHWC)
+
     def run(x):
-        net.setInput(x)
-        return np.asarray(net.forward())
+        net.setInput(np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nchw and x.ndim == 4 else x)
+        out = np.asarray(net.forward())
+        return out.transpose(0, 2, 3, 1) if nchw and out.ndim == 4 else out
 
     return run, {}
 

@@ -1,12 +1,12 @@
 """Decoder speed by form (aekit.exporting.forms): Keras, onnxruntime and LiteRT, float32 and int8, side by side.
 
-Each model's decoder is rewritten into every form (native, crop, subpixel: the same function), exported
-with aekit's writers (tf2onnx; the TFLite converter) and, for int8, quantized all-int8 by aekit's
-quantizers (aekit.exporting.int8: onnxruntime's static QDQ, the TFLite full-integer converter, calibrated
-on 256 latents), then timed at batch 64 and 1 with 2 threads, every configuration once per round and the
-rounds repeated (the cores are shared: the table gives the median and the min-max over rounds). Keras is
-each form's model under a compiled tf.function. "agree dB" is the file's (or Keras form's) PSNR against
-the native Keras decoder on the timed latents.
+Each model's decoder is rewritten into every form (native, crop, subpixel, phases: the same function),
+exported with aekit's writers (tf2onnx; the TFLite converter, with the "op" interleave aekit writes into
+.tflite files) and, for int8, quantized all-int8 by aekit's quantizers (aekit.exporting.int8: onnxruntime's
+static QDQ, the TFLite full-integer converter, calibrated on 256 latents), then timed at batch 64 and 1 with
+2 threads, every configuration once per round and the rounds repeated (the table gives the median and the
+min-max over rounds). Keras is each form's model under a compiled tf.function. "agree dB" is the file's
+(or Keras form's) PSNR against the native Keras decoder on the timed latents.
 
 Models: "digits" (28x28x1, filters 32,64, latent 16) and "photos" (64x64x3, filters 32,64,128, latent 128),
 from a trained run when one is given (--digits-run, --photos-run; latents from its validation images),
@@ -84,19 +84,24 @@ def build_configs(kind, decoder, latents, calib, scratch: Path, precisions):
     reference = np.asarray(decoder(latents, training=False))
     configs = []
     for form in FORMS:
-        model = rewrite_decoder(decoder, form)
-        compiled = tf.function(lambda x, m=model: m(x, training=False))
-        configs.append((kind, form, "keras", "float32", lambda b, c=compiled: c(b).numpy()))
         folder = scratch / kind / form
         folder.mkdir(parents=True)
+        if form == "phases4d":  # the fixed-batch float .tflite form (a (1, 1, L) input, which TFLiteRunner feeds)
+            _write_tflite(rewrite_decoder(decoder, form), "decoder", folder / "decoder.tflite", "float32")
+            configs.append((kind, form, "litert", "float32", TFLiteRunner(folder / "decoder.tflite", THREADS).run))
+            continue
+        model = rewrite_decoder(decoder, form)
+        lite = rewrite_decoder(decoder, form, "op")  # the interleave aekit writes into .tflite files
+        compiled = tf.function(lambda x, m=model: m(x, training=False))
+        configs.append((kind, form, "keras", "float32", lambda b, c=compiled: c(b).numpy()))
         _write_onnx(model, "decoder", folder / "decoder.onnx", 17, "float32")
-        _write_tflite(model, "decoder", folder / "decoder.tflite", "float32")
+        _write_tflite(lite, "decoder", folder / "decoder.tflite", "float32")
         configs.append((kind, form, "onnxruntime", "float32", OnnxRunner(folder / "decoder.onnx", "cpu", THREADS).run))
         configs.append((kind, form, "litert", "float32", TFLiteRunner(folder / "decoder.tflite", THREADS).run))
         if "int8" in precisions:
             quantizer = OnnxQuantizer(folder / "decoder.onnx", INPUT_NAMES["decoder"], calib, folder)
             quantizer.write(folder / "decoder_int8.onnx")
-            TFLiteQuantizer(model, "decoder", calib).write(folder / "decoder_int8.tflite")
+            TFLiteQuantizer(lite, "decoder", calib).write(folder / "decoder_int8.tflite")
             configs.append((kind, form, "onnxruntime", "int8", OnnxRunner(folder / "decoder_int8.onnx", "cpu", THREADS).run))
             configs.append((kind, form, "litert", "int8", TFLiteRunner(folder / "decoder_int8.tflite", THREADS).run))
     return [(*c, agreement_db(c[-1](latents), reference)) for c in configs]
@@ -114,6 +119,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from aekit.core.system import system_info
+    from aekit.exporting.forms import FORMS
 
     runs = {"digits": args.digits_run, "photos": args.photos_run}
     kinds = args.kinds.split(",")
@@ -143,7 +149,7 @@ def main() -> None:
         print(f"{kind}: {sources[kind]}")
     for batch in BATCHES:
         print(f"\nbatch {batch}: images/s, median (min-max) over rounds; agree dB against the native Keras decoder")
-        heads = " ".join(f"{f + ' img/s':>24} {'dB':>6}" for f in ("native", "crop", "subpixel"))
+        heads = " ".join(f"{f + ' img/s':>24} {'dB':>6}" for f in FORMS)
         print(f"{'model':<7} {'runtime':<12} {'precision':<9} {heads}")
         for kind in kinds:
             keras_native = next(
@@ -152,7 +158,7 @@ def main() -> None:
             for runtime, precision in (("keras", "float32"), ("onnxruntime", "float32"), ("litert", "float32"),
                                        ("onnxruntime", "int8"), ("litert", "int8")):  # fmt: skip
                 cells = []
-                for form in ("native", "crop", "subpixel"):
+                for form in FORMS:
                     row = next((r for r in rows if (r["model"], r["form"], r["runtime"], r["precision"], r["batch"])
                                 == (kind, form, runtime, precision, batch)), None)  # fmt: skip
                     if row is None:

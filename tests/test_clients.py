@@ -76,7 +76,8 @@ def tflite_micro(path, inputs: np.ndarray) -> np.ndarray:
         inputs = np.clip(np.round(inputs / params["scales"][0] + params["zero_points"][0]), info.min, info.max)
     outputs = []
     for i in range(0, len(inputs), batch):
-        interpreter.set_input(inputs[i : i + batch].astype(into["dtype"]), 0)
+        # a "phases4d" decoder reads its latents as (1, 1, L) latent images
+        interpreter.set_input(inputs[i : i + batch].astype(into["dtype"]).reshape(into["shape"]), 0)
         interpreter.invoke()
         outputs.append(np.array(interpreter.get_output(0), np.float32))
     outputs = np.concatenate(outputs)
@@ -139,7 +140,7 @@ def test_opencv_5_runs_the_float32_onnx_encoder_at_any_batch_as_keras_does(encod
 
 def test_fixed_batch_files_run_in_opencv_5_onnx_and_tflite_micro(trained_run, encoders, tmp_path):
     """--static-batch 1: OpenCV 5 runs the float32 .onnx encoder and decoder one input at a time, tflite-micro the .tflite
-    ones. OpenCV 5 runs none of the .tflite files (docs/compat.md), so they are not held to it here."""
+    ones (OpenCV 5 runs those too: tests/test_static.py, tests/test_forms.py)."""
     keras = encoders[1]
     files = _export(trained_run, tmp_path, "--format", "onnx,tflite", "--static-batch", "1")
     assert sorted((e["role"], e["format"]) for e in files) == [

@@ -37,7 +37,7 @@ def keras_out(model, z):
 
 
 @pytest.mark.parametrize("key", list(SHAPES))
-@pytest.mark.parametrize("form", ["native", "crop", "subpixel"])
+@pytest.mark.parametrize("form", ["native", "crop", "subpixel", "phases"])
 def test_every_form_computes_the_decoder(key, form):
     from aekit.exporting.forms import rewrite_decoder
 
@@ -54,6 +54,11 @@ def test_every_form_computes_the_decoder(key, form):
         assert kinds.count("Cropping2D") == len(transposed)
     if form == "subpixel":
         assert not transposed and kinds.count("Conv2D") == len(SHAPES[key][1]) + 1
+    if form == "phases":  # four convolutions per stride-2 layer, one for the stride-1 layer
+        assert not transposed and kinds.count("Conv2D") == 4 * len(SHAPES[key][1]) + 1
+        assert kinds.count("Concatenate") == len(SHAPES[key][1])
+    if form != "native":  # every reshape to a constant shape: no shape ops in a dynamic-batch file
+        assert "Reshape" not in kinds and kinds.count("BatchReshape") == 1 + 2 * len(SHAPES[key][1]) * (form != "crop")
 
 
 def test_the_crop_side_matters():
@@ -89,6 +94,64 @@ def test_subpixel_weights_of_a_stride_one_kernel_are_the_flipped_kernel():
     assert not weights[0, :, :, 12:16].any() and not weights[:, 0, :, 12:16].any()
 
 
+@pytest.mark.parametrize("key", list(SHAPES))
+def test_the_4d_form_computes_the_decoder_with_only_4d_tensors(key):
+    from aekit.exporting.forms import rewrite_decoder
+
+    decoder, z = random_decoder(key)
+    rewritten = rewrite_decoder(decoder, "phases4d")
+    assert rewritten.input_shape == (None, 1, 1, z.shape[1]) and rewritten.output_shape == decoder.output_shape
+    assert np.abs(keras_out(rewritten, z[:, None, None, :]) - keras_out(decoder, z)).max() < 1e-5
+    kinds = [type(layer).__name__ for layer in rewritten.layers]
+    assert not {"Dense", "Conv2DTranspose", "Permute", "Reshape"} & set(kinds)
+    assert all(len(t.shape) == 4 for layer in rewritten.layers for t in _outputs(layer))
+
+
+def test_the_4d_autoencoder_runs_in_opencv_on_both_engines(tmp_path):
+    """The fixed-batch float .tflite autoencoder ("phases4d": its encoder's Flatten -> Dense as an (H, W) Conv2D)."""
+    from aekit.exporting.static import graph_ops, written_model
+    from aekit.exporting.writers import _write_tflite
+    from aekit.training.model import build_autoencoder
+
+    _, _, autoencoder = build_autoencoder((16, 24, 3), (4, 8, 8), 6)
+    x = np.random.default_rng(8).uniform(0, 1, (3, 16, 24, 3)).astype(np.float32)
+    expected = keras_out(autoencoder, x)
+    written, form = written_model(autoencoder, 1, "tflite", "float32", "autoencoder")
+    assert form == "phases4d" and written.input_shape == (1, 16, 24, 3)
+    assert np.abs(np.concatenate([keras_out(written, one[None]) for one in x]) - expected).max() < 1e-5
+    path = tmp_path / "autoencoder_batch1.tflite"
+    _write_tflite(written, "autoencoder", path, "float32")
+    assert not {"FULLY_CONNECTED", "TRANSPOSE_CONV", "TRANSPOSE"} & set(graph_ops(path))
+    cv2 = pytest.importorskip("cv2")
+    for engine in [getattr(cv2.dnn, n) for n in ("ENGINE_CLASSIC", "ENGINE_NEW") if hasattr(cv2.dnn, n)]:
+        net = cv2.dnn.readNet(str(path), "", "", engine)
+        outs = []
+        for one in x:  # OpenCV's TFLite blobs are NCHW
+            net.setInput(np.ascontiguousarray(one[None].transpose(0, 3, 1, 2)))
+            outs.append(np.asarray(net.forward()).transpose(0, 2, 3, 1))
+        assert np.abs(np.concatenate(outs) - expected).max() < 1e-5, engine
+
+
+def _outputs(layer):
+    out = layer.output
+    return out if isinstance(out, list) else [out]
+
+
+def test_phase_weights_take_only_each_phases_taps():
+    from aekit.exporting.forms import phase_weights
+
+    kernel = np.random.default_rng(3).normal(size=(3, 3, 4, 5)).astype(np.float32)  # (kh, kw, out, in)
+    phases = phase_weights(kernel, (2, 2), (0, 0))
+    assert [p[0] for p in phases] == [(0, 0), (0, 1), (1, 0), (1, 1)]  # depth_to_space's channel order
+    assert [p[1].shape[:2] for p in phases] == [(2, 2), (2, 1), (1, 2), (1, 1)]
+    assert sum(p[1].shape[0] * p[1].shape[1] for p in phases) == 9  # the transposed convolution's 9 taps, no more
+    assert [p[2] for p in phases] == [((1, 0), (1, 0)), ((1, 0), (0, 0)), ((0, 0), (1, 0)), ((0, 0), (0, 0))]
+    # the odd row, odd column phase is the centre tap; the even/even one takes the corners (taps 2 then 0)
+    np.testing.assert_array_equal(phases[3][1][0, 0], kernel[1, 1].T)
+    np.testing.assert_array_equal(phases[0][1][0, 0], kernel[2, 2].T)
+    np.testing.assert_array_equal(phases[0][1][1, 1], kernel[0, 0].T)
+
+
 def test_an_unknown_form_is_refused():
     from aekit.exporting.forms import rewrite_decoder
 
@@ -107,7 +170,7 @@ def conv_transpose_pads(model):
     ]
 
 
-@pytest.mark.parametrize("form", ["native", "crop", "subpixel"])
+@pytest.mark.parametrize("form", ["native", "crop", "subpixel", "phases"])
 def test_onnx_files_of_each_form_agree_and_crop_has_no_asymmetric_convtranspose_pads(tmp_path, form):
     from aekit.edge.runtimes import OnnxRunner
     from aekit.exporting.forms import rewrite_decoder
@@ -127,24 +190,47 @@ def test_onnx_files_of_each_form_agree_and_crop_has_no_asymmetric_convtranspose_
         assert len(pads) == 4 and all(p == [0, 0, 0, 0] for p in pads)
     else:
         assert "ConvTranspose" not in ops and "DepthToSpace" not in ops and "Conv" in ops
+    if form != "native":  # a dynamic batch, and still no shape arithmetic (the reshapes are to constant shapes)
+        assert not ops & {"Shape", "Gather"}, ops
     out = OnnxRunner(path, "cpu", threads=1).run(z)
     assert np.abs(out - expected).max() < 1e-5
 
 
+@pytest.mark.parametrize("form", ["subpixel", "phases"])
 @pytest.mark.parametrize("interleave", ["reshape", "op"])
-def test_litert_file_of_the_subpixel_form_agrees(tmp_path, interleave):
+def test_litert_files_of_the_convolution_forms_agree(tmp_path, form, interleave):
     from aekit.edge.runtimes import TFLiteRunner
     from aekit.exporting.forms import rewrite_decoder
     from aekit.exporting.static import graph_ops
     from aekit.exporting.writers import _write_tflite
 
     decoder, z = random_decoder("non-square", seed=4)
-    path = tmp_path / "decoder_subpixel.tflite"
-    _write_tflite(rewrite_decoder(decoder, "subpixel", interleave), "decoder", path, "float32")
+    path = tmp_path / f"decoder_{form}.tflite"
+    _write_tflite(rewrite_decoder(decoder, form, interleave), "decoder", path, "float32")
     assert np.abs(TFLiteRunner(path, threads=1).run(z) - keras_out(decoder, z)).max() < 1e-5
     ops = graph_ops(path)
-    assert "TRANSPOSE_CONV" not in ops
+    assert "TRANSPOSE_CONV" not in ops and not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(ops), ops
     assert ops.count("TRANSPOSE") == 3  # one interleave per stride-2 layer ("op": 4-D, what tflite-micro takes)
+    assert ops.count("CONCATENATION") == (3 if form == "phases" else 0)
+
+
+@pytest.mark.parametrize("form", ["subpixel", "phases"])
+def test_dynamic_litert_decoders_stay_right_over_changing_batches(tmp_path, form):
+    """LiteRT 2.3's XNNPACK returned wrong outputs (off by up to 1.0) for a sub-pixel decoder whose reshapes
+    computed the batch at run time (SHAPE -> STRIDED_SLICE -> PACK), when invoked twice at batch 256 after
+    batches 64 and 1: aekit's forms reshape to constant shapes, and these files must stay right."""
+    from aekit.edge.runtimes import TFLiteRunner
+    from aekit.exporting.forms import rewrite_decoder
+    from aekit.exporting.writers import _write_tflite
+
+    decoder, _ = random_decoder("square", seed=6)
+    z = np.random.default_rng(7).normal(size=(256, SHAPES["square"][2])).astype(np.float32)
+    expected = keras_out(decoder, z)
+    path = tmp_path / "decoder.tflite"
+    _write_tflite(rewrite_decoder(decoder, form, "op"), "decoder", path, "float32")
+    runner = TFLiteRunner(path, threads=2)
+    errors = [float(np.abs(runner.run(z[:batch]) - expected[:batch]).max()) for batch in (64, 1, 256, 256, 256)]
+    assert max(errors) < 1e-5, errors
 
 
 @pytest.mark.parametrize("batch", [None, 1])

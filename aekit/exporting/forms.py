@@ -28,6 +28,19 @@ FORMS:
   before it). No transposed convolution is left: LiteRT's int8 TRANSPOSE_CONV (with the dynamic batch's
   computed output shape) is not delegated to XNNPACK, and onnxruntime has an int8 Conv (QLinearConv) but
   no int8 ConvTranspose (it runs dequantize -> float -> quantize).
+- "phases": each stride-2 Conv2DTranspose as s*s ordinary convolutions of its input, one per output phase,
+  holding only the taps that phase takes (stride 2, 3x3: 2x2, 2x1, 1x2 and 1x1 kernels, the transposed
+  convolution's 9 taps in all, where the sub-pixel Conv2D computes 16), concatenated on channels, then
+  depth_to_space(s) (phase_weights). The fastest float form in LiteRT; "subpixel" is the faster int8 one.
+- "phases4d": "phases" with every tensor 4-D, for OpenCV DNN's TFLite importer, which follows NHWC only
+  through 4-D tensors (a 2-D input stays "planar" to the end, and a reshape that changes the channel count,
+  or one to another rank, is laid out wrongly): the input is a (1, 1, L) latent image, the Dense one 1x1
+  Conv2D per pixel of its volume, the pixels concatenated into rows and the rows into the volume, and each
+  interleave is reshapes that keep the channels and concatenations along the width (planes_interleave). An
+  autoencoder keeps its image input; its encoder's Flatten -> Dense becomes the equal (H, W) Conv2D.
+
+In every form but "native" each reshape is to a constant shape with the batch as -1 (BatchReshape), so a
+dynamic-batch file computes no shape at run time.
 
 fold_batchnorm(model) is another rewrite of the same function, for encoders and decoders alike: each
 BatchNorm after LeakyReLU folded into the layer before it (its docstring says when that is exact).
@@ -43,7 +56,7 @@ import numpy as np
 
 from aekit.lazy import keras
 
-FORMS = ("native", "crop", "subpixel")
+FORMS = ("native", "crop", "subpixel", "phases", "phases4d")
 # How "subpixel" writes depth_to_space: "reshape" (Reshape -> Permute -> Reshape over a 6-D tensor: the faster
 # in onnxruntime) or "op" (the same over a 5-D one, each pixel's b*C channels as b rows of b*C: what every TFLite
 # runtime runs at every precision; tflite-micro's TRANSPOSE takes at most 5-D, and LiteRT 2.3 has no int8
@@ -69,6 +82,8 @@ def rewrite_decoder(model, form: str, interleave: str = "reshape"):
     """
     if form not in FORMS or interleave not in INTERLEAVES:
         raise ValueError(f"form {form!r} / interleave {interleave!r}: expected one of {FORMS} / {INTERLEAVES}")
+    if form == "phases4d":
+        return _four_d(model)
     x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
     x = _chain(model, form, x, interleave)
     return keras.Model(inputs, x, name=model.name)
@@ -84,6 +99,10 @@ def _chain(model, form: str, x, interleave: str = "reshape"):
             x = _as_crop(layer, x)
         elif isinstance(layer, keras.layers.Conv2DTranspose) and form == "subpixel":
             x = _as_subpixel(layer, x, interleave)
+        elif isinstance(layer, keras.layers.Conv2DTranspose) and form == "phases":
+            x = _as_phases(layer, x, interleave)
+        elif isinstance(layer, keras.layers.Reshape) and form != "native":
+            x = BatchReshape(layer.target_shape, name=layer.name)(x)
         else:
             twin = layer.__class__.from_config(layer.get_config())
             x = twin(x)
@@ -188,18 +207,187 @@ def _as_subpixel(layer, x, interleave: str = "reshape"):
     return _activate(layer, x, f"{layer.name}_activation")
 
 
+def _flat(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _flat(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+
+
+def _four_d(model):
+    """The "phases4d" form: "phases" with every tensor 4-D (the module doc says why). A decoder's input becomes a
+    (1, 1, L) latent image; an autoencoder keeps its image input, its encoder's Flatten -> Dense written as the
+    equal "valid" Conv2D with an (H, W) kernel, which gives that latent image."""
+    image_input = len(model.input_shape) == 4
+    shape = model.input_shape[1:] if image_input else (1, 1, model.input_shape[-1])
+    x = inputs = keras.Input(shape, name=model.inputs[0].name)
+    layers = list(_flat(model))
+    i = 0
+    while i < len(layers):
+        layer, after = layers[i], (layers[i + 1] if i + 1 < len(layers) else None)
+        if isinstance(layer, keras.layers.Flatten) and isinstance(after, keras.layers.Dense):
+            x, i = _flatten_dense_as_conv(after, x), i + 2
+            continue
+        if isinstance(layer, keras.layers.Dense):
+            if not isinstance(after, keras.layers.Reshape) or len(after.target_shape) != 3:
+                raise ValueError(f"{layer.name}: phases4d takes a Dense followed by a Reshape to an image")
+            x, i = _dense_as_pixels(layer, x, after.target_shape), i + 2
+            continue
+        if isinstance(layer, keras.layers.Conv2DTranspose) and layer.strides[0] > 1:
+            x = _as_phases(layer, x, "planes")
+        elif isinstance(layer, keras.layers.Conv2DTranspose):
+            x = _as_subpixel(layer, x)
+        else:
+            x = _copy(layer, x)
+        i += 1
+    return keras.Model(inputs, x, name=model.name)
+
+
+def _flatten_dense_as_conv(dense, x):
+    """Flatten then Dense(units) of an (H, W, C) image: a "valid" Conv2D(units) with an (H, W) kernel (Flatten's
+    order is (h, w, c), c fastest: the Dense kernel's rows reshape to (H, W, C)), giving a (1, 1, units) image."""
+    height, width, channels = x.shape[1:]
+    kernel, bias = (np.asarray(w) for w in dense.get_weights())
+    if dense.get_config()["activation"] != "linear":
+        raise ValueError(f"{dense.name}: phases4d takes a Dense without an activation")
+    conv = keras.layers.Conv2D(kernel.shape[1], (height, width), name=f"{dense.name}_conv")
+    x = conv(x)
+    conv.set_weights([kernel.reshape(height, width, channels, kernel.shape[1]), bias])
+    return x
+
+
+def _dense_as_pixels(dense, x, volume):
+    """Dense(L -> H*W*C) then Reshape((H, W, C)) on a (1, 1, L) image: one 1x1 Conv2D(C) per pixel of the volume, with
+    that pixel's C columns of the Dense kernel and bias; each row's W pixels concatenated along the width, the H rows
+    along the height. (OpenCV's TFLite importer lays out only the first output of a SPLIT as NHWC, so the pixels
+    are not split from one convolution; tflite-micro's CONCATENATION takes at most 10 inputs: volumes up to 10x10
+    run there.)"""
+    height, width, channels = volume
+    kernel, bias = (np.asarray(w).reshape(-1, height, width, channels) for w in dense.get_weights())
+    rows = []
+    for h in range(height):
+        pixels = []
+        for w in range(width):
+            conv = keras.layers.Conv2D(channels, 1, name=f"{dense.name}_pixel{h}_{w}")
+            pixels.append(conv(x))
+            conv.set_weights([kernel[:, h, w][None, None], bias[0, h, w]])
+        rows.append(keras.layers.Concatenate(axis=2, name=f"{dense.name}_row{h}")(pixels) if width > 1 else pixels[0])
+    return keras.layers.Concatenate(axis=1, name=f"{dense.name}_volume")(rows) if height > 1 else rows[0]
+
+
+def planes_interleave(phases, block: int, name: str):
+    """depth_to_space of the phase images (depth_to_space's channel order, each (H, W, C)), by 4-D reshapes that keep
+    the C channels and concatenations along the width: output row block * h + r is phase row r's pixels of row h,
+    their columns interleaved."""
+    height, width, channels = phases[0].shape[1:]
+    rows = []
+    for r in range(block):
+        cols = [
+            BatchReshape((height * width, 1, channels), name=f"{name}_{r}{s}_column")(phases[r * block + s]) for s in range(block)
+        ]
+        x = keras.layers.Concatenate(axis=2, name=f"{name}_{r}_columns")(cols)  # (H*W, b, C): pixel by pixel
+        rows.append(BatchReshape((height, width * block, channels), name=f"{name}_{r}_row")(x))
+    x = keras.layers.Concatenate(axis=2, name=f"{name}_rows")(rows)  # (H, b * b*W, C): row r at columns r*b*W...
+    return BatchReshape((height * block, width * block, channels), name=name)(x)
+
+
+def phase_weights(kernel: np.ndarray, strides, cut) -> list[tuple[tuple[int, int], np.ndarray, tuple]]:
+    """A Conv2DTranspose kernel (kh, kw, C_out, C_in) as one Conv2D per output phase, only the taps that phase uses.
+
+    Returns [((r_row, r_col), kernel (th, tw, C_in, C_out), zero padding ((before, after), (before, after)))] in
+    depth_to_space's channel order (r_row * s + r_col). Stride 2, 3x3: kernels 2x2, 2x1, 1x2 and 1x1, 9 taps in
+    all, as many multiply-adds as the transposed convolution (the sub-pixel Conv2D does 16).
+    """
+    kh, kw, c_out, c_in = kernel.shape
+    (sh, sw), (top, left) = strides, cut
+
+    def taps(k, s, p, r):  # [(tap a, input offset d)] of phase r on one axis
+        return [(a, (r + p - a) // s) for a in range(k) if (r + p - a) % s == 0]
+
+    phases = []
+    for r_row in range(sh):
+        for r_col in range(sw):
+            rows, cols = taps(kh, sh, top, r_row), taps(kw, sw, left, r_col)
+            d0_row, d1_row = min(d for _, d in rows), max(d for _, d in rows)
+            d0_col, d1_col = min(d for _, d in cols), max(d for _, d in cols)
+            weights = np.zeros((d1_row - d0_row + 1, d1_col - d0_col + 1, c_in, c_out), kernel.dtype)
+            for a_row, d_row in rows:
+                for a_col, d_col in cols:
+                    weights[d_row - d0_row, d_col - d0_col] = kernel[a_row, a_col].T
+            phases.append(((r_row, r_col), weights, ((-d0_row, d1_row), (-d0_col, d1_col))))
+    return phases
+
+
+def _as_phases(layer, x, interleave: str = "reshape"):
+    """Conv2DTranspose "same" (stride s > 1) as s*s Conv2Ds of the input (one per output phase), concatenated on
+    channels, then depth_to_space(s); stride 1 as in "subpixel" (one 3x3 Conv2D)."""
+    kh, kw, sh, sw, top, left = _geometry(layer)
+    if layer.get_config()["padding"] != "same" or sh != sw:
+        raise ValueError(f"{layer.name}: only square-stride 'same' Conv2DTranspose is rewritten in phases")
+    if kh < sh or kw < sw:
+        raise ValueError(f"{layer.name}: a kernel smaller than its stride is not rewritten")
+    if sh == 1:
+        return _as_subpixel(layer, x, interleave)
+    use_bias = layer.get_config()["use_bias"]
+    kernel = np.asarray(layer.get_weights()[0])
+    bias = np.asarray(layer.get_weights()[1]) if use_bias else None
+    outputs = []
+    for (r_row, r_col), weights, padding in phase_weights(kernel, (sh, sw), (top, left)):
+        y = x
+        if any(padding[0]) or any(padding[1]):
+            y = keras.layers.ZeroPadding2D(padding, name=f"{layer.name}_phase{r_row}{r_col}_pad")(y)
+        conv = keras.layers.Conv2D(
+            weights.shape[-1], weights.shape[:2], use_bias=use_bias, name=f"{layer.name}_phase{r_row}{r_col}"
+        )
+        y = conv(y)
+        conv.set_weights([weights] + ([bias] if use_bias else []))
+        outputs.append(y)
+    if interleave == "planes":
+        x = planes_interleave(outputs, sh, f"{layer.name}_to_space")
+    else:
+        x = keras.layers.Concatenate(name=f"{layer.name}_phases")(outputs)
+        x = depth_to_space(x, sh, f"{layer.name}_to_space", interleave)
+    return _activate(layer, x, f"{layer.name}_activation")
+
+
 def depth_to_space(x, block: int, name: str, interleave: str = "reshape"):
     """tf.nn.depth_to_space(x, block) (channels_last): channel (i * block + j) * C + c of pixel (h, w) goes to pixel
-    (h * block + i, w * block + j), channel c; as Reshape -> Permute -> Reshape, or as the op itself ("op")."""
+    (h * block + i, w * block + j), channel c; as Reshape -> Permute -> Reshape, each Reshape to a constant shape
+    (BatchReshape), over a 6-D tensor ("reshape") or a 5-D one ("op")."""
     height, width, channels = x.shape[1:]
-    if interleave == "op":  # (H, W, b, b*C) -> (H, b, W, b*C) -> (H*b, W*b, C): a 5-D transpose
-        x = keras.layers.Reshape((height, width, block, channels // block), name=f"{name}_split")(x)
-        x = keras.layers.Permute((1, 3, 2, 4), name=f"{name}_interleave")(x)
-        return keras.layers.Reshape((height * block, width * block, channels // (block * block)), name=name)(x)
     c = channels // (block * block)
-    x = keras.layers.Reshape((height, width, block, block, c), name=f"{name}_split")(x)
-    x = keras.layers.Permute((1, 3, 2, 4, 5), name=f"{name}_interleave")(x)
-    return keras.layers.Reshape((height * block, width * block, c), name=name)(x)
+    if interleave == "op":  # (H, W, b, b*C) -> (H, b, W, b*C) -> (H*b, W*b, C): a 5-D transpose
+        x = BatchReshape((height, width, block, channels // block), name=f"{name}_split")(x)
+        x = keras.layers.Permute((1, 3, 2, 4), name=f"{name}_interleave")(x)
+    else:
+        x = BatchReshape((height, width, block, block, c), name=f"{name}_split")(x)
+        x = keras.layers.Permute((1, 3, 2, 4, 5), name=f"{name}_interleave")(x)
+    return BatchReshape((height * block, width * block, c), name=name)(x)
+
+
+@keras.saving.register_keras_serializable(package="aekit")
+class BatchReshape(keras.layers.Layer):
+    """keras.layers.Reshape to `target_shape` with the batch written as -1 instead of read from the input's shape.
+
+    Keras' Reshape computes the batch at run time, which the converters write as shape ops (TFLite SHAPE,
+    STRIDED_SLICE, PACK; ONNX Shape, Gather, Concat). With -1 the new shape is a constant: a dynamic-batch file
+    then holds no shape ops, and LiteRT 2.3's XNNPACK computes it right (with the computed shape it returned
+    wrong outputs for a sub-pixel decoder invoked twice at batch 256 after other batches; tests/test_forms.py).
+    """
+
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.target_shape = tuple(int(d) for d in target_shape)
+
+    def call(self, inputs):
+        return keras.ops.reshape(inputs, (-1, *self.target_shape))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.target_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": self.target_shape}
 
 
 def fold_batchnorm(model):

@@ -327,21 +327,24 @@ def batchnorm_as_depthwise(model):
 
     Inference BatchNorm is y = a * x + b per channel, with a = gamma / sqrt(var + eps) and
     b = beta - mean * a: exactly a 1x1 depthwise convolution with kernel a and bias b, which the
-    TFLite converter quantizes per channel. Works on aekit's chain models, nested ones included.
+    TFLite converter quantizes per channel. Works on any functional model (branches, as in the "phases"
+    decoder form, and nested models included); the other layers are shared with `model`.
     """
 
-    x = inputs = keras.Input(model.input_shape[1:], batch_size=model.input_shape[0], name=model.inputs[0].name)
-    for layer in model.layers[1:]:
-        if isinstance(layer, keras.Model):
-            x = batchnorm_as_depthwise(layer)(x)
-        elif isinstance(layer, keras.layers.BatchNormalization) and len(layer.input.shape) == 4:
-            gamma, beta, mean, var = (np.asarray(w, np.float64) for w in layer.get_weights())
-            scale = gamma / np.sqrt(var + layer.epsilon)
-            affine = keras.layers.DepthwiseConv2D(1, use_bias=True, name=f"{layer.name}_affine")
-            x = affine(x)
-            affine.set_weights([scale.reshape(1, 1, -1, 1).astype(np.float32), (beta - mean * scale).astype(np.float32)])
-        else:
-            twin = layer.__class__.from_config(layer.get_config())
-            x = twin(x)
-            twin.set_weights(layer.get_weights())
-    return keras.Model(inputs, x, name=model.name)
+    made = set()  # ids of the depthwise layers made here
+
+    def clone(layer):
+        if not (isinstance(layer, keras.layers.BatchNormalization) and len(layer.input.shape) == 4):
+            return layer
+        gamma, beta, mean, var = (np.asarray(w, np.float64) for w in layer.get_weights())
+        scale = gamma / np.sqrt(var + layer.epsilon)
+        affine = keras.layers.DepthwiseConv2D(1, use_bias=True, name=f"{layer.name}_affine")
+        affine.build(layer.input.shape)
+        affine.set_weights([scale.reshape(1, 1, -1, 1).astype(np.float32), (beta - mean * scale).astype(np.float32)])
+        made.add(id(affine))
+        return affine
+
+    def call(layer, *args, **kwargs):  # the BatchNorm's call arguments (mask, training) are not the depthwise one's
+        return layer(args[0]) if id(layer) in made else layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=True)

@@ -61,7 +61,8 @@ class MicroRunner:
         outputs = []
         for one in np.asarray(batch, np.float32):
             try:
-                self.interpreter.set_input(quantize(one[None], self.input), 0)
+                # a "phases4d" decoder (a fixed-batch float file) reads its latents as (1, 1, L) latent images
+                self.interpreter.set_input(quantize(one.reshape(self.input["shape"]), self.input), 0)
                 self.interpreter.invoke()
             except (RuntimeError, ValueError) as exc:
                 raise AekitError(f"tflite-micro cannot run {self.path}: {str(exc).splitlines()[0][:300]}.") from None

@@ -62,12 +62,17 @@ def fixed_batch(model, batch: int):
 def written_model(model, batch: int | None, fmt: str, precision: str = "float32", role: str = "decoder"):
     """(the Keras model a file is converted from, its form or None): the same function, in its runtime's best form.
 
-    - A fixed-batch ONNX decoder: "crop" (aekit.exporting.forms: no asymmetric ConvTranspose pads, OpenCV 4.x).
-    - A fixed-batch TFLite decoder (tflm too), and an int8 ONNX decoder: "subpixel" (ordinary convolutions and an
-      interleave: LiteRT hands no TRANSPOSE_CONV to XNNPACK, and onnxruntime has no int8 ConvTranspose kernel;
-      measured in benchmarks/decoder_forms.py). A float32 ONNX decoder stays "native" (its ConvTranspose is
-      faster there), and so does a dynamic-batch TFLite decoder: LiteRT 2.3's XNNPACK returned wrong outputs
-      for one (a tiny digit decoder) when invoked twice at batch 256 without a resize.
+    The forms (aekit.exporting.forms) were timed side by side in benchmarks/decoder_forms.py:
+    - A .tflite decoder (tflm too) is written without transposed convolutions, which LiteRT does not hand to
+      XNNPACK: "phases" for float files (one convolution per output phase, as many multiply-adds as the
+      transposed convolution), "subpixel" for int8 ones (one convolution with 4x the channels: the faster
+      int8 kernel). Their reshapes are to constant shapes, so a dynamic-batch file holds no shape ops. A
+      fixed-batch float one (the autoencoder too) is "phases4d": every tensor 4-D, a decoder's input a
+      (1, 1, L) latent image, which OpenCV DNN's TFLite importer runs (it follows NHWC only through 4-D tensors).
+    - A fixed-batch ONNX file with transposed convolutions (decoder, autoencoder): "crop" (no asymmetric
+      ConvTranspose pads: OpenCV DNN 4.x). Else an int8 ONNX decoder: "subpixel" (onnxruntime has no int8
+      ConvTranspose kernel); a float32 one stays "native" (onnxruntime's ConvTranspose ran it as fast as the
+      convolution forms, which add layout copies).
     - An int8 ONNX encoder: its BatchNorm folded into the convolutions before it ("folded": fewer int8 passes).
     Then at the fixed batch, when there is one.
     """
@@ -75,11 +80,13 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
 
     form = None
     if has_same_transpose(model):
-        # not a dynamic-batch .tflite: XNNPACK ran one wrongly on a repeated invoke at batch 256
-        fast = fmt == "tflm" or (fmt == "tflite" and batch is not None) or (fmt == "onnx" and precision == "int8")
         if fmt == "onnx" and batch is not None:
             form = "crop"
-        elif role == "decoder" and fast:
+        elif fmt == "tflite" and batch is not None and precision != "int8":
+            form = "phases4d"  # the decoder and the autoencoder: OpenCV DNN 5 runs these
+        elif role == "decoder" and fmt in ("tflite", "tflm"):
+            form = "subpixel" if precision == "int8" or fmt == "tflm" else "phases"
+        elif role == "decoder" and fmt == "onnx" and precision == "int8":
             form = "subpixel"
     interleave = "op" if fmt in ("tflite", "tflm") else "reshape"  # tflite-micro's TRANSPOSE stops at 5-D
     written = forms.rewrite_decoder(model, form, interleave) if form else model
@@ -113,6 +120,36 @@ def graph_ops(path: Path) -> list[str]:
 
 
 def shape_ops(path: Path) -> list[str]:
-    """The shape-computing ops (SHAPE_OPS) an .onnx or .tflite file holds, sorted (empty for a static file)."""
-    kind = "onnx" if Path(path).suffix == ".onnx" else "tflite"
-    return sorted(set(graph_ops(path)) & SHAPE_OPS[kind])
+    """The shape-computing ops an .onnx or .tflite file holds, sorted (empty for a static file).
+
+    An op of SHAPE_OPS counts when it writes an integer tensor (a shape, an index): a CONCATENATION or
+    Concat of images (the "phases" decoder form) is not one.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        graph = model.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.output, *graph.input)}
+        types.update({t.name: t.data_type for t in graph.initializer})
+        integer = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}
+        found = {
+            node.op_type
+            for node in graph.node
+            if node.op_type in SHAPE_OPS["onnx"]
+            and (node.op_type in ("Shape", "Size") or any(types.get(o) in integer for o in node.output))
+        }
+        return sorted(found)
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _quiet():
+        interpreter = Interpreter(model_path=str(path))
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    found = {
+        op["op_name"]
+        for op in interpreter._get_ops_details()
+        if op["op_name"] in SHAPE_OPS["tflite"]
+        and (op["op_name"] == "SHAPE" or any(dtypes.get(o) in (np.int32, np.int64) for o in op["outputs"]))
+    }
+    return sorted(found)
