@@ -99,6 +99,11 @@ KNOWN = [
     ("kTfLiteInt8 || input->type == kTfLiteInt16", "tflite-micro's DEQUANTIZE takes integers, not fp16 files' float16 weights"),
     ("has no TFLite importer", "this OpenCV reads no .tflite"),
     ("runs this file at input shape", "tflite-micro cannot resize inputs: it runs the shape stored in the file"),
+    (
+        "input channels should be multiple of",
+        "OpenCV's TFLite importer lays out every tensor after a 2-D input wrongly (NHWC read as NCHW); the fixed-batch "
+        "float decoder (phases4d form, a 4-D latent input) runs",
+    ),
 ]
 
 
