@@ -86,7 +86,7 @@ def build_configs(kind, decoder, latents, calib, scratch: Path, precisions):
     for form in FORMS:
         folder = scratch / kind / form
         folder.mkdir(parents=True)
-        if form == "phases4d":  # the fixed-batch float .tflite form (a (1, 1, L) input, which TFLiteRunner feeds)
+        if form == "phases4d":  # the fixed-batch float .tflite form, timed here at a dynamic batch ((N, 1, 1, L) input)
             _write_tflite(rewrite_decoder(decoder, form), "decoder", folder / "decoder.tflite", "float32")
             configs.append((kind, form, "litert", "float32", TFLiteRunner(folder / "decoder.tflite", THREADS).run))
             continue

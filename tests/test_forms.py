@@ -123,13 +123,27 @@ def test_the_4d_autoencoder_runs_in_opencv_on_both_engines(tmp_path):
     _write_tflite(written, "autoencoder", path, "float32")
     assert not {"FULLY_CONNECTED", "TRANSPOSE_CONV", "TRANSPOSE"} & set(graph_ops(path))
     cv2 = pytest.importorskip("cv2")
-    for engine in [getattr(cv2.dnn, n) for n in ("ENGINE_CLASSIC", "ENGINE_NEW") if hasattr(cv2.dnn, n)]:
-        net = cv2.dnn.readNet(str(path), "", "", engine)
+    for engine in [getattr(cv2.dnn, n) for n in ("ENGINE_CLASSIC", "ENGINE_NEW") if hasattr(cv2.dnn, n)] or [None]:
+        net = cv2.dnn.readNet(str(path)) if engine is None else cv2.dnn.readNet(str(path), "", "", engine)
         outs = []
         for one in x:  # OpenCV's TFLite blobs are NCHW
             net.setInput(np.ascontiguousarray(one[None].transpose(0, 3, 1, 2)))
             outs.append(np.asarray(net.forward()).transpose(0, 2, 3, 1))
         assert np.abs(np.concatenate(outs) - expected).max() < 1e-5, engine
+
+
+def test_a_volume_over_10x10_gets_phases_at_a_fixed_batch():
+    """phases4d writes a convolution per pixel of the Dense's volume (tflite-micro's CONCATENATION: 10 inputs)."""
+    from aekit.exporting.static import written_model
+    from aekit.training.model import build_autoencoder
+
+    _, small, _ = build_autoencoder((40, 40, 1), (8, 16), 4)  # a 10x10 volume
+    _, large, _ = build_autoencoder((48, 44, 1), (8, 16), 4)  # 12x11
+    assert written_model(small, 1, "tflite")[1] == "phases4d"
+    written, form = written_model(large, 1, "tflite")
+    assert form == "phases" and written.input_shape == (1, 4)
+    z = np.random.default_rng(9).normal(size=(1, 4)).astype(np.float32)
+    assert np.abs(keras_out(written, z) - keras_out(large, z)).max() < 1e-5
 
 
 def _outputs(layer):
@@ -231,6 +245,23 @@ def test_dynamic_litert_decoders_stay_right_over_changing_batches(tmp_path, form
     runner = TFLiteRunner(path, threads=2)
     errors = [float(np.abs(runner.run(z[:batch]) - expected[:batch]).max()) for batch in (64, 1, 256, 256, 256)]
     assert max(errors) < 1e-5, errors
+
+
+def test_a_dynamic_int8_subpixel_decoder_stays_right_over_changing_batches(tmp_path):
+    """The int8 .tflite decoder (subpixel, XNNPACK's int8 kernels): each image decodes the same whatever the batch."""
+    from aekit.edge.runtimes import TFLiteRunner
+    from aekit.exporting.forms import rewrite_decoder
+    from aekit.exporting.int8 import TFLiteQuantizer
+
+    decoder, _ = random_decoder("square", seed=10)
+    z = np.random.default_rng(11).normal(size=(256, SHAPES["square"][2])).astype(np.float32)
+    path = tmp_path / "decoder_int8.tflite"
+    TFLiteQuantizer(rewrite_decoder(decoder, "subpixel", "op"), "decoder", z).write(path)
+    runner = TFLiteRunner(path, threads=2)
+    first = runner.run(z[:64])
+    assert np.abs(first - keras_out(decoder, z[:64])).mean() < 0.05  # int8, near the float decoder
+    for batch in (1, 256, 256, 256):
+        assert np.abs(runner.run(z[:batch])[:64] - first[:batch]).max() < 0.02, batch  # a quantum or two at most
 
 
 @pytest.mark.parametrize("batch", [None, 1])

@@ -258,8 +258,9 @@ class TFLiteRunner:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         self._resize(len(batch))
-        # a "phases4d" decoder takes its (N, L) latents as (N, 1, 1, L) latent images: the same values
-        batch = batch.reshape(len(batch), *self.input["shape"][1:]) if batch.ndim != len(self.input["shape"]) else batch
+        shape = self.input["shape"]
+        if batch.ndim == 2 and len(shape) == 4 and tuple(shape[1:3]) == (1, 1):
+            batch = batch.reshape(len(batch), 1, 1, -1)  # a "phases4d" decoder's (N, L) latents as (N, 1, 1, L) images
         self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
         self.interpreter.invoke()
         return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)

@@ -82,7 +82,8 @@ def _check_shapes(session) -> None:
     inputs, outputs = session.runner.specs()
     want_in, want_out = (tuple(session.image_shape), (session.latent_dim,))[:: 1 if session.role == "encoder" else -1]
     got_in, got_out = tuple(inputs[0].shape[1:]), tuple(outputs[0].shape[1:])
-    if session.role == "decoder" and got_in[:-1] == (1, 1):  # a "phases4d" decoder's (1, 1, L) latent image
+    if session.role == "decoder" and session.path.suffix == ".tflite" and got_in[:-1] == (1, 1):
+        # a "phases4d" decoder's (1, 1, L) latent image: its runner feeds it (N, L) latents
         got_in = got_in[-1:]
     if got_in != want_in or got_out != want_out:
         raise AekitError(

@@ -1,12 +1,13 @@
 """A trained decoder rewritten into another form of the same function, for runtimes that run that form faster.
 
-Every form computes the decoder's function (to float rounding, ~1e-6 on [0, 1] outputs); only how each
-transposed convolution is written changes. For a Keras Conv2DTranspose with kernel k, stride s and
-padding "same" (output = s x input), TensorFlow's transposed convolution places input pixel i's k taps
-at output rows s*i + a - p, a = 0..k-1, where p = max(k - s, 0) // 2 is the top (left) padding of the
-forward convolution it is the gradient of; the extra max(k - s, 0) - p rows are cut off the bottom
-(right). For the model's 3x3 kernels: stride 2 cuts 0 rows at the top and 1 at the bottom (asymmetric:
-ONNX ConvTranspose pads 0,0,1,1), stride 1 cuts 1 on each side.
+Every form computes the decoder's function (to float rounding, ~1e-6 on [0, 1] outputs); what changes is
+how each transposed convolution is written (and, in "phases4d", the Dense and the input's shape). For a
+Keras Conv2DTranspose with kernel k, stride s and padding "same" (output = s x input), TensorFlow's
+transposed convolution places input pixel i's k taps at output rows s*i + a - p, a = 0..k-1, where
+p = max(k - s, 0) // 2 is the top (left) padding of the forward convolution it is the gradient of; the
+extra max(k - s, 0) - p rows are cut off the bottom (right). For the model's 3x3 kernels: stride 2 cuts
+0 rows at the top and 1 at the bottom (asymmetric: ONNX ConvTranspose pads 0,0,1,1), stride 1 cuts 1 on
+each side.
 
 FORMS:
 - "native": the model as trained (a copy).
@@ -52,6 +53,8 @@ output_padding, channels_last.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from aekit.lazy import keras
@@ -69,16 +72,18 @@ def rewrite_decoder(model, form: str, interleave: str = "reshape"):
 
     Args:
         model: a Keras model whose layers form one chain (aekit's decoder: Dense, Reshape, Conv2DTranspose,
-            LeakyReLU, BatchNormalization, Activation), nested chain models included.
-        form: "native" (a copy), "crop" or "subpixel" (the module doc says how each computes the same).
-        interleave: how "subpixel" writes depth_to_space (INTERLEAVES).
+            LeakyReLU, BatchNormalization, Activation), nested chain models included (an autoencoder too).
+        form: one of FORMS (the module doc says how each computes the same).
+        interleave: how "subpixel" and "phases" write depth_to_space (INTERLEAVES; "phases4d" has its own).
 
     Returns:
-        keras.Model with the same input and output shapes and names, in inference mode the same outputs.
+        keras.Model with the same output shape and names, in inference mode the same outputs; the same input
+        shape too, except a "phases4d" decoder's: (1, 1, L) for L.
 
     Raises:
-        ValueError: an unknown form, or a Conv2DTranspose this rewrite does not take (dilation, output_padding,
-            channels_first, padding other than "same"/"valid").
+        ValueError: an unknown form, a Conv2DTranspose this rewrite does not take (dilation, output_padding,
+            channels_first, padding other than "same"/"valid"), or for "phases4d" a Dense with an activation,
+            not followed by a Reshape to an image, or with a volume over 10x10 (MAX_4D_PIXELS).
     """
     if form not in FORMS or interleave not in INTERLEAVES:
         raise ValueError(f"form {form!r} / interleave {interleave!r}: expected one of {FORMS} / {INTERLEAVES}")
@@ -244,27 +249,39 @@ def _four_d(model):
     return keras.Model(inputs, x, name=model.name)
 
 
+def _dense_parts(dense) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel, bias) of a Dense the 4-D form rewrites: no activation (a zero bias when it has none)."""
+    config = dense.get_config()
+    if config["activation"] != "linear":
+        raise ValueError(f"{dense.name}: phases4d takes a Dense without an activation")
+    kernel, *bias = (np.asarray(w, np.float32) for w in dense.get_weights())
+    return kernel, (bias[0] if bias else np.zeros(kernel.shape[1], np.float32))
+
+
 def _flatten_dense_as_conv(dense, x):
     """Flatten then Dense(units) of an (H, W, C) image: a "valid" Conv2D(units) with an (H, W) kernel (Flatten's
     order is (h, w, c), c fastest: the Dense kernel's rows reshape to (H, W, C)), giving a (1, 1, units) image."""
     height, width, channels = x.shape[1:]
-    kernel, bias = (np.asarray(w) for w in dense.get_weights())
-    if dense.get_config()["activation"] != "linear":
-        raise ValueError(f"{dense.name}: phases4d takes a Dense without an activation")
+    kernel, bias = _dense_parts(dense)
     conv = keras.layers.Conv2D(kernel.shape[1], (height, width), name=f"{dense.name}_conv")
     x = conv(x)
     conv.set_weights([kernel.reshape(height, width, channels, kernel.shape[1]), bias])
     return x
 
 
+MAX_4D_PIXELS = 100  # phases4d writes one convolution per pixel of the Dense's volume: up to 10x10 (tflite-micro's
+# CONCATENATION takes at most 10 inputs); a larger volume's fixed-batch .tflite decoder is written in "phases"
+
+
 def _dense_as_pixels(dense, x, volume):
     """Dense(L -> H*W*C) then Reshape((H, W, C)) on a (1, 1, L) image: one 1x1 Conv2D(C) per pixel of the volume, with
     that pixel's C columns of the Dense kernel and bias; each row's W pixels concatenated along the width, the H rows
     along the height. (OpenCV's TFLite importer lays out only the first output of a SPLIT as NHWC, so the pixels
-    are not split from one convolution; tflite-micro's CONCATENATION takes at most 10 inputs: volumes up to 10x10
-    run there.)"""
+    are not split from one convolution.)"""
     height, width, channels = volume
-    kernel, bias = (np.asarray(w).reshape(-1, height, width, channels) for w in dense.get_weights())
+    if height * width > MAX_4D_PIXELS or height > 10 or width > 10:
+        raise ValueError(f"{dense.name}: a {height}x{width} volume is larger than phases4d writes (10x10)")
+    kernel, bias = (w.reshape(-1, height, width, channels) for w in _dense_parts(dense))
     rows = []
     for h in range(height):
         pixels = []
@@ -366,28 +383,37 @@ def depth_to_space(x, block: int, name: str, interleave: str = "reshape"):
     return BatchReshape((height * block, width * block, c), name=name)(x)
 
 
-@keras.saving.register_keras_serializable(package="aekit")
-class BatchReshape(keras.layers.Layer):
+def BatchReshape(target_shape, **kwargs):  # noqa: N802 - a layer class, made on first use
     """keras.layers.Reshape to `target_shape` with the batch written as -1 instead of read from the input's shape.
 
     Keras' Reshape computes the batch at run time, which the converters write as shape ops (TFLite SHAPE,
     STRIDED_SLICE, PACK; ONNX Shape, Gather, Concat). With -1 the new shape is a constant: a dynamic-batch file
     then holds no shape ops, and LiteRT 2.3's XNNPACK computes it right (with the computed shape it returned
     wrong outputs for a sub-pixel decoder invoked twice at batch 256 after other batches; tests/test_forms.py).
+    The Keras layer class is defined on the first call, so that importing this module imports no Keras.
     """
+    return _batch_reshape_class()(target_shape, **kwargs)
 
-    def __init__(self, target_shape, **kwargs):
-        super().__init__(**kwargs)
-        self.target_shape = tuple(int(d) for d in target_shape)
 
-    def call(self, inputs):
-        return keras.ops.reshape(inputs, (-1, *self.target_shape))
+@functools.cache
+def _batch_reshape_class():
+    class BatchReshape(keras.layers.Layer):  # noqa: N801 - what Keras and its summaries call it
+        """BatchReshape (the function above) as a Keras layer."""
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], *self.target_shape)
+        def __init__(self, target_shape, **kwargs):
+            super().__init__(**kwargs)
+            self.target_shape = tuple(int(d) for d in target_shape)
 
-    def get_config(self):
-        return {**super().get_config(), "target_shape": self.target_shape}
+        def call(self, inputs):
+            return keras.ops.reshape(inputs, (-1, *self.target_shape))
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], *self.target_shape)
+
+        def get_config(self):
+            return {**super().get_config(), "target_shape": self.target_shape}
+
+    return keras.saving.register_keras_serializable(package="aekit")(BatchReshape)
 
 
 def fold_batchnorm(model):

@@ -62,7 +62,8 @@ class MicroRunner:
         for one in np.asarray(batch, np.float32):
             try:
                 # a "phases4d" decoder (a fixed-batch float file) reads its latents as (1, 1, L) latent images
-                self.interpreter.set_input(quantize(one.reshape(self.input["shape"]), self.input), 0)
+                one = one.reshape(self.input["shape"]) if one.size == np.prod(self.input["shape"]) else one[None]
+                self.interpreter.set_input(quantize(one, self.input), 0)
                 self.interpreter.invoke()
             except (RuntimeError, ValueError) as exc:
                 raise AekitError(f"tflite-micro cannot run {self.path}: {str(exc).splitlines()[0][:300]}.") from None

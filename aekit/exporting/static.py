@@ -60,7 +60,8 @@ def fixed_batch(model, batch: int):
 
 
 def written_model(model, batch: int | None, fmt: str, precision: str = "float32", role: str = "decoder"):
-    """(the Keras model a file is converted from, its form or None): the same function, in its runtime's best form.
+    """(the Keras model a file is converted from, its form or None): the same function, in the form its runtime
+    runs fastest or its target loads.
 
     The forms (aekit.exporting.forms) were timed side by side in benchmarks/decoder_forms.py:
     - A .tflite decoder (tflm too) is written without transposed convolutions, which LiteRT does not hand to
@@ -89,7 +90,14 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
         elif role == "decoder" and fmt == "onnx" and precision == "int8":
             form = "subpixel"
     interleave = "op" if fmt in ("tflite", "tflm") else "reshape"  # tflite-micro's TRANSPOSE stops at 5-D
-    written = forms.rewrite_decoder(model, form, interleave) if form else model
+    # a layer the form does not take (e.g. a phases4d volume over 10x10): the next form, then the model as trained
+    candidates = dict.fromkeys([form, "phases" if form == "phases4d" and role == "decoder" else None, None])
+    for form in candidates:  # noqa: B020 - the form kept is the first that writes
+        try:
+            written = forms.rewrite_decoder(model, form, interleave) if form else model
+            break
+        except ValueError:
+            continue
     if role == "encoder" and fmt == "onnx" and precision == "int8":
         written, form = forms.fold_batchnorm(model), "folded"
     return (fixed_batch(written, batch) if batch is not None else written), form
