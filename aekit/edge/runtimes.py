@@ -182,6 +182,14 @@ class OnnxRunner:
         return [spec(t) for t in self.session.get_inputs()], [spec(t) for t in self.session.get_outputs()]
 
 
+def as_file_input(batch: np.ndarray, shape) -> np.ndarray:
+    """`batch` shaped as a .tflite file's input `shape` takes it: (N, L) latents as a "phases4d" decoder's (N, 1, 1, L)
+    latent images (aekit.exporting.forms); anything else as it is."""
+    if batch.ndim == 2 and len(shape) == 4 and tuple(shape[1:3]) == (1, 1):
+        return batch.reshape(len(batch), 1, 1, -1)
+    return batch
+
+
 class TFLiteRunner:
     """A LiteRT interpreter over one .tflite file, resized to each batch it is given.
 
@@ -258,10 +266,7 @@ class TFLiteRunner:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         self._resize(len(batch))
-        shape = self.input["shape"]
-        if batch.ndim == 2 and len(shape) == 4 and tuple(shape[1:3]) == (1, 1):
-            batch = batch.reshape(len(batch), 1, 1, -1)  # a "phases4d" decoder's (N, L) latents as (N, 1, 1, L) images
-        self.interpreter.set_tensor(self.input["index"], quantize(batch, self.input))
+        self.interpreter.set_tensor(self.input["index"], quantize(as_file_input(batch, self.input["shape"]), self.input))
         self.interpreter.invoke()
         return dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
 

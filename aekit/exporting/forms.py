@@ -83,7 +83,7 @@ def rewrite_decoder(model, form: str, interleave: str = "reshape"):
     Raises:
         ValueError: an unknown form, a Conv2DTranspose this rewrite does not take (dilation, output_padding,
             channels_first, padding other than "same"/"valid"), or for "phases4d" a Dense with an activation,
-            not followed by a Reshape to an image, or with a volume over 10x10 (MAX_4D_PIXELS).
+            not followed by a Reshape to an image, or with a volume over 10x10 (MAX_4D_SIDE).
     """
     if form not in FORMS or interleave not in INTERLEAVES:
         raise ValueError(f"form {form!r} / interleave {interleave!r}: expected one of {FORMS} / {INTERLEAVES}")
@@ -183,30 +183,39 @@ def subpixel_weights(kernel: np.ndarray, bias: np.ndarray | None, strides, cut) 
     return weights, tiled, ((-d0_row, d1_row), (-d0_col, d1_col))
 
 
-def _as_subpixel(layer, x, interleave: str = "reshape"):
-    """Conv2DTranspose "same" as (ZeroPadding2D) -> Conv2D(s*s*C_out) -> depth_to_space(s)."""
-    kh, kw, sh, sw, top, left = _geometry(layer)
+def _same_transpose(layer, form: str):
+    """(geometry as _geometry gives it, kernel, bias or None) of a Conv2DTranspose "same" that `form` rewrites."""
+    kh, kw, sh, sw, top, left = geometry = _geometry(layer)
     if layer.get_config()["padding"] != "same" or sh != sw:
-        raise ValueError(f"{layer.name}: only square-stride 'same' Conv2DTranspose is rewritten as sub-pixel")
+        raise ValueError(f"{layer.name}: only square-stride 'same' Conv2DTranspose is rewritten as {form}")
     if kh < sh or kw < sw:
         raise ValueError(f"{layer.name}: a kernel smaller than its stride is not rewritten")
-    use_bias = layer.get_config()["use_bias"]
-    kernel = np.asarray(layer.get_weights()[0])
-    bias = np.asarray(layer.get_weights()[1]) if use_bias else None
-    weights, tiled, padding = subpixel_weights(kernel, bias, (sh, sw), (top, left))
+    weights = layer.get_weights()
+    return geometry, np.asarray(weights[0]), (np.asarray(weights[1]) if layer.get_config()["use_bias"] else None)
+
+
+def _padded_conv(x, weights: np.ndarray, bias: np.ndarray | None, padding, name: str):
+    """Conv2D(weights, bias) over x zero-padded by `padding`: Conv2D's own "same" padding when that is symmetric
+    (ONNX Conv pads, no Pad node), else ZeroPadding2D (if any) then a "valid" Conv2D."""
     (pt, pb), (pl, pr) = padding
     odd = weights.shape[0] % 2 == 1 and weights.shape[1] % 2 == 1
     if odd and pt == pb == (weights.shape[0] - 1) // 2 and pl == pr == (weights.shape[1] - 1) // 2:
-        conv_padding = "same"  # symmetric: Conv2D's own padding (ONNX Conv pads, no Pad node)
+        conv_padding = "same"
     else:
         conv_padding = "valid"
         if any(padding[0]) or any(padding[1]):
-            x = keras.layers.ZeroPadding2D(padding, name=f"{layer.name}_pad")(x)
-    conv = keras.layers.Conv2D(
-        weights.shape[-1], weights.shape[:2], padding=conv_padding, use_bias=use_bias, name=f"{layer.name}_subpixel"
-    )
+            x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    conv = keras.layers.Conv2D(weights.shape[-1], weights.shape[:2], padding=conv_padding, use_bias=bias is not None, name=name)
     x = conv(x)
-    conv.set_weights([weights] + ([tiled] if use_bias else []))
+    conv.set_weights([weights] + ([bias] if bias is not None else []))
+    return x
+
+
+def _as_subpixel(layer, x, interleave: str = "reshape"):
+    """Conv2DTranspose "same" as (ZeroPadding2D) -> Conv2D(s*s*C_out) -> depth_to_space(s)."""
+    (_, _, sh, sw, top, left), kernel, bias = _same_transpose(layer, "sub-pixel")
+    weights, tiled, padding = subpixel_weights(kernel, bias, (sh, sw), (top, left))
+    x = _padded_conv(x, weights, tiled, padding, f"{layer.name}_subpixel")
     if sh > 1:
         x = depth_to_space(x, sh, f"{layer.name}_to_space", interleave)
     return _activate(layer, x, f"{layer.name}_activation")
@@ -269,8 +278,8 @@ def _flatten_dense_as_conv(dense, x):
     return x
 
 
-MAX_4D_PIXELS = 100  # phases4d writes one convolution per pixel of the Dense's volume: up to 10x10 (tflite-micro's
-# CONCATENATION takes at most 10 inputs); a larger volume's fixed-batch .tflite decoder is written in "phases"
+MAX_4D_SIDE = 10  # phases4d concatenates a row's pixels and the rows: tflite-micro's CONCATENATION takes at most 10
+# inputs, so volumes up to 10x10; a larger volume's fixed-batch .tflite decoder is written in "phases"
 
 
 def _dense_as_pixels(dense, x, volume):
@@ -279,8 +288,8 @@ def _dense_as_pixels(dense, x, volume):
     along the height. (OpenCV's TFLite importer lays out only the first output of a SPLIT as NHWC, so the pixels
     are not split from one convolution.)"""
     height, width, channels = volume
-    if height * width > MAX_4D_PIXELS or height > 10 or width > 10:
-        raise ValueError(f"{dense.name}: a {height}x{width} volume is larger than phases4d writes (10x10)")
+    if max(height, width) > MAX_4D_SIDE:
+        raise ValueError(f"{dense.name}: a {height}x{width} volume is larger than phases4d writes ({MAX_4D_SIDE}x{MAX_4D_SIDE})")
     kernel, bias = (w.reshape(-1, height, width, channels) for w in _dense_parts(dense))
     rows = []
     for h in range(height):
@@ -339,27 +348,13 @@ def phase_weights(kernel: np.ndarray, strides, cut) -> list[tuple[tuple[int, int
 def _as_phases(layer, x, interleave: str = "reshape"):
     """Conv2DTranspose "same" (stride s > 1) as s*s Conv2Ds of the input (one per output phase), concatenated on
     channels, then depth_to_space(s); stride 1 as in "subpixel" (one 3x3 Conv2D)."""
-    kh, kw, sh, sw, top, left = _geometry(layer)
-    if layer.get_config()["padding"] != "same" or sh != sw:
-        raise ValueError(f"{layer.name}: only square-stride 'same' Conv2DTranspose is rewritten in phases")
-    if kh < sh or kw < sw:
-        raise ValueError(f"{layer.name}: a kernel smaller than its stride is not rewritten")
+    (_, _, sh, sw, top, left), kernel, bias = _same_transpose(layer, "phases")
     if sh == 1:
         return _as_subpixel(layer, x, interleave)
-    use_bias = layer.get_config()["use_bias"]
-    kernel = np.asarray(layer.get_weights()[0])
-    bias = np.asarray(layer.get_weights()[1]) if use_bias else None
-    outputs = []
-    for (r_row, r_col), weights, padding in phase_weights(kernel, (sh, sw), (top, left)):
-        y = x
-        if any(padding[0]) or any(padding[1]):
-            y = keras.layers.ZeroPadding2D(padding, name=f"{layer.name}_phase{r_row}{r_col}_pad")(y)
-        conv = keras.layers.Conv2D(
-            weights.shape[-1], weights.shape[:2], use_bias=use_bias, name=f"{layer.name}_phase{r_row}{r_col}"
-        )
-        y = conv(y)
-        conv.set_weights([weights] + ([bias] if use_bias else []))
-        outputs.append(y)
+    outputs = [
+        _padded_conv(x, weights, bias, padding, f"{layer.name}_phase{r_row}{r_col}")
+        for (r_row, r_col), weights, padding in phase_weights(kernel, (sh, sw), (top, left))
+    ]
     if interleave == "planes":
         x = planes_interleave(outputs, sh, f"{layer.name}_to_space")
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aekit.edge.runtimes import dequantize, quantize
+from aekit.edge.runtimes import as_file_input, dequantize, quantize
 from aekit.errors import AekitError
 from aekit.quiet import quiet_native_output as _quiet
 
@@ -61,9 +61,7 @@ class MicroRunner:
         outputs = []
         for one in np.asarray(batch, np.float32):
             try:
-                # a "phases4d" decoder (a fixed-batch float file) reads its latents as (1, 1, L) latent images
-                one = one.reshape(self.input["shape"]) if one.size == np.prod(self.input["shape"]) else one[None]
-                self.interpreter.set_input(quantize(one, self.input), 0)
+                self.interpreter.set_input(quantize(as_file_input(one[None], self.input["shape"]), self.input), 0)
                 self.interpreter.invoke()
             except (RuntimeError, ValueError) as exc:
                 raise AekitError(f"tflite-micro cannot run {self.path}: {str(exc).splitlines()[0][:300]}.") from None
