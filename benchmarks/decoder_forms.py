@@ -10,7 +10,13 @@ min-max over rounds). Keras is each form's model under a compiled tf.function. "
 
 Models: "digits" (28x28x1, filters 32,64, latent 16) and "photos" (64x64x3, filters 32,64,128, latent 128),
 from a trained run when one is given (--digits-run, --photos-run; latents from its validation images),
-else with random weights (said in the table: speed does not depend on the weights, agreement of int8 does).
+else with random weights (said in the table), BatchNorm statistics included: a fresh BatchNorm (beta and mean 0)
+is a bare Mul that the converters fold away, which a trained one is not (speed depends on that, not on the other
+weights; agreement of int8 does).
+
+onnxruntime's "native" file is what `aekit export` writes for a float32 ONNX decoder: "folded", each BatchNorm
+folded into the layer before it (static.written_model). onnxruntime runs a batch of 64 as one single-threaded
+stream per thread (aekit.edge.runtimes.OnnxRunner); a batch of 1 on the one session with both threads.
 
     .venv/bin/python benchmarks/decoder_forms.py --digits-run runs/<digits> --photos-run runs/<photos> --rounds 5
 """
@@ -53,6 +59,11 @@ def decoder_and_latents(kind: str, run: Path | None):
     shape, filters, latent = MODELS[kind]
     _, decoder, _ = build_autoencoder(shape, filters, latent)
     rng = np.random.default_rng(0)
+    for layer in decoder.layers:  # gamma, beta, moving mean, moving variance, as a trained BatchNorm has them
+        if type(layer).__name__ == "BatchNormalization":
+            c = layer.get_weights()[0].shape
+            stats = [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2.0, c)]
+            layer.set_weights([s.astype(np.float32) for s in stats])
     latents = rng.normal(size=(320, latent)).astype(np.float32)
     return decoder, latents[:64], latents[64:], "random weights"
 
@@ -79,6 +90,7 @@ def build_configs(kind, decoder, latents, calib, scratch: Path, precisions):
     from aekit.edge.runtimes import OnnxRunner, TFLiteRunner
     from aekit.exporting.forms import FORMS, rewrite_decoder
     from aekit.exporting.int8 import OnnxQuantizer, TFLiteQuantizer
+    from aekit.exporting.static import written_model
     from aekit.exporting.writers import INPUT_NAMES, _write_onnx, _write_tflite
 
     reference = np.asarray(decoder(latents, training=False))
@@ -94,7 +106,8 @@ def build_configs(kind, decoder, latents, calib, scratch: Path, precisions):
         lite = rewrite_decoder(decoder, form, "op")  # the interleave aekit writes into .tflite files
         compiled = tf.function(lambda x, m=model: m(x, training=False))
         configs.append((kind, form, "keras", "float32", lambda b, c=compiled: c(b).numpy()))
-        _write_onnx(model, "decoder", folder / "decoder.onnx", 17, "float32")
+        onnx_model = written_model(decoder, None, "onnx", "float32", "decoder")[0] if form == "native" else model
+        _write_onnx(onnx_model, "decoder", folder / "decoder.onnx", 17, "float32")
         _write_tflite(lite, "decoder", folder / "decoder.tflite", "float32")
         configs.append((kind, form, "onnxruntime", "float32", OnnxRunner(folder / "decoder.onnx", "cpu", THREADS).run))
         configs.append((kind, form, "litert", "float32", TFLiteRunner(folder / "decoder.tflite", THREADS).run))

@@ -309,3 +309,55 @@ def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(role):
     kept = fold_batchnorm(model)
     assert sum(type(layer).__name__ == "BatchNormalization" for layer in kept.layers) == 1
     assert np.abs(keras_out(kept, x) - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_float_onnx_decoders_are_folded_and_run_as_one_stream_per_thread(tmp_path):
+    """A dynamic-batch float ONNX decoder is written with its BatchNorms folded (one Mul per layer fewer), and a big
+    batch runs as one single-threaded stream per thread: the same outputs, input by input, as the one session."""
+    from aekit.edge.runtimes import STREAM_CHUNK, STREAM_MIN, OnnxRunner
+    from aekit.exporting.static import graph_ops, written_model
+    from aekit.exporting.writers import _write_onnx
+
+    decoder, _ = random_decoder("non-square", seed=9)
+    written, form = written_model(decoder, None, "onnx", "float32", "decoder")
+    assert form == "folded"
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in written.layers)
+    assert written_model(decoder, 4, "onnx")[1] == "crop" and written_model(decoder, None, "onnx", "int8")[1] == "subpixel"
+    _write_onnx(decoder, "decoder", tmp_path / "native.onnx", 17, "float32")
+    _write_onnx(written, "decoder", tmp_path / "folded.onnx", 17, "float32")
+    native, folded = graph_ops(tmp_path / "native.onnx"), graph_ops(tmp_path / "folded.onnx")
+    layers = len(SHAPES["non-square"][1])
+    assert native.count("Mul") == layers and folded.count("Mul") == 0  # the BatchNorm scale is in the kernels
+
+    z = np.random.default_rng(4).normal(size=(2 * STREAM_MIN + 3, SHAPES["non-square"][2])).astype(np.float32)
+    expected = keras_out(decoder, z)
+    runner = OnnxRunner(tmp_path / "folded.onnx", "cpu", 2)
+    assert runner.streams == 2 and OnnxRunner(tmp_path / "folded.onnx", "cpu", 1).streams == 1
+    small = runner.run(z[: STREAM_MIN - 1])
+    assert runner._streams is None  # a small batch runs on the one 2-thread session
+    out = runner.run(z)
+    sessions, _ = runner._streams
+    assert len(sessions) == 2 and len(z) > 2 * STREAM_CHUNK  # each stream made more than one call
+    one = np.concatenate([runner._run(z[i : i + 1]) for i in range(len(z))])  # input by input, on the one session
+    assert out.shape == expected.shape and np.abs(out - one).max() < 1e-6
+    assert np.abs(small - one[: STREAM_MIN - 1]).max() < 1e-6
+    assert np.abs(out - expected).max() < 1e-5
+
+
+def test_litert_runs_a_big_batch_in_calls_of_the_chunk_size_with_the_same_outputs(tmp_path):
+    from aekit.edge.runtimes import STREAM_CHUNK, TFLiteRunner
+    from aekit.exporting.static import written_model
+    from aekit.exporting.writers import _write_tflite
+
+    decoder, _ = random_decoder("non-square", seed=11)
+    written, form = written_model(decoder, None, "tflite", "float32", "decoder")
+    assert form == "phases"
+    _write_tflite(written, "decoder", tmp_path / "decoder.tflite", "float32")
+    z = np.random.default_rng(6).normal(size=(2 * STREAM_CHUNK + 5, SHAPES["non-square"][2])).astype(np.float32)
+    runner = TFLiteRunner(tmp_path / "decoder.tflite", 2)
+    out = runner.run(z)
+    assert runner.batch == STREAM_CHUNK  # sized once to the chunk, the last call padded
+    one = np.concatenate([runner._run(z[i : i + 1]) for i in range(len(z))])
+    assert out.shape == (len(z), *decoder.output_shape[1:]) and np.abs(out - one).max() < 1e-6
+    assert np.abs(out - keras_out(decoder, z)).max() < 1e-5
+    assert np.abs(runner.run(z[:STREAM_CHUNK]) - one[:STREAM_CHUNK]).max() < 1e-6 and runner.batch == STREAM_CHUNK
