@@ -127,8 +127,8 @@ class OnnxRunner:
     batch), each over its contiguous share in calls of STREAM_CHUNK inputs, at once. Smaller batches
     (latency) run on the one session with all the threads. Streams keep each core's activations in its
     own cache and need no synchronization inside an operator: measured side by side
-    (benchmarks/decoder_forms.py), 1.3-1.5x the throughput of one 2-thread session on the decoders at
-    batch 64, the same function to the bit per input.
+    (benchmarks/decoder_forms.py), 1.3-1.4x the throughput of one 2-thread session on the decoders at
+    batch 64, with the same outputs (bit-identical on this CPU; tests/test_forms.py holds them to 1e-6).
     """
 
     runtime = "onnxruntime"
@@ -230,7 +230,7 @@ class TFLiteRunner:
     A dynamic-batch file's batch of more than STREAM_CHUNK inputs runs in calls of STREAM_CHUNK (the last
     one padded), the interpreter sized once: each call's activations stay in the cores' caches. Measured
     side by side (benchmarks/decoder_forms.py) on the float32 decoder of a 64x64x3 model at batch 64:
-    1.2-1.3x one call of 64; one single-threaded interpreter per thread (OnnxRunner's streams) gained less.
+    about 1.2x one call of 64; one single-threaded interpreter per thread (as OnnxRunner does) gained less.
     """
 
     runtime = "litert"

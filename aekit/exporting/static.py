@@ -72,8 +72,8 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
       (1, 1, L) latent image, which OpenCV DNN's TFLite importer runs (it follows NHWC only through 4-D tensors).
     - A fixed-batch ONNX file with transposed convolutions (decoder, autoencoder): "crop" (no asymmetric
       ConvTranspose pads: OpenCV DNN 4.x). Else an int8 ONNX decoder: "subpixel" (onnxruntime has no int8
-      ConvTranspose kernel); a float32 one stays "native" (onnxruntime's ConvTranspose ran it as fast as the
-      convolution forms, which add layout copies).
+      ConvTranspose kernel); a float one keeps its transposed convolutions (onnxruntime's ConvTranspose ran
+      faster than the convolution forms, which add layout copies), BatchNorm folded (below).
     - An int8 ONNX encoder, and a float (float32, fp16) dynamic-batch ONNX decoder: each BatchNorm folded into
       the layer before it ("folded": one elementwise pass fewer per layer; the decoder 1.15x in onnxruntime).
     Then at the fixed batch, when there is one.
