@@ -269,3 +269,9 @@ def test_reading_a_model_or_a_failed_onnxruntime_allocation_out_of_memory_is_an_
     runner.session = Starved()
     with pytest.raises(AekitError, match="Out of memory while running encoder.onnx on 2 inputs"):
         runner.run(np.zeros((2, SIDE, SIDE, 1), np.float32))
+    # a big batch runs as one single-threaded stream per thread: the failure inside a stream is the same one line
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", lambda self, *args, **kwargs: Starved().run())
+    with pytest.raises(AekitError, match="Out of memory while running encoder.onnx on (16|32) inputs"):
+        OnnxRunner(export[0], threads=2).run(np.zeros((32, SIDE, SIDE, 1), np.float32))

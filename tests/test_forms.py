@@ -243,7 +243,8 @@ def test_dynamic_litert_decoders_stay_right_over_changing_batches(tmp_path, form
     path = tmp_path / "decoder.tflite"
     _write_tflite(rewrite_decoder(decoder, form, "op"), "decoder", path, "float32")
     runner = TFLiteRunner(path, threads=2)
-    errors = [float(np.abs(runner.run(z[:batch]) - expected[:batch]).max()) for batch in (64, 1, 256, 256, 256)]
+    # the interpreter itself at each batch (runner.run would make calls of STREAM_CHUNK)
+    errors = [float(np.abs(runner._run(z[:batch]) - expected[:batch]).max()) for batch in (64, 1, 256, 256, 256)]
     assert max(errors) < 1e-5, errors
 
 
@@ -258,10 +259,11 @@ def test_a_dynamic_int8_subpixel_decoder_stays_right_over_changing_batches(tmp_p
     path = tmp_path / "decoder_int8.tflite"
     TFLiteQuantizer(rewrite_decoder(decoder, "subpixel", "op"), "decoder", z).write(path)
     runner = TFLiteRunner(path, threads=2)
-    first = runner.run(z[:64])
+    first = runner._run(z[:64])  # the interpreter itself at each batch (runner.run makes calls of STREAM_CHUNK)
     assert np.abs(first - keras_out(decoder, z[:64])).mean() < 0.05  # int8, near the float decoder
     for batch in (1, 256, 256, 256):
-        assert np.abs(runner.run(z[:batch])[:64] - first[:batch]).max() < 0.02, batch  # a quantum or two at most
+        assert np.abs(runner._run(z[:batch])[:64] - first[:batch]).max() < 0.02, batch  # a quantum or two at most
+    assert np.abs(runner.run(z)[:64] - first).max() < 0.02  # and in calls of STREAM_CHUNK
 
 
 @pytest.mark.parametrize("batch", [None, 1])
@@ -314,7 +316,7 @@ def test_folding_batchnorm_keeps_the_function_and_removes_the_batchnorms(role):
 def test_float_onnx_decoders_are_folded_and_run_as_one_stream_per_thread(tmp_path):
     """A dynamic-batch float ONNX decoder is written with its BatchNorms folded (one Mul per layer fewer), and a big
     batch runs as one single-threaded stream per thread: the same outputs, input by input, as the one session."""
-    from aekit.edge.runtimes import STREAM_CHUNK, STREAM_MIN, OnnxRunner
+    from aekit.edge.runtimes import STREAM_MIN, OnnxRunner
     from aekit.exporting.static import graph_ops, written_model
     from aekit.exporting.writers import _write_onnx
 
@@ -337,7 +339,7 @@ def test_float_onnx_decoders_are_folded_and_run_as_one_stream_per_thread(tmp_pat
     assert runner._streams is None  # a small batch runs on the one 2-thread session
     out = runner.run(z)
     sessions, _ = runner._streams
-    assert len(sessions) == 2 and len(z) > 2 * STREAM_CHUNK  # each stream made more than one call
+    assert len(sessions) == 2  # two single-threaded streams, each over its share in calls of STREAM_CHUNK
     one = np.concatenate([runner._run(z[i : i + 1]) for i in range(len(z))])  # input by input, on the one session
     assert out.shape == expected.shape and np.abs(out - one).max() < 1e-6
     assert np.abs(small - one[: STREAM_MIN - 1]).max() < 1e-6
@@ -355,8 +357,8 @@ def test_litert_runs_a_big_batch_in_calls_of_the_chunk_size_with_the_same_output
     _write_tflite(written, "decoder", tmp_path / "decoder.tflite", "float32")
     z = np.random.default_rng(6).normal(size=(2 * STREAM_CHUNK + 5, SHAPES["non-square"][2])).astype(np.float32)
     runner = TFLiteRunner(tmp_path / "decoder.tflite", 2)
-    out = runner.run(z)
-    assert runner.batch == STREAM_CHUNK  # sized once to the chunk, the last call padded
+    out = runner.run(z)  # 37 inputs: three even calls of 13 (the last padded by two), the interpreter sized once
+    assert runner.batch == 13
     one = np.concatenate([runner._run(z[i : i + 1]) for i in range(len(z))])
     assert out.shape == (len(z), *decoder.output_shape[1:]) and np.abs(out - one).max() < 1e-6
     assert np.abs(out - keras_out(decoder, z)).max() < 1e-5

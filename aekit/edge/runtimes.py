@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,8 @@ OPENVINO_PRECISIONS = ("f32", "default")
 # what tflite-micro computes). Reference int8 kernels are slow: 20-60x the default's time.
 KERNELS = ("default", "builtin", "reference")
 # onnxruntime on the CPU: a batch of STREAM_MIN inputs or more runs as one single-threaded stream per thread,
-# each in calls of STREAM_CHUNK inputs (OnnxRunner); LiteRT runs a batch of more than STREAM_CHUNK in calls of
-# STREAM_CHUNK (TFLiteRunner). Calls of 8-16 inputs measured fastest on the 64x64x3 decoder.
+# each in calls of STREAM_CHUNK inputs (OnnxRunner); LiteRT runs a decoder's batch of more than STREAM_CHUNK in calls of
+# at most STREAM_CHUNK (TFLiteRunner). Calls of 8-16 inputs measured fastest on the 64x64x3 decoder.
 STREAM_MIN, STREAM_CHUNK = 16, 16
 KERNEL_NAMES = {
     ("onnxruntime", "default"): "onnxruntime, all graph optimizations",
@@ -155,7 +157,8 @@ class OnnxRunner:
         self.input = self.session.get_inputs()[0]
         self.output_name = self.session.get_outputs()[0].name
         self.static_batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else None  # --static-batch files
-        self._streams = None  # (sessions, pool): made on the first batch that runs as streams
+        self._streams = None  # (run functions, pool): made on the first batch that runs as streams
+        self._streams_lock = threading.Lock()
 
     def _session(self, threads: int, providers: list[str]):
         import onnxruntime as ort
@@ -173,12 +176,14 @@ class OnnxRunner:
         except MemoryError:
             raise out_of_memory(f"loading {self.path}") from None
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            if "alloc" in str(exc).lower():  # a failed allocation (a stream session made late, on a big batch)
+                raise out_of_memory(f"loading {self.path}") from None
             raise AekitError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:300]}. Re-export it.") from None
 
     @property
     def streams(self) -> int:
         """How many streams a batch of STREAM_MIN inputs or more runs as (1: the one session)."""
-        return self.threads if self.device == "cpu" and self.static_batch is None else 1
+        return min(self.threads, os.cpu_count() or 1) if self.device == "cpu" and self.static_batch is None else 1
 
     @property
     def device(self) -> str:
@@ -191,17 +196,15 @@ class OnnxRunner:
         return in_fixed_groups(self._run, batch, self.static_batch)
 
     def _run_streams(self, batch: np.ndarray) -> np.ndarray:
-        return in_streams(self, batch, lambda: functools.partial(self._run, session=self._session(1, self._requested)))
+        with self._streams_lock:
+            if self._streams is None:  # run functions holding their session, not the runner: no reference cycle
+                names = self.output_name, self.input.name, self.path.name
+                runs = [functools.partial(_onnx_run, self._session(1, self._requested), *names) for _ in range(self.streams)]
+                self._streams = runs, ThreadPoolExecutor(len(runs), thread_name_prefix="aekit-onnxruntime-stream")
+        return in_streams(*self._streams, batch)
 
-    def _run(self, batch: np.ndarray, session=None) -> np.ndarray:
-        try:
-            return (session or self.session).run([self.output_name], {self.input.name: batch})[0]
-        except MemoryError:
-            raise out_of_memory(f"running {self.path.name} on {len(batch):,} inputs") from None
-        except Exception as exc:  # onnxruntime reports a failed allocation as its own RuntimeException
-            if "alloc" not in str(exc).lower():
-                raise
-            raise out_of_memory(f"running {self.path.name} on {len(batch):,} inputs") from None
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return _onnx_run(self.session, self.output_name, self.input.name, self.path.name, batch)
 
     def specs(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """The file's real inputs and outputs (None for the dynamic batch)."""
@@ -227,10 +230,12 @@ class TFLiteRunner:
     `content`: the file's bytes, already verified (sessions.py); None reads `path`.
     `kernels`: "default" (XNNPACK), "builtin" (LiteRT's own optimized kernels) or "reference" (KERNELS).
 
-    A dynamic-batch file's batch of more than STREAM_CHUNK inputs runs in calls of STREAM_CHUNK (the last
-    one padded), the interpreter sized once: each call's activations stay in the cores' caches. Measured
-    side by side (benchmarks/decoder_forms.py) on the float32 decoder of a 64x64x3 model at batch 64:
-    about 1.2x one call of 64; one single-threaded interpreter per thread (as OnnxRunner does) gained less.
+    A dynamic-batch decoder's (latent-input file's) batch of more than STREAM_CHUNK inputs runs in even calls of
+    at most STREAM_CHUNK (the last one padded by fewer inputs than there are calls), the interpreter sized once
+    per batch size: each call's activations stay in the cores' caches. Measured side by side (benchmarks/decoder_forms.py)
+    on the float32 decoder of a 64x64x3 model at batch 64: about 1.2x one call of 64; one single-threaded
+    interpreter per thread (as OnnxRunner does) gained less. Encoders gained nothing (0.9-1.0x): they run
+    a batch in one call.
     """
 
     runtime = "litert"
@@ -270,6 +275,8 @@ class TFLiteRunner:
         fixed = int(self.input["shape_signature"][0])
         self.static_batch = None if fixed == -1 else fixed  # --static-batch files: never resized
         self.batch = self.static_batch
+        shape = self.input["shape"]  # a decoder's: (N, L) latents, or a phases4d decoder's (N, 1, 1, L)
+        self._latent_input = len(shape) == 2 or (len(shape) == 4 and tuple(shape[1:3]) == (1, 1))
 
     def _resize(self, batch_size: int) -> None:
         if batch_size != self.batch:
@@ -299,8 +306,9 @@ class TFLiteRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
-        if self.static_batch is None and len(batch) > STREAM_CHUNK:
-            return in_fixed_groups(self._run, batch, STREAM_CHUNK)
+        if self.static_batch is None and self._latent_input and len(batch) > STREAM_CHUNK:
+            calls = -(-len(batch) // STREAM_CHUNK)
+            return in_fixed_groups(self._run, batch, -(-len(batch) // calls))  # even calls: under one input each padded
         return in_fixed_groups(self._run, batch, self.static_batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -504,15 +512,21 @@ def in_fixed_groups(run, inputs: np.ndarray, static_batch: int | None) -> np.nda
     return np.concatenate(outputs) if outputs else run(inputs)
 
 
-def in_streams(runner, batch: np.ndarray, make_stream) -> np.ndarray:
-    """`batch` through `runner.streams` single-threaded streams at once, each over its contiguous share in calls of
-    STREAM_CHUNK inputs; the streams (`make_stream()`: a run function) and their threads are made on first use."""
-    if runner._streams is None:
-        from concurrent.futures import ThreadPoolExecutor
+def _onnx_run(session, output_name: str, input_name: str, file_name: str, batch: np.ndarray) -> np.ndarray:
+    """One onnxruntime call; out of memory as the one AekitError."""
+    try:
+        return session.run([output_name], {input_name: batch})[0]
+    except MemoryError:
+        raise out_of_memory(f"running {file_name} on {len(batch):,} inputs") from None
+    except Exception as exc:  # onnxruntime reports a failed allocation as its own RuntimeException
+        if "alloc" not in str(exc).lower():
+            raise
+        raise out_of_memory(f"running {file_name} on {len(batch):,} inputs") from None
 
-        runs = [make_stream() for _ in range(runner.streams)]
-        runner._streams = runs, ThreadPoolExecutor(len(runs), thread_name_prefix=f"aekit-{runner.runtime}-stream")
-    runs, pool = runner._streams
+
+def in_streams(runs, pool, batch: np.ndarray) -> np.ndarray:
+    """`batch` through the run functions `runs` at once on `pool`, each over its contiguous share in calls of
+    STREAM_CHUNK inputs, the outputs in the inputs' order."""
 
     def share(run, inputs):
         return [run(inputs[i : i + STREAM_CHUNK]) for i in range(0, len(inputs), STREAM_CHUNK)]

@@ -74,8 +74,8 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
       ConvTranspose pads: OpenCV DNN 4.x). Else an int8 ONNX decoder: "subpixel" (onnxruntime has no int8
       ConvTranspose kernel); a float one keeps its transposed convolutions (onnxruntime's ConvTranspose ran
       faster than the convolution forms, which add layout copies), BatchNorm folded (below).
-    - An int8 ONNX encoder, and a float (float32, fp16) dynamic-batch ONNX decoder: each BatchNorm folded into
-      the layer before it ("folded": one elementwise pass fewer per layer; the decoder 1.15x in onnxruntime).
+    - An int8 ONNX encoder, and a float32 dynamic-batch ONNX decoder: each BatchNorm folded into the layer
+      before it ("folded", when one folds: one elementwise pass fewer per layer; the decoder 1.15x in onnxruntime).
     Then at the fixed batch, when there is one.
     """
     from aekit.exporting import forms
@@ -99,11 +99,19 @@ def written_model(model, batch: int | None, fmt: str, precision: str = "float32"
             break
         except ValueError:
             continue
-    if role == "encoder" and fmt == "onnx" and precision == "int8":
-        written, form = forms.fold_batchnorm(model), "folded"
-    elif role == "decoder" and fmt == "onnx" and precision != "int8" and batch is None and form is None:
-        written, form = forms.fold_batchnorm(model), "folded"
+    if (
+        fmt == "onnx"
+        and form is None
+        and ((role == "encoder" and precision == "int8") or (role == "decoder" and precision != "int8" and batch is None))
+    ):
+        folded = forms.fold_batchnorm(model)
+        if _batchnorms(folded) < _batchnorms(model):  # "folded" only where a BatchNorm went
+            written, form = folded, "folded"
     return (fixed_batch(written, batch) if batch is not None else written), form
+
+
+def _batchnorms(model) -> int:
+    return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
 def has_same_transpose(model) -> bool:
