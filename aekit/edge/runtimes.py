@@ -152,7 +152,7 @@ class OnnxRunner:
         # A CPU build of onnxruntime warns about an unknown CUDA provider; ask only for what it has.
         self._requested = [p for p in requested if p in self.available] or [CPU_PROVIDER]
         self._model = content if content is not None else str(path)
-        self.session = self._session(self.threads, self._requested)
+        self.session = self._session(self.threads)
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0]
         self.output_name = self.session.get_outputs()[0].name
@@ -160,7 +160,7 @@ class OnnxRunner:
         self._streams = None  # (run functions, pool): made on the first batch that runs as streams
         self._streams_lock = threading.Lock()
 
-    def _session(self, threads: int, providers: list[str]):
+    def _session(self, threads: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -172,7 +172,7 @@ class OnnxRunner:
                 "reference": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             }[self.kernels]
         try:
-            return ort.InferenceSession(self._model, sess_options=options, providers=providers)
+            return ort.InferenceSession(self._model, sess_options=options, providers=self._requested)
         except MemoryError:
             raise out_of_memory(f"loading {self.path}") from None
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -199,7 +199,7 @@ class OnnxRunner:
         with self._streams_lock:
             if self._streams is None:  # run functions holding their session, not the runner: no reference cycle
                 names = self.output_name, self.input.name, self.path.name
-                runs = [functools.partial(_onnx_run, self._session(1, self._requested), *names) for _ in range(self.streams)]
+                runs = [functools.partial(_onnx_run, self._session(1), *names) for _ in range(self.streams)]
                 self._streams = runs, ThreadPoolExecutor(len(runs), thread_name_prefix="aekit-onnxruntime-stream")
         return in_streams(*self._streams, batch)
 
@@ -216,10 +216,15 @@ class OnnxRunner:
         return [spec(t) for t in self.session.get_inputs()], [spec(t) for t in self.session.get_outputs()]
 
 
+def is_latent_image(shape) -> bool:
+    """Whether a .tflite input `shape` is a "phases4d" decoder's (N, 1, 1, L) latent image (aekit.exporting.forms)."""
+    return len(shape) == 4 and tuple(shape[1:3]) == (1, 1)
+
+
 def as_file_input(batch: np.ndarray, shape) -> np.ndarray:
     """`batch` shaped as a .tflite file's input `shape` takes it: (N, L) latents as a "phases4d" decoder's (N, 1, 1, L)
-    latent images (aekit.exporting.forms); anything else as it is."""
-    if batch.ndim == 2 and len(shape) == 4 and tuple(shape[1:3]) == (1, 1):
+    latent images; anything else as it is."""
+    if batch.ndim == 2 and is_latent_image(shape):
         return batch.reshape(len(batch), 1, 1, -1)
     return batch
 
@@ -276,7 +281,7 @@ class TFLiteRunner:
         self.static_batch = None if fixed == -1 else fixed  # --static-batch files: never resized
         self.batch = self.static_batch
         shape = self.input["shape"]  # a decoder's: (N, L) latents, or a phases4d decoder's (N, 1, 1, L)
-        self._latent_input = len(shape) == 2 or (len(shape) == 4 and tuple(shape[1:3]) == (1, 1))
+        self._latent_input = len(shape) == 2 or is_latent_image(shape)
 
     def _resize(self, batch_size: int) -> None:
         if batch_size != self.batch:
